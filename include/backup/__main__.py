@@ -1,0 +1,3 @@
+from include.backup.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The backup manifest: the JSON document that makes a set of stored objects a backup.
+
+It is written last at each target (an object without a manifest is not a backup) and holds
+everything needed to verify and restore the backup from that target alone.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+PAYLOAD_NAME = "payload"
+FORMAT_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class StoredObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str  # relative to the backup's folder at the target, e.g. "payload"
+    size: int  # bytes as stored (ciphertext)
+    sha256: str  # hex digest of the stored bytes
+
+
+class EncryptionInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    algorithm: str = "AES-256-GCM-STREAM"
+    key_id: str
+    wrapped_key: str  # base64 of the data key wrapped by the key-encryption key
+    chunk_size: int
+
+
+class Verification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ok: bool
+    verified_at: datetime
+    deep: bool = False  # True when the payload was also decrypted and decompressed to the end
+    detail: str = ""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    schedule: str
+    source: str  # source name from the config
+    source_type: str  # postgres | mongo | files
+    backup_type: str  # FULL | INCREMENTAL | TRANSACTION_LOG | SCHEMA (what was really done)
+    parent_id: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    payload_format: str  # e.g. "tar", "pg_dump-custom"
+    position: dict[str, Any] = Field(default_factory=dict)  # LSN, WAL range, oplog ts...
+    raw_size: int = 0  # bytes the source produced
+    compressed_size: int = 0
+    stored_size: int = 0  # sum of stored object sizes
+    compression: str = "zstd"
+    encryption: EncryptionInfo | None = None
+    objects: list[StoredObject] = Field(default_factory=list)
+    stats: dict[str, Any] = Field(default_factory=dict)  # row counts, file counts...
+    source_state: dict[str, Any] = Field(default_factory=dict)  # e.g. the file index
+    verification: dict[str, Verification] = Field(default_factory=dict)  # per target name
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Manifest":
+        return cls.model_validate_json(data)
+
+    def object(self, name: str) -> StoredObject:
+        for o in self.objects:
+            if o.name == name:
+                return o
+        raise KeyError(f"backup {self.backup_id} has no object {name!r}")
+
+    @property
+    def verified(self) -> bool:
+        return any(v.ok for v in self.verification.values())
+
+
+def backup_prefix(source: str, backup_id: str) -> str:
+    """Folder of one backup at a target, relative to the target root."""
+    return f"{source}/{backup_id}"

@@ -1,0 +1,224 @@
+"""Typed schema of the backup config (DESIGN.md "Config contract").
+
+Field names and ranges follow the source documents: RTO 0.5–72 h, RPO 0.25–24 h,
+retention 7–365 days, DR test frequency 30–365 days. Unknown keys are rejected so that a
+typo never silently turns into a default.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+"""Names become DAG ids and storage paths: letters, digits, ``_ . -``, at most 100."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackupType(str, Enum):
+    FULL = "FULL"
+    INCREMENTAL = "INCREMENTAL"
+    TRANSACTION_LOG = "TRANSACTION_LOG"
+    SCHEMA = "SCHEMA"
+
+
+class DRSettings(Strict):
+    rto_hours: float = Field(4, ge=0.5, le=72, description="Recovery time objective, hours")
+    rpo_hours: float = Field(1, ge=0.25, le=24, description="Recovery point objective, hours")
+    backup_retention_days: int = Field(30, ge=7, le=365)
+    test_frequency_days: int = Field(90, ge=30, le=365)
+    auto_failover: bool = False
+    notification_emails: list[EmailStr] = Field(default_factory=list)
+
+
+class EncryptionSettings(Strict):
+    # The keys themselves live in an Airflow connection (or any secrets backend that serves
+    # connections), never in this file: see docs/keys.md.
+    key_conn_id: str = "backup_encryption"
+    key_rotation_days: int = Field(30, ge=1, le=365)
+
+
+class PipelineSettings(Strict):
+    compression: Literal["zstd", "gzip"] = "zstd"
+    compression_level: int = Field(3, ge=1, le=19)
+    # Plaintext bytes per AES-GCM chunk; 1 MiB keeps memory flat and the 16-byte tag
+    # overhead at 0.0015 %.
+    chunk_size: int = Field(1 << 20, ge=4096, le=64 << 20)
+
+
+# --- targets ---------------------------------------------------------------------------
+
+
+class LocalTarget(Strict):
+    type: Literal["local"]
+    path: str
+    offsite: bool = False
+
+
+class S3Target(Strict):
+    type: Literal["s3"]
+    conn_id: str
+    bucket: str
+    prefix: str = ""
+    offsite: bool = True
+
+
+class AzureBlobTarget(Strict):
+    type: Literal["azure_blob"]
+    conn_id: str
+    container: str
+    prefix: str = ""
+    offsite: bool = True
+
+
+class GCSTarget(Strict):
+    type: Literal["gcs"]
+    conn_id: str
+    bucket: str
+    prefix: str = ""
+    offsite: bool = True
+
+
+class SFTPTarget(Strict):
+    type: Literal["sftp"]
+    conn_id: str
+    path: str
+    offsite: bool = True
+
+
+class FTPTarget(Strict):
+    type: Literal["ftp"]
+    conn_id: str
+    path: str
+    offsite: bool = True
+
+
+TargetConfig = Annotated[
+    Union[LocalTarget, S3Target, AzureBlobTarget, GCSTarget, SFTPTarget, FTPTarget],
+    Field(discriminator="type"),
+]
+
+# --- sources ---------------------------------------------------------------------------
+
+
+class PostgresSource(Strict):
+    type: Literal["postgres"]
+    conn_id: str
+    database: str | None = None  # defaults to the connection's schema (database) field
+    format: Literal["custom", "directory"] = "custom"
+    jobs: int = Field(1, ge=1, le=32, description="pg_dump -j, directory format only")
+
+    @model_validator(mode="after")
+    def _jobs_need_directory(self) -> "PostgresSource":
+        if self.jobs > 1 and self.format != "directory":
+            raise ValueError("jobs > 1 needs format: directory (pg_dump -j only works with -Fd)")
+        return self
+
+
+class MongoSource(Strict):
+    type: Literal["mongo"]
+    conn_id: str
+    database: str | None = None
+    collections: list[str] = Field(default_factory=list)
+
+
+class FilesSource(Strict):
+    type: Literal["files"]
+    paths: list[str] = Field(min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.startswith("/"):
+                raise ValueError(f"path {p!r} must be absolute (start with /)")
+        return paths
+
+
+SourceConfig = Annotated[
+    Union[PostgresSource, MongoSource, FilesSource], Field(discriminator="type")
+]
+
+# Which backup types each source kind implements in this version. Validation refuses the
+# rest with a message instead of generating a DAG that fails at run time.
+SUPPORTED_TYPES: dict[str, set[BackupType]] = {
+    "postgres": {BackupType.FULL, BackupType.SCHEMA},
+    "files": {BackupType.FULL, BackupType.INCREMENTAL},
+    "mongo": set(),
+}
+IMPLEMENTED_TARGETS: set[str] = {"local"}
+
+
+# --- schedules -------------------------------------------------------------------------
+
+
+class GFSRetention(Strict):
+    daily: int = Field(7, ge=0, le=3650)
+    weekly: int = Field(4, ge=0, le=520)
+    monthly: int = Field(12, ge=0, le=240)
+    yearly: int = Field(7, ge=0, le=100)
+
+
+CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+class Schedule(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str
+    type: BackupType = BackupType.FULL
+    cron: str
+    active: bool = True
+    targets: list[str] = Field(min_length=1)
+    retention: GFSRetention | None = None
+    retention_days: int | None = Field(None, ge=1, le=3650)
+    description: str = ""
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        from croniter import croniter
+
+        presets = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+        if cron in presets:
+            return cron
+        if len(cron.split()) != 5 or not croniter.is_valid(cron):
+            raise ValueError(
+                f"{cron!r} is not a valid 5-field cron expression "
+                "(minute hour day-of-month month day-of-week, e.g. '0 2 * * *')"
+            )
+        return cron
+
+    @model_validator(mode="after")
+    def _one_retention(self) -> "Schedule":
+        if self.retention is not None and self.retention_days is not None:
+            raise ValueError("give either retention (GFS tiers) or retention_days, not both")
+        return self
+
+    @property
+    def dag_id(self) -> str:
+        return f"backup__{self.name}"
+
+
+class BackupConfig(Strict):
+    """A fully valid config. Built by :func:`include.backup.config.loader.load_config`."""
+
+    dr: DRSettings = Field(default_factory=DRSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    staging_dir: str | None = None  # default: $BACKUP_STAGING_DIR or $AIRFLOW_HOME/backup-staging
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    schedules: list[Schedule] = Field(default_factory=list)
+
+    def schedule(self, name: str) -> Schedule:
+        for s in self.schedules:
+            if s.name == name:
+                return s
+        raise KeyError(f"no schedule named {name!r}; known: {[s.name for s in self.schedules]}")

@@ -1,0 +1,46 @@
+"""The source interface: dump a source to a plain byte stream, restore it back.
+
+Sources write an uncompressed stream; the pipeline compresses, encrypts and hashes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterable, Protocol, runtime_checkable
+
+from include.backup.catalog.manifest import Manifest
+
+
+@dataclass
+class DumpResult:
+    backup_type: str  # what was really done (an INCREMENTAL without a parent becomes FULL)
+    payload_format: str  # e.g. "tar", "pg_dump-custom"; restore dispatches on it
+    parent_id: str | None = None
+    position: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    source_state: dict[str, Any] = field(default_factory=dict)  # kept in the manifest
+
+
+@runtime_checkable
+class Source(Protocol):
+    name: str
+
+    def dump(self, backup_type: str, out: BinaryIO, parent: Manifest | None) -> DumpResult:
+        """Write the backup as a byte stream to ``out`` (never the whole dump in memory).
+        ``parent`` is the latest backup of this source, for incrementals."""
+        ...
+
+    def restore(
+        self,
+        chain: Iterable[tuple[Manifest, BinaryIO]],
+        into: str,
+        *,
+        only: list[str] | None = None,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:
+        """Restore a chain (full first, then incrementals in order; each item the manifest
+        and its decrypted, decompressed stream) into ``into`` (a directory path, or a
+        database name / connection id for databases). ``only`` restricts to some tables or
+        paths. Refuses a non-empty destination unless ``overwrite``. Returns stats for the
+        caller to compare (file counts, row counts)."""
+        ...
