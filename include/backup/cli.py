@@ -1,16 +1,59 @@
 """Command line: ``python -m include.backup VERB ...``. Works with Airflow stopped.
 
-Verbs: validate, list, verify, restore, decrypt. Each returns a process exit code;
-errors print one clear message (never a traceback for expected failures, never a secret).
+Verbs:
+  validate [PATH]                       check a config file
+  list --target NAME [--source S] [--json]
+                                        the backups a target holds, read from the target
+  verify BACKUP_ID [--target NAME] [--deep]
+                                        re-read and re-hash a backup at its targets
+  restore BACKUP_ID --into DEST [--target NAME] [--only A,B] [--overwrite]
+                                        restore a backup (and its chain)
+  decrypt IN OUT [--decompress zstd|gzip]
+                                        decrypt a payload container to a file
+
+Keys come from $BACKUP_KEY_FILE (or --key-file) when set, else from the Airflow connection
+named by encryption.key_conn_id (AIRFLOW_CONN_<ID> works without Airflow running).
+Errors print one clear message, never a traceback for expected failures, never a secret.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from include.backup.config.loader import load_config
+
+    loaded = load_config(args.config)
+    for warning in loaded.issues:
+        print(f"warning: config: {warning}", file=sys.stderr)
+    return loaded.config
+
+
+def _keys(args: argparse.Namespace, config: Any | None) -> Any:
+    from include.backup.keys import KeyRing
+
+    if args.key_file:
+        return KeyRing.from_file(args.key_file)
+    if os.environ.get("BACKUP_KEY_FILE"):
+        return KeyRing.from_file(os.environ["BACKUP_KEY_FILE"])
+    conn_id = config.encryption.key_conn_id if config is not None else "backup_encryption"
+    return KeyRing.from_connection(conn_id)
+
+
+def _target(config: Any, name: str) -> Any:
+    from include.backup.errors import BackupError
+    from include.backup.targets import build_target
+
+    if name not in config.targets:
+        raise BackupError(f"no target named {name!r} in the config; known: {', '.join(config.targets)}")
+    return build_target(name, config.targets[name])
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -19,13 +62,175 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return validate_command(args.path)
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from include.backup.catalog.catalog import list_backups
+
+    config = _config(args)
+    target = _target(config, args.target)
+    backups = list_backups(target, args.source)
+    if args.json:
+        print(json.dumps([_row(b, args.target) for b in backups], indent=1, default=str))
+        return 0
+    if not backups:
+        print(f"target {args.target!r} holds no backups" + (f" of {args.source}" if args.source else ""))
+        return 0
+    print(f"{'backup id':<48} {'source':<14} {'type':<12} {'parent':<10} {'stored':>10}  verified")
+    for b in backups:
+        row = _row(b, args.target)
+        print(
+            f"{b.backup_id:<48} {b.source:<14} {b.backup_type:<12} "
+            f"{'yes' if b.parent_id else '-':<10} {_human(b.stored_size):>10}  {row['verified']}"
+        )
+    return 0
+
+
+def _row(b: Any, target: str) -> dict[str, Any]:
+    v = b.verification.get(target)
+    return {
+        "backup_id": b.backup_id,
+        "schedule": b.schedule,
+        "source": b.source,
+        "type": b.backup_type,
+        "parent_id": b.parent_id,
+        "started_at": b.started_at.isoformat(),
+        "finished_at": b.finished_at.isoformat() if b.finished_at else None,
+        "raw_size": b.raw_size,
+        "stored_size": b.stored_size,
+        "verified": ("ok" if v.ok else "FAILED") + (" (deep)" if v.deep else "") if v else "never",
+    }
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    return f"{n} B"
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from include.backup.catalog.catalog import find_backup, verify_object
+    from include.backup.errors import ObjectNotFound
+    from include.backup.tasks import deep_verify
+
+    config = _config(args)
+    names = [args.target] if args.target else list(config.targets)
+    found = failed = 0
+    for name in names:
+        target = _target(config, name)
+        try:
+            manifest = find_backup(target, args.backup_id)
+        except ObjectNotFound:
+            continue
+        found += 1
+        problems = [d for ok, d in (verify_object(target, manifest, o.name) for o in manifest.objects) if not ok]
+        if args.deep and not problems:
+            if args.key_file:
+                os.environ["BACKUP_KEY_FILE"] = args.key_file
+            problems = deep_verify(config, target, manifest)
+        status = "FAILED: " + "; ".join(problems) if problems else "ok" + (" (deep)" if args.deep else "")
+        print(f"{name}: {args.backup_id}: {status}")
+        failed += bool(problems)
+    if not found:
+        print(f"error: backup {args.backup_id!r} is not at any target ({', '.join(names)})", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from include.backup.dr.restore import restore_backup
+
+    config = _config(args)
+    result = restore_backup(
+        config,
+        args.backup_id,
+        args.into,
+        keys=_keys(args, config),
+        target_name=args.target,
+        only=[x for x in args.only.split(",") if x] if args.only else None,
+        overwrite=args.overwrite,
+    )
+    print(
+        json.dumps(
+            {
+                "backup_id": result.backup_id,
+                "target": result.target,
+                "into": result.into,
+                "chain": result.chain,
+                "seconds": round(result.seconds, 3),
+                "stats": result.stats,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    return 0
+
+
+def _cmd_decrypt(args: argparse.Namespace) -> int:
+    from include.backup.pipeline.compression import decompress_reader
+    from include.backup.pipeline.crypto import DecryptingReader
+
+    keys = _keys(args, None if args.key_file or os.environ.get("BACKUP_KEY_FILE") else _config(args))
+    out_tmp = f"{args.out}.partial"
+    try:
+        with open(args.input, "rb") as src, open(out_tmp, "wb") as dst:
+            stream: Any = DecryptingReader(src, keys)
+            if args.decompress:
+                stream = decompress_reader(stream, args.decompress)
+            total = 0
+            while block := stream.read(1 << 20):
+                dst.write(block)
+                total += len(block)
+        os.replace(out_tmp, args.out)
+    finally:
+        if os.path.exists(out_tmp):
+            os.unlink(out_tmp)  # never leave output that looks good after a failure
+    print(f"decrypted {args.input} -> {args.out} ({total} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m include.backup", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m include.backup",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)")
+    common.add_argument("--key-file", help="JSON key file (default: $BACKUP_KEY_FILE, else the Airflow connection)")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("validate", help="check a config file without Airflow running")
     p.add_argument("path", nargs="?", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)")
     p.set_defaults(handler=_cmd_validate)
+
+    p = sub.add_parser("list", parents=[common], help="list the backups a target holds")
+    p.add_argument("--target", required=True, help="target name from the config")
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_list)
+
+    p = sub.add_parser("verify", parents=[common], help="re-read and re-hash a backup")
+    p.add_argument("backup_id")
+    p.add_argument("--target", help="only this target (default: every target)")
+    p.add_argument("--deep", action="store_true", help="also decrypt and decompress to the end")
+    p.set_defaults(handler=_cmd_verify)
+
+    p = sub.add_parser("restore", parents=[common], help="restore a backup and its chain")
+    p.add_argument("backup_id")
+    p.add_argument("--into", required=True, help="directory (files) or database name / conn:<conn_id> (postgres)")
+    p.add_argument("--target", help="target to restore from (default: the first that holds it)")
+    p.add_argument("--only", help="comma-separated tables or paths to restore")
+    p.add_argument("--overwrite", action="store_true", help="restore over a non-empty destination")
+    p.set_defaults(handler=_cmd_restore)
+
+    p = sub.add_parser("decrypt", parents=[common], help="decrypt a payload container to a file")
+    p.add_argument("input", help="the encrypted payload (as stored at a target)")
+    p.add_argument("out", help="where to write the plaintext")
+    p.add_argument("--decompress", choices=["zstd", "gzip"], help="also decompress")
+    p.set_defaults(handler=_cmd_decrypt)
     return parser
 
 
@@ -38,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 1
 
 

@@ -29,6 +29,13 @@ class TargetError(BackupError):
     """A storage target failed (unreachable, refused, missing object). Names the target."""
 
 
+class ObjectNotFound(TargetError):
+    """The target is reachable but does not hold the object (or backup) asked for.
+
+    Separate from other TargetErrors so that callers can tell "not there" (look at another
+    target, or the backup was deleted) from "could not ask" (retry later)."""
+
+
 class SourceError(BackupError):
     """A source could not be dumped or restored. Names the source."""
 

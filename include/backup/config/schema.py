@@ -7,11 +7,17 @@ typo never silently turns into a default.
 
 from __future__ import annotations
 
-import re
 from enum import Enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 """Names become DAG ids and storage paths: letters, digits, ``_ . -``, at most 100."""
@@ -29,10 +35,10 @@ class BackupType(str, Enum):
 
 
 class DRSettings(Strict):
-    rto_hours: float = Field(4, ge=0.5, le=72, description="Recovery time objective, hours")
-    rpo_hours: float = Field(1, ge=0.25, le=24, description="Recovery point objective, hours")
-    backup_retention_days: int = Field(30, ge=7, le=365)
-    test_frequency_days: int = Field(90, ge=30, le=365)
+    rto_hours: float = Field(default=4, ge=0.5, le=72, description="Recovery time objective, hours")
+    rpo_hours: float = Field(default=1, ge=0.25, le=24, description="Recovery point objective, hours")
+    backup_retention_days: int = Field(default=30, ge=7, le=365)
+    test_frequency_days: int = Field(default=90, ge=30, le=365)
     auto_failover: bool = False
     notification_emails: list[EmailStr] = Field(default_factory=list)
 
@@ -41,24 +47,34 @@ class EncryptionSettings(Strict):
     # The keys themselves live in an Airflow connection (or any secrets backend that serves
     # connections), never in this file: see docs/keys.md.
     key_conn_id: str = "backup_encryption"
-    key_rotation_days: int = Field(30, ge=1, le=365)
+    key_rotation_days: int = Field(default=30, ge=1, le=365)
 
 
 class PipelineSettings(Strict):
     compression: Literal["zstd", "gzip"] = "zstd"
-    compression_level: int = Field(3, ge=1, le=19)
+    compression_level: int = Field(default=3, ge=1, le=19)
     # Plaintext bytes per AES-GCM chunk; 1 MiB keeps memory flat and the 16-byte tag
     # overhead at 0.0015 %.
-    chunk_size: int = Field(1 << 20, ge=4096, le=64 << 20)
+    chunk_size: int = Field(default=1 << 20, ge=4096, le=64 << 20)
 
 
 # --- targets ---------------------------------------------------------------------------
+
+
+def _absolute_path(path: str) -> str:
+    # Resolved on whichever worker runs the task: a relative path would depend on that
+    # worker's working directory.
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must be absolute (start with /)")
+    return path
 
 
 class LocalTarget(Strict):
     type: Literal["local"]
     path: str
     offsite: bool = False
+
+    _absolute = field_validator("path")(_absolute_path)
 
 
 class S3Target(Strict):
@@ -100,7 +116,7 @@ class FTPTarget(Strict):
 
 
 TargetConfig = Annotated[
-    Union[LocalTarget, S3Target, AzureBlobTarget, GCSTarget, SFTPTarget, FTPTarget],
+    LocalTarget | S3Target | AzureBlobTarget | GCSTarget | SFTPTarget | FTPTarget,
     Field(discriminator="type"),
 ]
 
@@ -112,10 +128,10 @@ class PostgresSource(Strict):
     conn_id: str
     database: str | None = None  # defaults to the connection's schema (database) field
     format: Literal["custom", "directory"] = "custom"
-    jobs: int = Field(1, ge=1, le=32, description="pg_dump -j, directory format only")
+    jobs: int = Field(default=1, ge=1, le=32, description="pg_dump -j, directory format only")
 
     @model_validator(mode="after")
-    def _jobs_need_directory(self) -> "PostgresSource":
+    def _jobs_need_directory(self) -> PostgresSource:
         if self.jobs > 1 and self.format != "directory":
             raise ValueError("jobs > 1 needs format: directory (pg_dump -j only works with -Fd)")
         return self
@@ -137,13 +153,12 @@ class FilesSource(Strict):
     @classmethod
     def _absolute(cls, paths: list[str]) -> list[str]:
         for p in paths:
-            if not p.startswith("/"):
-                raise ValueError(f"path {p!r} must be absolute (start with /)")
+            _absolute_path(p)
         return paths
 
 
 SourceConfig = Annotated[
-    Union[PostgresSource, MongoSource, FilesSource], Field(discriminator="type")
+    PostgresSource | MongoSource | FilesSource, Field(discriminator="type")
 ]
 
 # Which backup types each source kind implements in this version. Validation refuses the
@@ -160,13 +175,77 @@ IMPLEMENTED_TARGETS: set[str] = {"local"}
 
 
 class GFSRetention(Strict):
-    daily: int = Field(7, ge=0, le=3650)
-    weekly: int = Field(4, ge=0, le=520)
-    monthly: int = Field(12, ge=0, le=240)
-    yearly: int = Field(7, ge=0, le=100)
+    daily: int = Field(default=7, ge=0, le=3650)
+    weekly: int = Field(default=4, ge=0, le=520)
+    monthly: int = Field(default=12, ge=0, le=240)
+    yearly: int = Field(default=7, ge=0, le=100)
 
 
-CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+# Airflow's presets (airflow.utils.dates.cron_presets) plus the two croniter aliases it also
+# accepts; each is checked as the expression it stands for.
+CRON_PRESETS: dict[str, str] = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+CRON_FIELDS: tuple[tuple[str, str], ...] = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT"),
+)
+_CRON_HELP = (
+    "use 5 fields (minute hour day-of-month month day-of-week), e.g. '0 2 * * *', "
+    "or one of " + ", ".join(CRON_PRESETS)
+)
+
+
+def cron_problem(cron: str) -> str | None:
+    """Why ``cron`` cannot be a DAG schedule, or None if it can.
+
+    Stricter than croniter alone: croniter also takes 6-field (seconds) expressions, which
+    Airflow cannot schedule, and random ``R`` fields, which would move the schedule on
+    every DAG parse; and it accepts dates that never occur (31 February), which would make
+    a backup DAG that silently never runs.
+    """
+    from datetime import UTC, datetime
+
+    from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
+
+    expr = CRON_PRESETS.get(cron, cron)
+    fields = expr.split()
+    if len(fields) != 5:
+        return f"{cron!r} is not a valid cron expression: it has {len(fields)} fields; {_CRON_HELP}"
+    for i, (field, allowed) in enumerate(CRON_FIELDS):
+        if any(part == "R" or part.startswith("R(") for part in fields[i].split(",")):
+            return (
+                f"{cron!r} is not a valid cron expression: random (R) {field} fields are not "
+                "supported because the schedule would change on every DAG parse; pick a fixed value"
+            )
+        # Check each field alone so the message can say which one is wrong.
+        probe = ["*"] * 5
+        probe[i] = fields[i]
+        if not croniter.is_valid(" ".join(probe)):
+            return (
+                f"{cron!r} is not a valid cron expression: {field} field {fields[i]!r} is "
+                f"invalid; the {field} field takes {allowed}, combined with * , - /"
+            )
+    if not croniter.is_valid(expr):
+        return f"{cron!r} is not a valid cron expression; {_CRON_HELP}"
+    try:
+        croniter(expr, datetime(2024, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        return (
+            f"{cron!r} never fires (the day-of-month and month fields name a date that does "
+            "not exist, e.g. 31 February); fix the day-of-month or month field"
+        )
+    return None
 
 
 class Schedule(Strict):
@@ -177,26 +256,19 @@ class Schedule(Strict):
     active: bool = True
     targets: list[str] = Field(min_length=1)
     retention: GFSRetention | None = None
-    retention_days: int | None = Field(None, ge=1, le=3650)
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
     description: str = ""
 
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, cron: str) -> str:
-        from croniter import croniter
-
-        presets = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
-        if cron in presets:
-            return cron
-        if len(cron.split()) != 5 or not croniter.is_valid(cron):
-            raise ValueError(
-                f"{cron!r} is not a valid 5-field cron expression "
-                "(minute hour day-of-month month day-of-week, e.g. '0 2 * * *')"
-            )
+        problem = cron_problem(cron)
+        if problem:
+            raise ValueError(problem)
         return cron
 
     @model_validator(mode="after")
-    def _one_retention(self) -> "Schedule":
+    def _one_retention(self) -> Schedule:
         if self.retention is not None and self.retention_days is not None:
             raise ValueError("give either retention (GFS tiers) or retention_days, not both")
         return self
@@ -213,6 +285,11 @@ class BackupConfig(Strict):
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     staging_dir: str | None = None  # default: $BACKUP_STAGING_DIR or $AIRFLOW_HOME/backup-staging
+
+    @field_validator("staging_dir")
+    @classmethod
+    def _absolute_staging(cls, path: str | None) -> str | None:
+        return None if path is None else _absolute_path(path)
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     schedules: list[Schedule] = Field(default_factory=list)

@@ -1,0 +1,26 @@
+"""Sources: one module per kind behind the :class:`~include.backup.sources.base.Source`
+protocol. Modules are imported only when a source of that kind is built."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from include.backup.errors import SourceError
+
+if TYPE_CHECKING:
+    from include.backup.config.schema import SourceConfig
+    from include.backup.sources.base import Source
+
+
+def build_source(name: str, cfg: "SourceConfig") -> "Source":
+    if cfg.type == "files":
+        from include.backup.sources.files import FilesSource
+
+        return FilesSource(name, cfg)
+    if cfg.type == "postgres":
+        from include.backup.sources.postgres import PostgresSource
+
+        return PostgresSource(name, cfg)
+    raise SourceError(
+        f"source {name!r}: sources of type {cfg.type!r} are not implemented in this version"
+    )

@@ -1,0 +1,50 @@
+# Everything installs into .venv inside the checkout; system packages come from apt.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help demo test test-unit test-integration bench lint lock clean system-deps venv
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+demo: venv system-deps ## back up and restore a sample PostgreSQL database and a file tree with Airflow
+	$(PY) scripts/demo.py
+
+test: venv system-deps ## install what the tests need and run them (what CI runs)
+	$(PY) -m pytest
+
+test-unit: venv ## unit tests only
+	$(PY) -m pytest tests/unit tests/dags
+
+bench: venv system-deps ## run the benchmarks (on demand; figures are printed)
+	$(PY) bench/bench_pipeline.py
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check include dags plugins tests scripts bench
+	$(VENV)/bin/mypy include/backup
+
+lock: ## re-pin requirements*.txt from requirements*.in
+	$(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements.in -o requirements.txt
+	$(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements-dev.in -c requirements.txt -o requirements-dev.txt
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --python $(PY) -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+# PostgreSQL server binaries (the demo and tests start their own throwaway cluster) and zstd.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v zstd >/dev/null; then \
+	  echo "installing postgresql and zstd with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd; \
+	fi
+
+clean: ## remove the venv, the demo and the local Airflow home
+	rm -rf $(VENV) .demo .airflow .pytest_cache

@@ -1,0 +1,86 @@
+"""DAG parse time with many generated schedules (run on demand).
+
+    python bench/bench_parse.py [--schedules 500]
+
+Writes a config with N schedules, then times what the dag processor does with dags/: a
+DagBag over the folder, in a fresh interpreter, repeated. Baseline in the same run: the
+same DagBag over a config with a single schedule, so the ratio shows the per-schedule cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import time, sys
+t = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+t_import = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+t_bag = time.perf_counter()
+assert not bag.import_errors, bag.import_errors
+print(len(bag.dag_ids), t_import - t, t_bag - t_import)
+"""
+
+
+def write_config(path: Path, n: int) -> None:
+    lines = [
+        "targets:",
+        "  local: {type: local, path: /tmp/bench-backups}",
+        "  nas: {type: local, path: /tmp/bench-nas, offsite: true}",
+        "sources:",
+        "  pg: {type: postgres, conn_id: events_pg}",
+        "  files: {type: files, paths: [/data]}",
+        "schedules:",
+    ]
+    for i in range(n):
+        src, typ = ("pg", "FULL") if i % 2 else ("files", "INCREMENTAL")
+        lines.append(
+            f"  - {{name: s{i:04d}, source: {src}, type: {typ}, cron: '{i % 60} * * * *', targets: [local, nas]}}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def measure(config: Path, repeat: int) -> tuple[int, float, float]:
+    env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(ROOT))
+    env.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-"))
+    parse: list[float] = []
+    imports: list[float] = []
+    n = 0
+    for _ in range(repeat):
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(ROOT / "dags")], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        n, imp, bag = int(out[0]), float(out[1]), float(out[2])
+        imports.append(imp)
+        parse.append(bag)
+    return n, statistics.median(imports), statistics.median(parse)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--schedules", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        one, many = Path(tmp) / "one.yaml", Path(tmp) / "many.yaml"
+        write_config(one, 1)
+        write_config(many, args.schedules)
+        n1, _, t1 = measure(one, args.repeat)
+        n, imp, tn = measure(many, args.repeat)
+    print(f"airflow import (not part of DAG parsing): {imp:.2f} s")
+    print(f"DagBag over dags/ with {n1} schedule:    {t1:.3f} s (baseline)")
+    print(f"DagBag over dags/ with {n} schedules: {tn:.3f} s  ({tn / t1:.1f}x baseline, "
+          f"{(tn - t1) / max(n - 1, 1) * 1000:.2f} ms per extra schedule; target < 2 s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Airflow DAGs ``backup__<schedule>``: one per active schedule of the backup config
+($BACKUP_CONFIG, default include/backup_config.yaml)."""
+
+import _backup_path  # noqa: F401  (project root on sys.path)
+
+from include.backup.factory import register_backup_dags
+
+register_backup_dags(globals())

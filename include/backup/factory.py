@@ -1,0 +1,153 @@
+"""Config → DAGs. The files in ``dags/`` call :func:`register_backup_dags` and
+:func:`raise_config_errors`; nothing here touches a source, a target or a connection at
+parse time: the config file is the only thing read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from include.backup.config.loader import LoadedConfig, load_config
+from include.backup.config.schema import BackupConfig, Schedule
+from include.backup.errors import ConfigError
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "backup",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+}
+START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def _doc_md(config: BackupConfig, schedule: Schedule, config_path: Path) -> str:
+    """What the schedule does, for the DAG's docs in the UI. Conn ids only: never a secret
+    (the config holds none, credentials live in Airflow connections)."""
+    source = config.sources[schedule.source]
+    targets = "\n".join(
+        f"| `{name}` | {config.targets[name].type} | {'yes' if config.targets[name].offsite else 'no'} |"
+        for name in schedule.targets
+    )
+    if schedule.retention_days is not None:
+        retention = f"keep every backup for {schedule.retention_days} days"
+    else:
+        r = schedule.retention or config_retention_default()
+        retention = f"GFS: {r.daily} daily, {r.weekly} weekly, {r.monthly} monthly, {r.yearly} yearly"
+    return f"""### Backup schedule `{schedule.name}`
+{schedule.description}
+
+| | |
+|---|---|
+| source | `{schedule.source}` ({source.type}) |
+| type | {schedule.type.value} |
+| cron | `{schedule.cron}` |
+| retention | {retention} |
+| config | `{config_path.name}` |
+
+| target | type | off-site |
+|---|---|---|
+{targets}
+
+Tasks: **dump** (stream the source through {config.pipeline.compression}) → **encrypt**
+(AES-256-GCM, fresh data key) → **checksum** (SHA-256, manifest) → **upload** (one mapped
+task per target; manifest last) → **verify** (read back and re-hash at each target) →
+**cleanup** (staging, retention).
+"""
+
+
+def config_retention_default() -> Any:
+    from include.backup.config.schema import GFSRetention
+
+    return GFSRetention()
+
+
+def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
+    from airflow.sdk import DAG, get_current_context, task
+
+    source_type = config.sources[schedule.source].type
+
+    with DAG(
+        dag_id=schedule.dag_id,
+        schedule=schedule.cron,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["backup", f"source:{schedule.source}", f"type:{schedule.type.value}", source_type],
+        doc_md=_doc_md(config, schedule, config_path),
+        description=f"{schedule.type.value} backup of {schedule.source} to {', '.join(schedule.targets)}",
+    ) as dag:
+
+        @task(task_id="dump")
+        def dump(schedule_name: str) -> dict[str, Any]:
+            from include.backup import tasks
+
+            ctx = get_current_context()
+            return tasks.run_dump(schedule_name, ctx["run_id"], ctx.get("logical_date"))
+
+        @task(task_id="encrypt")
+        def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import tasks
+
+            return tasks.run_encrypt(meta)
+
+        @task(task_id="checksum")
+        def checksum(meta: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import tasks
+
+            return tasks.run_checksum(meta)
+
+        @task(task_id="upload", map_index_template="{{ target_name }}")
+        def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+            from include.backup import tasks
+
+            get_current_context()["target_name"] = target_name  # type: ignore[index]
+            return tasks.run_upload(meta, target_name)
+
+        @task(task_id="verify", map_index_template="{{ target_name }}")
+        def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+            from include.backup import tasks
+
+            get_current_context()["target_name"] = target_name  # type: ignore[index]
+            return tasks.run_verify(meta, target_name)
+
+        @task(task_id="cleanup")
+        def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
+            from include.backup import tasks
+
+            return tasks.run_cleanup(meta, schedule_name)
+
+        meta = checksum(encrypt(dump(schedule.name)))
+        uploaded = upload.partial(meta=meta).expand(target_name=list(schedule.targets))
+        verified = verify.partial(meta=meta).expand(target_name=list(schedule.targets))
+        uploaded >> verified
+        verified >> cleanup(meta, schedule.name)
+    return dag
+
+
+def build_dags(loaded: LoadedConfig) -> dict[str, Any]:
+    return {
+        s.dag_id: build_backup_dag(loaded.config, s, loaded.path)
+        for s in loaded.config.schedules
+        if s.active
+    }
+
+
+def register_backup_dags(namespace: dict[str, Any], path: str | Path | None = None) -> None:
+    """Put one DAG per active, valid schedule into ``namespace`` (a DAG file's globals).
+
+    A config that cannot be read at all raises here, so it shows as an import error.
+    Broken schedules are skipped here and reported by :func:`raise_config_errors`."""
+    loaded = load_config(path)
+    namespace.update(build_dags(loaded))
+
+
+def raise_config_errors(path: str | Path | None = None) -> None:
+    """Raise a ConfigError listing every broken schedule, target or source, so that the
+    Airflow UI shows it as an import error while the valid schedules keep running."""
+    loaded = load_config(path)
+    if loaded.issues:
+        raise ConfigError(str(loaded.path), loaded.issues)

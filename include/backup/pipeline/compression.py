@@ -1,0 +1,367 @@
+"""Streaming compression: zstd (default) and gzip (for compatibility), plus "none".
+
+Writers push compressed bytes into a destination stream as they go; readers pull
+decompressed bytes from a source stream. Neither ever holds a whole payload in memory.
+
+Two rules the rest of the pipeline relies on:
+
+* Finishing a compressed stream never closes the destination (the caller owns it), and a
+  stream that was abandoned because of an error is *not* finished: its output then lacks
+  the end-of-frame marker, so nobody can mistake it for a complete payload.
+* Readers raise :class:`~include.backup.errors.IntegrityError` when the compressed data is
+  corrupt or ends early. ``zstandard``'s own stream reader silently returns a short result
+  for a truncated frame, which is why the zstd reader here is built on ``decompressobj``.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO, Protocol
+
+import zstandard
+
+from include.backup.errors import IntegrityError
+
+ALGORITHMS = ("zstd", "gzip", "none")
+
+# zstd workers. 2 matches the `zstd -3 -T2` baseline; more only helps on hosts with spare
+# cores, and Airflow workers usually run several tasks side by side.
+DEFAULT_ZSTD_THREADS = 2
+
+# Size of the pieces handed to the next stage. Large pieces amortise per-call overhead in
+# the Python layers (encryption, hashing, file writes); 1 MiB was the knee of the curve.
+_OUT_PIECE = 1 << 20
+_IN_BLOCK = 1 << 20
+
+# Readers aim to produce at most this much output per step, so memory stays bounded even
+# for absurd compression ratios (a zstd stream of zeros expands ~30000x).
+_TARGET_OUT = 4 << 20
+
+
+class _Writable(Protocol):
+    def write(self, b: bytes | bytearray | memoryview, /) -> int | None: ...
+
+
+def _check_algo(algo: str) -> str:
+    if algo not in ALGORITHMS:
+        raise ValueError(
+            f"unknown compression algorithm {algo!r}: use one of {', '.join(ALGORITHMS)}"
+        )
+    return algo
+
+
+def _check_level(algo: str, level: int) -> None:
+    if algo == "zstd" and not (-7 <= level <= 22 and level != 0):
+        raise ValueError(f"zstd level must be 1..22 (or -7..-1 for fast modes), got {level}")
+    if algo == "gzip" and not 1 <= level <= 9:
+        raise ValueError(f"gzip level must be 1..9, got {level}")
+
+
+class _GzipWriter(io.RawIOBase):
+    """gzip member writer on top of zlib.
+
+    Used instead of :class:`gzip.GzipFile` because GzipFile writes its trailer when it is
+    garbage-collected, which would turn an aborted stream into a valid-looking one.
+    """
+
+    def __init__(self, dst: _Writable, level: int) -> None:
+        super().__init__()
+        self._dst = dst
+        # wbits=31: gzip container (RFC 1952) with a fixed header (mtime 0), so output is
+        # reproducible and readable by `gzip -d`.
+        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self._finished = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._finished or self.closed:
+            raise ValueError("write to a finished gzip stream")
+        out = self._z.compress(b)
+        if out:
+            self._dst.write(out)
+        return len(memoryview(b).cast("B"))
+
+    def close(self) -> None:
+        if not self._finished and not self.closed:
+            self._finished = True
+            self._dst.write(self._z.flush(zlib.Z_FINISH))
+        super().close()
+
+    def __del__(self) -> None:
+        # Deliberately do not finish the stream on garbage collection (see class docstring).
+        pass
+
+
+class _PassThroughWriter(io.RawIOBase):
+    """``algo="none"``: bytes go straight through; closing does not close ``dst``."""
+
+    def __init__(self, dst: _Writable) -> None:
+        super().__init__()
+        self._dst = dst
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a closed stream")
+        self._dst.write(b)
+        return len(memoryview(b).cast("B"))
+
+    def __del__(self) -> None:
+        pass
+
+
+def open_compress_writer(
+    dst: _Writable, algo: str = "zstd", level: int = 3, *, threads: int = DEFAULT_ZSTD_THREADS
+) -> BinaryIO:
+    """Return a writable stream compressing into ``dst``. ``close()`` finishes the frame
+    (and does not close ``dst``); dropping it without ``close()`` leaves it unfinished."""
+    _check_algo(algo)
+    if algo == "none":
+        return _PassThroughWriter(dst)  # type: ignore[return-value]
+    _check_level(algo, level)
+    if algo == "gzip":
+        return _GzipWriter(dst, level)  # type: ignore[return-value]
+    cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    return cctx.stream_writer(  # type: ignore[return-value]
+        dst, write_size=_OUT_PIECE, closefd=False, write_return_read=True
+    )
+
+
+@contextmanager
+def compress_writer(
+    dst: BinaryIO, algo: str = "zstd", level: int = 3, *, threads: int = DEFAULT_ZSTD_THREADS
+) -> Iterator[BinaryIO]:
+    """Context manager yielding a writable stream that compresses into ``dst``.
+
+    Leaving the block normally (or calling ``close()`` inside it) finishes the frame;
+    ``dst`` is never closed. Leaving it with an exception does *not* finish the frame, so
+    a failed run cannot produce output that decompresses as if it were complete.
+    ``threads`` is the number of zstd worker threads (ignored for gzip).
+    """
+    writer = open_compress_writer(dst, algo, level, threads=threads)
+    try:
+        yield writer
+    except BaseException:
+        raise  # abandon: no end-of-frame marker is written
+    else:
+        if not writer.closed:
+            writer.close()
+
+
+def _readinto_block(src: BinaryIO, mv: memoryview) -> int:
+    readinto = getattr(src, "readinto", None)
+    if readinto is not None:
+        return readinto(mv) or 0
+    data = src.read(len(mv)) or b""
+    mv[: len(data)] = data
+    return len(data)
+
+
+def copy_compress(
+    src: BinaryIO,
+    dst: BinaryIO,
+    algo: str = "zstd",
+    level: int = 3,
+    *,
+    threads: int = DEFAULT_ZSTD_THREADS,
+) -> tuple[int, int]:
+    """Compress everything from ``src`` into ``dst``. Returns ``(raw bytes, compressed bytes)``."""
+    from include.backup.pipeline.hashing import CountingWriter
+
+    counted = CountingWriter(dst)
+    raw = 0
+    buf = bytearray(_IN_BLOCK)
+    mv = memoryview(buf)
+    with compress_writer(counted, algo, level, threads=threads) as w:  # type: ignore[arg-type]
+        while n := _readinto_block(src, mv):
+            w.write(mv[:n])
+            raw += n
+    return raw, counted.count
+
+
+class _DecompressingReader(io.RawIOBase):
+    """Pull-based decompressor with bounded memory and truncation detection.
+
+    Subclasses supply ``_new()`` (start a fresh frame/member), ``_step(data) -> bytes``,
+    ``_holds_input()`` (the decompressor still has fed-but-unprocessed input),
+    ``_at_end()`` (the current frame/member is complete) and ``_leftover()`` (input fed
+    past the end of that frame/member).
+    """
+
+    _name = "compressed"
+
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self._src = src
+        self._out = b""
+        self._pos = 0
+        self._pending = b""  # input read from src but not yet fed
+        self._src_eof = False
+        # Start tiny and grow: the ratio of the data is unknown until the first step.
+        self._feed = 64
+        self._consumed = 0  # compressed bytes fed so far, for error messages
+        self._new()
+
+    # -- subclass hooks ------------------------------------------------------------------
+    def _new(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _step(self, data: bytes) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _holds_input(self) -> bool:
+        return False
+
+    def _at_end(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _leftover(self) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- reading -------------------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def _read_src(self) -> None:
+        if not self._pending and not self._src_eof:
+            data = self._src.read(_IN_BLOCK)
+            if data:
+                self._pending = bytes(data)
+            else:
+                self._src_eof = True
+
+    def _fill(self) -> bool:
+        """Produce the next piece of output. False at a clean end of stream."""
+        while True:
+            if self._at_end():
+                self._pending = self._leftover() + self._pending
+                self._read_src()
+                if not self._pending:
+                    return False
+                self._new()  # another frame/member follows: concatenated streams are valid
+            if self._holds_input():
+                piece = b""
+            else:
+                self._read_src()
+                piece, self._pending = self._pending[: self._feed], self._pending[self._feed :]
+                if not piece:
+                    raise IntegrityError(
+                        f"truncated {self._name} stream: input ended after {self._consumed} "
+                        "bytes, in the middle of a frame; the stored object is incomplete"
+                    )
+            try:
+                out = self._step(piece)
+            except (zstandard.ZstdError, zlib.error) as exc:
+                raise IntegrityError(
+                    f"corrupt {self._name} stream near compressed byte {self._consumed}: {exc}; "
+                    "the stored object is damaged"
+                ) from exc
+            self._consumed += len(piece)
+            if piece:
+                # Adapt the feed so one step yields about _TARGET_OUT bytes: bounded memory
+                # for extreme ratios, few Python round trips for ordinary data.
+                ratio = max(1, len(out) // len(piece))
+                self._feed = max(64, min(_IN_BLOCK, _TARGET_OUT // ratio, self._feed * 4))
+            if out:
+                self._out, self._pos = out, 0
+                return True
+
+    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        if self._pos >= len(self._out) and not self._fill():
+            return b""
+        if self._pos == 0 and size >= len(self._out):
+            out, self._out = self._out, b""
+            return out
+        out = self._out[self._pos : self._pos + size]
+        self._pos += len(out)
+        return out
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        mv = memoryview(b).cast("B")
+        data = self.read(len(mv))
+        mv[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        parts = []
+        while data := self.read(1 << 30):
+            parts.append(data)
+        return b"".join(parts)
+
+
+class _ZstdReader(_DecompressingReader):
+    _name = "zstd"
+
+    def _new(self) -> None:
+        self._zd = zstandard.ZstdDecompressor().decompressobj(write_size=_OUT_PIECE)
+
+    def _step(self, data: bytes) -> bytes:
+        return self._zd.decompress(data)
+
+    def _at_end(self) -> bool:
+        return bool(self._zd.eof)
+
+    def _leftover(self) -> bytes:
+        return bytes(self._zd.unused_data)
+
+
+class _GzipReader(_DecompressingReader):
+    _name = "gzip"
+
+    def _new(self) -> None:
+        self._zd = zlib.decompressobj(31)
+
+    def _step(self, data: bytes) -> bytes:
+        # max_length bounds the output of one call; zlib keeps the input it did not get to
+        # in unconsumed_tail, which is fed again (with data == b"") before reading more.
+        tail = self._zd.unconsumed_tail
+        return self._zd.decompress(tail + data if tail else data, _TARGET_OUT)
+
+    def _holds_input(self) -> bool:
+        return bool(self._zd.unconsumed_tail)
+
+    def _at_end(self) -> bool:
+        return bool(self._zd.eof)
+
+    def _leftover(self) -> bytes:
+        return bytes(self._zd.unused_data)
+
+
+class _PassThroughReader(io.RawIOBase):
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self._src = src
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        return bytes(self._src.read(size if size is not None else -1) or b"")
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        return _readinto_block(self._src, memoryview(b).cast("B"))
+
+
+def decompress_reader(src: BinaryIO, algo: str) -> BinaryIO:
+    """Return a readable stream of the decompressed contents of ``src``.
+
+    Raises :class:`IntegrityError` (while reading) if the data is corrupt or truncated.
+    Closing the reader does not close ``src``.
+    """
+    _check_algo(algo)
+    if algo == "zstd":
+        return _ZstdReader(src)  # type: ignore[return-value]
+    if algo == "gzip":
+        return _GzipReader(src)  # type: ignore[return-value]
+    return _PassThroughReader(src)  # type: ignore[return-value]

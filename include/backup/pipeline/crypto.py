@@ -1,0 +1,534 @@
+"""The encrypted backup container: chunked AES-256-GCM (a STREAM construction).
+
+Byte layout, nonce construction and error rules are specified in docs/container-format.md;
+this module is the reference implementation. In short::
+
+    header = magic "AFBK-ENC" | version 0x01 | chunk_size u32 BE | key_id_len u8 | key_id
+             | wrap_nonce (12) | wrapped data key (32 + 16 tag) | nonce_prefix (7)
+    chunk i = AES-256-GCM(data_key, nonce = prefix | u32 BE i | last-flag, aad = header)
+
+Each backup gets a fresh random 32-byte data key, wrapped with the key-encryption key (KEK)
+named by ``key_id``. Every chunk but the last carries exactly ``chunk_size`` plaintext
+bytes; the last carries 0..chunk_size bytes and has its flag byte set to 1. Because the
+counter and the flag are inside the authenticated nonce, reordering, dropping, truncating
+or extending the chunk sequence fails authentication.
+
+Keys never appear in messages, logs or reprs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import secrets
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from include.backup.errors import IntegrityError, KeyNotFoundError
+
+MAGIC = b"AFBK-ENC"
+VERSION = 1
+KEY_SIZE = 32  # AES-256
+TAG_SIZE = 16  # GCM tag
+WRAP_NONCE_SIZE = 12
+WRAPPED_KEY_SIZE = KEY_SIZE + TAG_SIZE
+NONCE_PREFIX_SIZE = 7
+DEFAULT_CHUNK_SIZE = 1 << 20
+# Decryptors allocate one chunk at a time, so the header's chunk size is capped to keep a
+# hostile or corrupt header from asking for gigabytes.
+MAX_CHUNK_SIZE = 64 << 20
+MAX_CHUNKS = 1 << 32  # the counter is a u32
+
+_FIXED = struct.Struct(">8sBIB")  # magic, version, chunk_size, key_id_len
+ALGORITHM = "AES-256-GCM-STREAM"
+
+KeyLookup = Callable[[str], bytes]
+
+
+def generate_key() -> bytes:
+    """A fresh random 32-byte key (for a data key or a key-encryption key)."""
+    return secrets.token_bytes(KEY_SIZE)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed container header. ``raw`` is the exact header bytes (the chunk AAD)."""
+
+    version: int
+    chunk_size: int
+    key_id: str
+    wrap_nonce: bytes = field(repr=False)
+    wrapped_key: bytes = field(repr=False)  # 32-byte data key encrypted + 16-byte tag
+    nonce_prefix: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    @property
+    def wrap_aad(self) -> bytes:
+        """Header bytes before the wrap nonce: authenticated by the key wrap."""
+        return self.raw[: _FIXED.size + len(self.key_id.encode())]
+
+    @property
+    def wrapped_key_b64(self) -> str:
+        """base64(wrap_nonce || wrapped key): what the manifest records as ``wrapped_key``."""
+        return base64.b64encode(self.wrap_nonce + self.wrapped_key).decode("ascii")
+
+
+@dataclass(frozen=True)
+class EncryptResult:
+    key_id: str
+    wrapped_key: str  # base64(wrap_nonce(12) || AES-GCM(KEK, data key)(48)), see docs
+    chunk_size: int
+    plaintext_size: int
+    ciphertext_size: int  # the whole container: header + chunks
+    algorithm: str = ALGORITHM
+
+
+def _encode_key_id(key_id: str) -> bytes:
+    if not isinstance(key_id, str) or not key_id:
+        raise ValueError("key_id must be a non-empty string")
+    raw = key_id.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"key_id {key_id[:40]!r}... is {len(raw)} bytes in UTF-8; the limit is 255")
+    return raw
+
+
+def _check_key(key: bytes, what: str) -> bytes:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+        size = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
+        raise ValueError(f"{what} must be {KEY_SIZE} bytes, got {size}")
+    return bytes(key)
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be 1..{MAX_CHUNK_SIZE} bytes, got {chunk_size!r}")
+    return chunk_size
+
+
+def chunk_nonce(prefix: bytes, index: int, final: bool) -> bytes:
+    """nonce_prefix(7) || u32 BE chunk index || 0x01 for the final chunk else 0x00."""
+    return prefix + struct.pack(">IB", index, 1 if final else 0)
+
+
+def build_header(
+    kek: bytes,
+    key_id: str,
+    chunk_size: int,
+    *,
+    data_key: bytes,
+    wrap_nonce: bytes,
+    nonce_prefix: bytes,
+) -> Header:
+    """Assemble and wrap a header. Callers normally use :class:`EncryptingWriter`."""
+    kid = _encode_key_id(key_id)
+    _check_chunk_size(chunk_size)
+    kek = _check_key(kek, "key-encryption key")
+    data_key = _check_key(data_key, "data key")
+    if len(wrap_nonce) != WRAP_NONCE_SIZE or len(nonce_prefix) != NONCE_PREFIX_SIZE:
+        raise ValueError("wrap nonce must be 12 bytes and nonce prefix 7 bytes")
+    wrap_aad = _FIXED.pack(MAGIC, VERSION, chunk_size, len(kid)) + kid
+    wrapped = AESGCM(kek).encrypt(wrap_nonce, data_key, wrap_aad)
+    raw = wrap_aad + wrap_nonce + wrapped + nonce_prefix
+    return Header(VERSION, chunk_size, key_id, wrap_nonce, wrapped, nonce_prefix, raw)
+
+
+class EncryptingWriter(io.RawIOBase):
+    """Writable stream that encrypts into ``dst`` as a container.
+
+    The header is written at construction. ``close()`` writes the final chunk and returns
+    nothing; ``result`` is then available. ``dst`` is never closed.
+
+    Failure safety: if the writer is abandoned (an exception inside ``with``, ``abort()``,
+    or garbage collection without ``close()``), the final chunk is never written, so the
+    partial output fails to decrypt ("truncated: final chunk missing") instead of looking
+    like a complete backup.
+    """
+
+    def __init__(
+        self,
+        dst: BinaryIO,
+        kek: bytes,
+        key_id: str,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        *,
+        _fixed: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__()
+        # _fixed = (data_key, wrap_nonce, nonce_prefix): only for the documented test
+        # vector. Reusing these values for real data would repeat GCM nonces under one key.
+        data_key, wrap_nonce, prefix = _fixed or (
+            generate_key(),
+            secrets.token_bytes(WRAP_NONCE_SIZE),
+            secrets.token_bytes(NONCE_PREFIX_SIZE),
+        )
+        self.header = build_header(
+            kek, key_id, chunk_size, data_key=data_key, wrap_nonce=wrap_nonce, nonce_prefix=prefix
+        )
+        self._aead = AESGCM(data_key)
+        self._dst = dst
+        self._chunk = chunk_size
+        self._index = 0
+        self._buf = bytearray()  # 0..chunk_size bytes held back: the look-ahead
+        self._aborted = False
+        self.plaintext_size = 0
+        self.ciphertext_size = 0
+        self.result: EncryptResult | None = None
+        self._out(self.header.raw)
+
+    def __repr__(self) -> str:
+        return f"<EncryptingWriter key_id={self.header.key_id!r} chunk_size={self._chunk}>"
+
+    def writable(self) -> bool:
+        return True
+
+    def _out(self, data: bytes) -> None:
+        self._dst.write(data)
+        self.ciphertext_size += len(data)
+
+    def _seal_chunk(self, data: bytes | bytearray | memoryview, final: bool) -> None:
+        if self._index >= MAX_CHUNKS:
+            raise ValueError(
+                f"payload too large for chunk_size {self._chunk}: more than 2^32 chunks; "
+                "use a larger chunk_size"
+            )
+        nonce = chunk_nonce(self.header.nonce_prefix, self._index, final)
+        self._out(self._aead.encrypt(nonce, data, self.header.raw))
+        self._index += 1
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed or self._aborted:
+            raise ValueError("write to a finished or aborted encrypted stream")
+        mv = memoryview(b).cast("B")
+        n = len(mv)
+        size = self._chunk
+        # A chunk is only sealed once we know more data follows it, because the final chunk
+        # is marked in its nonce. A full buffer therefore waits for the next write or close.
+        if self._buf:
+            need = size - len(self._buf)
+            if n <= need:
+                self._buf += mv
+                self.plaintext_size += n
+                return n
+            self._buf += mv[:need]
+            mv = mv[need:]
+            self._seal_chunk(self._buf, final=False)
+            self._buf = bytearray()
+        while len(mv) > size:
+            self._seal_chunk(mv[:size], final=False)
+            mv = mv[size:]
+        self._buf += mv
+        self.plaintext_size += n
+        return n
+
+    def abort(self) -> None:
+        """Stop without writing the final chunk: the output will not decrypt."""
+        self._aborted = True
+        self._buf = bytearray()
+        super().close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._aborted:
+            super().close()
+            return
+        self._seal_chunk(self._buf, final=True)
+        self._buf = bytearray()
+        self.result = EncryptResult(
+            key_id=self.header.key_id,
+            wrapped_key=self.header.wrapped_key_b64,
+            chunk_size=self._chunk,
+            plaintext_size=self.plaintext_size,
+            ciphertext_size=self.ciphertext_size,
+        )
+        flush = getattr(self._dst, "flush", None)
+        if flush is not None:
+            flush()
+        super().close()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # Never finish the stream implicitly (IOBase.__del__ would call close()).
+        pass
+
+
+def encrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    kek: bytes,
+    key_id: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    _fixed: tuple[bytes, bytes, bytes] | None = None,
+) -> EncryptResult:
+    """Encrypt everything from ``src`` into ``dst`` as a container. ``dst`` stays open."""
+    block = max(chunk_size, 1 << 20)
+    with EncryptingWriter(dst, kek, key_id, chunk_size, _fixed=_fixed) as w:
+        while data := src.read(block):
+            w.write(data)
+    assert w.result is not None
+    return w.result
+
+
+# -- decryption ---------------------------------------------------------------------------
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    """Read up to ``n`` bytes, looping over short reads (pipes, sockets). Fewer only at EOF."""
+    data = src.read(n) or b""
+    if len(data) == n or not data:
+        return bytes(data)
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = src.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def read_header(src: BinaryIO) -> Header:
+    """Parse the container header from ``src``, leaving it positioned at the first chunk.
+
+    Raises :class:`IntegrityError` if this is not a container, the version is unknown or
+    the header is cut short. Nothing here is authenticated yet: that happens when the data
+    key is unwrapped (the wrap's AAD covers every field before it).
+    """
+    fixed = _read_exact(src, _FIXED.size)
+    if fixed[: len(MAGIC)] != MAGIC[: len(fixed)]:
+        raise IntegrityError(
+            f"not an encrypted backup container: expected magic {MAGIC!r}, found "
+            f"{fixed[: len(MAGIC)]!r}; the object is corrupt or is not an encrypted payload"
+        )
+    if len(fixed) < _FIXED.size:
+        raise IntegrityError(
+            f"truncated: the container header is incomplete ({len(fixed)} bytes); "
+            "the stored object was cut short"
+        )
+    _, version, chunk_size, kid_len = _FIXED.unpack(fixed)
+    if version != VERSION:
+        raise IntegrityError(
+            f"unsupported container version {version} (this code reads version {VERSION}); "
+            "upgrade the backup tool, or the header is corrupt"
+        )
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise IntegrityError(
+            f"container header is corrupt: chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}"
+        )
+    if kid_len == 0:
+        raise IntegrityError("container header is corrupt: the key id is empty")
+    rest_len = kid_len + WRAP_NONCE_SIZE + WRAPPED_KEY_SIZE + NONCE_PREFIX_SIZE
+    rest = _read_exact(src, rest_len)
+    if len(rest) < rest_len:
+        raise IntegrityError(
+            f"truncated: the container header is incomplete ({_FIXED.size + len(rest)} of "
+            f"{_FIXED.size + rest_len} bytes); the stored object was cut short"
+        )
+    try:
+        key_id = rest[:kid_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError(
+            "container header is corrupt: the key id is not valid UTF-8"
+        ) from None
+    o = kid_len
+    wrap_nonce = rest[o : o + WRAP_NONCE_SIZE]
+    o += WRAP_NONCE_SIZE
+    wrapped = rest[o : o + WRAPPED_KEY_SIZE]
+    o += WRAPPED_KEY_SIZE
+    prefix = rest[o : o + NONCE_PREFIX_SIZE]
+    return Header(version, chunk_size, key_id, wrap_nonce, wrapped, prefix, fixed + rest)
+
+
+def _lookup_kek(keys: KeyLookup, key_id: str) -> bytes:
+    try:
+        kek = keys(key_id)
+    except KeyNotFoundError:
+        raise
+    except KeyError:
+        raise KeyNotFoundError(
+            f"key-encryption key {key_id!r} is not in the key ring: add it to the keys "
+            "connection (old keys must be kept as long as backups made with them exist)"
+        ) from None
+    if kek is None:
+        raise KeyNotFoundError(f"key-encryption key {key_id!r} is not in the key ring")
+    return _check_key(kek, f"key-encryption key {key_id!r}")
+
+
+def unwrap_data_key(header: Header, kek: bytes) -> bytes:
+    """Decrypt the data key. A wrong KEK (or an altered header) is detected here."""
+    try:
+        return AESGCM(kek).decrypt(header.wrap_nonce, header.wrapped_key, header.wrap_aad)
+    except InvalidTag:
+        raise IntegrityError(
+            f"wrong key-encryption key for key id {header.key_id!r}: cannot unwrap the data "
+            "key (or the container header was altered)"
+        ) from None
+
+
+class DecryptingReader(io.RawIOBase):
+    """Readable plaintext stream over a container, decrypting one chunk at a time.
+
+    The header is read and the data key unwrapped in the constructor, so a wrong or unknown
+    key fails before any data is read. Reads raise :class:`IntegrityError` on any
+    authentication failure, truncation, reordering or trailing data; plaintext from a chunk
+    is only returned after that chunk authenticated. Closing it does not close ``src``.
+    """
+
+    def __init__(self, src: BinaryIO, keys: KeyLookup) -> None:
+        super().__init__()
+        self._src = src
+        self.header = read_header(src)
+        data_key = unwrap_data_key(self.header, _lookup_kek(keys, self.header.key_id))
+        self._aead = AESGCM(data_key)
+        self._enc_len = self.header.chunk_size + TAG_SIZE
+        self._index = 0
+        self._offset = self.header.size  # container offset of the next chunk
+        self._lookahead = b""  # first byte of the next chunk, read to detect the end
+        self._chunk = b""
+        self._pos = 0
+        self._done = False
+        self.plaintext_size = 0
+
+    def __repr__(self) -> str:
+        return f"<DecryptingReader key_id={self.header.key_id!r} chunk={self._index}>"
+
+    def readable(self) -> bool:
+        return True
+
+    def _try(self, nonce_final: bool, block: bytes) -> bytes | None:
+        nonce = chunk_nonce(self.header.nonce_prefix, self._index, nonce_final)
+        try:
+            return self._aead.decrypt(nonce, block, self.header.raw)
+        except InvalidTag:
+            return None
+
+    def _next_chunk(self) -> None:
+        n = self._enc_len
+        # Read one byte past the chunk: whether anything follows decides if this chunk must
+        # be the final one.
+        data = self._lookahead + _read_exact(self._src, n + 1 - len(self._lookahead))
+        more = len(data) > n
+        block, self._lookahead = (data[:n], data[n:]) if more else (data, b"")
+        i, offset = self._index, self._offset
+        if not block:
+            raise IntegrityError(
+                "truncated: final chunk missing (the container ends after "
+                f"{'its header' if i == 0 else f'chunk {i - 1}'}, at byte offset {offset})"
+            )
+        if len(block) < TAG_SIZE:
+            raise IntegrityError(
+                f"truncated: chunk {i} at byte offset {offset} is only {len(block)} bytes, "
+                f"shorter than its {TAG_SIZE}-byte authentication tag; the object was cut short"
+            )
+        plain = self._try(not more, block)
+        if plain is None:
+            # Find the most precise explanation before reporting plain corruption.
+            if not more and len(block) == n and self._try(False, block) is not None:
+                raise IntegrityError(
+                    f"truncated: final chunk missing (chunk {i} is a valid non-final chunk "
+                    f"and the container ends after it, at byte offset {offset + n})"
+                )
+            if more and self._try(True, block) is not None:
+                raise IntegrityError(
+                    f"trailing data after final chunk: chunk {i} is the final chunk but more "
+                    f"bytes follow at byte offset {offset + n}; the object was extended"
+                )
+            raise IntegrityError(
+                f"backup payload failed authentication at chunk {i} (byte offset {offset}): "
+                "the data was altered, corrupted, truncated or extended, or the key is wrong"
+            )
+        self._index += 1
+        self._offset += len(block)
+        self.plaintext_size += len(plain)
+        self._chunk, self._pos = plain, 0
+        self._done = not more
+
+    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        while self._pos >= len(self._chunk):
+            if self._done:
+                return b""
+            self._next_chunk()  # may yield an empty final chunk; the loop then ends
+        if self._pos == 0 and size >= len(self._chunk):
+            out, self._chunk = self._chunk, b""  # hand over the whole chunk without a copy
+            return out
+        out = self._chunk[self._pos : self._pos + size]
+        self._pos += len(out)
+        return out
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        mv = memoryview(b).cast("B")
+        data = self.read(len(mv))
+        mv[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        parts = []
+        while data := self.read(1 << 30):
+            parts.append(data)
+        return b"".join(parts)
+
+    @property
+    def finished(self) -> bool:
+        """True once the final chunk has authenticated (the whole payload is genuine)."""
+        return self._done
+
+
+def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: KeyLookup) -> int:
+    """Decrypt a container from ``src`` into ``dst``; returns plaintext bytes written.
+
+    Plaintext is written chunk by chunk as each authenticates, so on error ``dst`` holds a
+    prefix of the data: use :func:`decrypt_file` when the output must be all-or-nothing.
+    """
+    reader = DecryptingReader(src, keys)
+    total = 0
+    while data := reader.read(1 << 30):
+        dst.write(data)
+        total += len(data)
+    return total
+
+
+def decrypt_file(
+    src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], keys: KeyLookup
+) -> int:
+    """Decrypt a container file to ``dst_path``, all or nothing.
+
+    Output goes to a temporary file beside ``dst_path`` that is renamed into place only
+    after the final chunk authenticated; on any failure the temporary file is removed and
+    ``dst_path`` is left untouched.
+    """
+    dst = Path(dst_path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src_path, "rb") as src:
+            total = decrypt_stream(src, out, keys)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return total

@@ -1,0 +1,328 @@
+"""Retention: which backups to keep (grandfather-father-son) and deleting the rest.
+
+:func:`plan_retention` is pure (manifests and a clock in, a plan out) so the policy can be
+tested over thousands of generated histories; :func:`apply_retention` carries a plan out at
+one target and re-checks it against what the target holds right now.
+
+Rules, in order (a backup is kept when any rule keeps it):
+
+1. GFS, per standalone type (FULL and SCHEMA separately), with restic's ``forget
+   --keep-daily/weekly/monthly/yearly`` semantics: walking from the newest backup, keep the
+   newest backup of each of the last ``daily`` distinct days that have one, of the last
+   ``weekly`` ISO weeks, ``monthly`` months and ``yearly`` years (UTC calendar).
+2. ``retention_days``: keep every backup younger than that many days.
+3. Incrementals and log backups younger than ``incremental_max_age_days`` (7, the source
+   guide's cleanup rule) are kept; older ones go unless rule 5 keeps them.
+   With ``full_max_age_days``, a standalone backup older than that keeps only its monthly
+   and yearly GFS reasons (the guide's "30 days, full, exclude monthly").
+4. Safety: the newest backup and the newest verified backup are always kept.
+5. Safety: every ancestor (parent, grandparent, … up to the FULL) of a kept backup is
+   kept, so nothing kept ever becomes unrestorable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable, Mapping
+
+from include.backup.catalog.catalog import (
+    as_utc,
+    list_backups,
+    manifest_key,
+    sort_key,
+)
+from include.backup.catalog.manifest import Manifest, backup_prefix
+from include.backup.config.schema import GFSRetention
+from include.backup.targets.base import Target
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GFS = GFSRetention()  # 7 daily, 4 weekly, 12 monthly, 7 yearly (the source guide)
+TIERS = ("daily", "weekly", "monthly", "yearly")
+# Backups that are useless without their parent chain; everything else stands alone.
+DEPENDENT_TYPES = frozenset({"INCREMENTAL", "TRANSACTION_LOG"})
+# Tiers that outlive ``full_max_age_days``.
+LONG_TIERS = ("monthly", "yearly")
+
+
+@dataclass
+class RetentionPlan:
+    keep: dict[str, list[str]] = field(default_factory=dict)  # backup id -> why
+    delete: dict[str, str] = field(default_factory=dict)  # backup id -> why
+
+    def summary(self) -> str:
+        return f"keep {len(self.keep)}, delete {len(self.delete)}"
+
+
+# --- planning --------------------------------------------------------------------------
+
+
+def plan_retention(
+    backups: list[Manifest],
+    *,
+    gfs: GFSRetention | None,
+    retention_days: int | None,
+    now: datetime,
+    incremental_max_age_days: int = 7,
+    full_max_age_days: int | None = None,
+    schedule: str | None = None,
+) -> RetentionPlan:
+    """Decide, for each backup, keep (with every reason) or delete (with the reason).
+
+    Pass every backup of the source and ``schedule`` to plan for one schedule: only that
+    schedule's backups are then kept or deleted, and the others still protect the parents
+    they depend on (an incremental schedule chained onto a full schedule)."""
+    now = as_utc(now)
+    if gfs is None and retention_days is None:
+        gfs = DEFAULT_GFS
+    ordered = sorted(backups, key=sort_key)
+    governed = [m for m in ordered if schedule is None or m.schedule == schedule]
+    reasons: dict[str, list[str]] = {m.backup_id: [] for m in governed}
+
+    if gfs is not None:
+        for group in _standalone_groups(governed):
+            _merge(reasons, gfs_keep(group, gfs))
+    dropped = _cap_full_age(governed, reasons, now, full_max_age_days)
+    _keep_young(governed, reasons, now, retention_days, incremental_max_age_days)
+    _keep_newest(governed, reasons)
+    # Backups this plan does not govern are never deleted by it, so they protect their
+    # ancestors just like kept ones.
+    roots = [m for m in ordered if m.backup_id not in reasons or reasons[m.backup_id]]
+    _merge(reasons, ancestor_keep(roots, {m.backup_id: m for m in ordered}))
+
+    plan = RetentionPlan()
+    for m in governed:
+        if reasons[m.backup_id]:
+            plan.keep[m.backup_id] = reasons[m.backup_id]
+        else:
+            plan.delete[m.backup_id] = _delete_reason(
+                m, gfs, retention_days, incremental_max_age_days, full_max_age_days,
+                m.backup_id in dropped,
+            )
+    return plan
+
+
+def _standalone_groups(backups: list[Manifest]) -> list[list[Manifest]]:
+    groups: dict[str, list[Manifest]] = {}
+    for m in backups:
+        if m.backup_type not in DEPENDENT_TYPES:
+            groups.setdefault(m.backup_type, []).append(m)
+    return list(groups.values())
+
+
+def bucket(tier: str, moment: datetime) -> str:
+    """The calendar period (UTC) of ``moment`` for a GFS tier, e.g. '2024-W07'."""
+    moment = as_utc(moment)
+    if tier == "daily":
+        return moment.date().isoformat()
+    if tier == "weekly":
+        iso = moment.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    if tier == "monthly":
+        return f"{moment.year:04d}-{moment.month:02d}"
+    if tier == "yearly":
+        return f"{moment.year:04d}"
+    raise ValueError(f"unknown GFS tier {tier!r}; expected one of {', '.join(TIERS)}")
+
+
+def gfs_keep(backups: Iterable[Manifest], gfs: GFSRetention) -> dict[str, list[str]]:
+    """restic's keep-daily/weekly/monthly/yearly over one group of backups: walk from the
+    newest; a tier keeps a backup whenever it opens a period that tier has not seen yet,
+    until the tier's count is used up. Tiers are independent, so one backup may be, say,
+    the daily, weekly and monthly keep at once."""
+    newest_first = sorted(backups, key=sort_key, reverse=True)
+    keep: dict[str, list[str]] = {}
+    for tier in TIERS:
+        left = getattr(gfs, tier)
+        last: str | None = None
+        for m in newest_first:
+            if left <= 0:
+                break
+            period = bucket(tier, m.started_at)
+            if period != last:
+                keep.setdefault(m.backup_id, []).append(f"{tier} {period}")
+                last = period
+                left -= 1
+    return keep
+
+
+def _cap_full_age(
+    backups: list[Manifest],
+    reasons: dict[str, list[str]],
+    now: datetime,
+    full_max_age_days: int | None,
+) -> set[str]:
+    """Drop daily/weekly reasons of standalone backups older than ``full_max_age_days``;
+    returns the ids that lost every reason that way (for the delete message)."""
+    if full_max_age_days is None:
+        return set()
+    limit = timedelta(days=full_max_age_days)
+    dropped: set[str] = set()
+    for m in backups:
+        if m.backup_type in DEPENDENT_TYPES or now - as_utc(m.started_at) <= limit:
+            continue
+        had = reasons[m.backup_id]
+        reasons[m.backup_id] = [r for r in had if r.split(" ", 1)[0] in LONG_TIERS]
+        if had and not reasons[m.backup_id]:
+            dropped.add(m.backup_id)
+    return dropped
+
+
+def _keep_young(
+    backups: list[Manifest],
+    reasons: dict[str, list[str]],
+    now: datetime,
+    retention_days: int | None,
+    incremental_max_age_days: int,
+) -> None:
+    for m in backups:
+        age = now - as_utc(m.started_at)
+        if retention_days is not None and age < timedelta(days=retention_days):
+            reasons[m.backup_id].append(f"younger than {retention_days} days")
+        if m.backup_type in DEPENDENT_TYPES and age < timedelta(days=incremental_max_age_days):
+            reasons[m.backup_id].append(
+                f"{m.backup_type} younger than {incremental_max_age_days} days"
+            )
+
+
+def _keep_newest(backups: list[Manifest], reasons: dict[str, list[str]]) -> None:
+    """Never delete the last good backup: a run whose every backup is old (the schedule
+    was paused, or failed for weeks) must still leave one to restore."""
+    if not backups:
+        return
+    reasons[backups[-1].backup_id].append("newest backup")
+    verified = [m for m in backups if m.verified]
+    if verified:
+        reasons[verified[-1].backup_id].append("newest verified backup")
+
+
+def ancestor_keep(
+    kept: Iterable[Manifest], by_id: Mapping[str, Manifest]
+) -> dict[str, list[str]]:
+    """'parent of <child>' for every ancestor of every backup in ``kept``. Each chain is
+    walked once: a backup already walked has had its ancestors marked."""
+    reasons: dict[str, list[str]] = {}
+    walked: set[str] = set()
+    for m in kept:
+        current = m
+        while current.backup_id not in walked:
+            walked.add(current.backup_id)
+            parent = by_id.get(current.parent_id) if current.parent_id else None
+            if parent is None:
+                break  # a chain root, or a broken chain (nothing here to protect)
+            reasons.setdefault(parent.backup_id, []).append(f"parent of {current.backup_id}")
+            current = parent
+    return reasons
+
+
+def _merge(into: dict[str, list[str]], more: Mapping[str, list[str]]) -> None:
+    for backup_id, why in more.items():
+        if backup_id in into:
+            into[backup_id].extend(why)
+
+
+def _delete_reason(
+    m: Manifest,
+    gfs: GFSRetention | None,
+    retention_days: int | None,
+    incremental_max_age_days: int,
+    full_max_age_days: int | None,
+    capped: bool,
+) -> str:
+    window = f", older than {retention_days} days" if retention_days is not None else ""
+    if m.backup_type in DEPENDENT_TYPES:
+        return (
+            f"{m.backup_type} older than {incremental_max_age_days} days{window}, "
+            "and no kept backup depends on it"
+        )
+    if capped:
+        return (
+            f"{m.backup_type} older than {full_max_age_days} days and not a monthly or "
+            "yearly keep"
+        )
+    if gfs is None:
+        return f"older than {retention_days} days"
+    return (
+        f"{m.backup_type} not kept by any GFS tier ({gfs.daily} daily, {gfs.weekly} weekly, "
+        f"{gfs.monthly} monthly, {gfs.yearly} yearly){window}"
+    )
+
+
+# --- applying --------------------------------------------------------------------------
+
+
+def apply_retention(
+    target: Target,
+    source: str,
+    schedule_name: str,
+    plan: RetentionPlan,
+    *,
+    dry_run: bool = False,
+    log: logging.Logger | logging.LoggerAdapter = logger,  # type: ignore[type-arg]
+) -> list[str]:
+    """Delete the backups ``plan`` condemns that belong to ``schedule_name`` at ``target``;
+    returns their ids (the ones that would go, with ``dry_run``).
+
+    The plan is re-checked against the target's current listing: a backup that something
+    staying at the target depends on is kept (the plan may predate a new incremental, or
+    have been made without another schedule's backups)."""
+    current = list_backups(target, source)
+    by_id = {m.backup_id: m for m in current}
+    doomed = _doomed(current, plan, schedule_name)
+    spared = _spared(current, doomed, by_id, schedule_name)
+    for backup_id, why in spared.items():
+        log.info("retention at target %s: keeping %s (%s)", target.name, backup_id, why)
+        doomed.discard(backup_id)
+
+    deleted: list[str] = []
+    # Newest first, so an interrupted run never leaves a listed backup whose parent is gone.
+    for m in sorted((by_id[b] for b in doomed), key=sort_key, reverse=True):
+        reason = plan.delete[m.backup_id]
+        if dry_run:
+            log.info("retention at target %s: would delete %s (%s)", target.name, m.backup_id, reason)
+        else:
+            _delete_backup(target, m)
+            log.info("retention at target %s: deleted %s (%s)", target.name, m.backup_id, reason)
+        deleted.append(m.backup_id)
+    return deleted
+
+
+def _doomed(current: list[Manifest], plan: RetentionPlan, schedule_name: str) -> set[str]:
+    return {
+        m.backup_id
+        for m in current
+        if m.backup_id in plan.delete and m.schedule == schedule_name
+    }
+
+
+def _spared(
+    current: list[Manifest],
+    doomed: set[str],
+    by_id: Mapping[str, Manifest],
+    schedule_name: str,
+) -> dict[str, str]:
+    survivors = [m for m in current if m.backup_id not in doomed]
+    spared = {
+        backup_id: why[0]
+        for backup_id, why in ancestor_keep(survivors, by_id).items()
+        if backup_id in doomed
+    }
+    # Never empty a schedule at a target, whatever plan was handed in.
+    own = [m for m in current if m.schedule == schedule_name]
+    if own and all(m.backup_id in doomed for m in own):
+        spared.setdefault(own[-1].backup_id, "the schedule's last backup at this target")
+        for backup_id, why in ancestor_keep([own[-1]], by_id).items():
+            if backup_id in doomed:
+                spared.setdefault(backup_id, why[0])
+    return spared
+
+
+def _delete_backup(target: Target, manifest: Manifest) -> None:
+    """The manifest goes first: from then on the backup is no longer listed, so a crash
+    halfway leaves unlisted leftovers, never a listed backup with missing data."""
+    target.delete(manifest_key(manifest.source, manifest.backup_id))
+    prefix = backup_prefix(manifest.source, manifest.backup_id) + "/"
+    for info in list(target.list(prefix)):
+        target.delete(info.key)

@@ -1,0 +1,315 @@
+"""The local-disk target: objects are files under a root directory.
+
+Durability and atomicity follow the usual recipe (restic's local backend, SQLite, git):
+write a temporary file in the destination directory, fsync it, ``os.replace`` it onto the
+final name, fsync the directory. A reader therefore sees the old object, the whole new
+object, or nothing — never a prefix — and after a crash or power loss the published name
+points at complete data. Temporary files are named ``.<name>.tmp-<random>``; they are never
+listed, and a crash leaves at most such a file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, cast
+
+from include.backup.errors import ObjectNotFound, TargetError
+from include.backup.targets import check_key, check_prefix
+from include.backup.targets.base import ObjectInfo
+
+TEMP_MARKER = ".tmp-"
+COPY_BLOCK = 1 << 20  # 1 MiB: big enough for full-speed sequential I/O, small in memory
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def temp_name(name: str) -> str:
+    """The temporary name a put of ``name`` writes to (same directory, hidden)."""
+    # Truncated so that the temp name stays within NAME_MAX (255) for long object names.
+    return f".{name[:200]}{TEMP_MARKER}{secrets.token_hex(6)}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+class LocalTarget:
+    """A :class:`~include.backup.targets.base.Target` on a local (or mounted) file system."""
+
+    def __init__(self, name: str, root: str | Path) -> None:
+        self.name = name
+        # No I/O here: targets are built when a task runs, and the root may be a mount
+        # that only exists on the workers. It is created by the first put.
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalTarget({self.name!r}, {str(self.root)!r})"
+
+    # --- writing ---------------------------------------------------------------------
+
+    def put(self, key: str, src: Path) -> ObjectInfo:
+        def copy(out: BinaryIO) -> None:
+            try:
+                fin = open(src, "rb")
+            except OSError as exc:
+                raise TargetError(
+                    f"target '{self.name}': cannot read the file to upload {src}: "
+                    f"{exc.strerror or exc}; check that the staging file still exists"
+                ) from exc
+            with fin:
+                _copy_stream(fin, out)
+
+        return self._publish(key, copy)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self._publish(key, lambda out: out.write(data))
+
+    def _publish(self, key: str, write: Callable[[BinaryIO], object]) -> ObjectInfo:
+        """Write through ``write`` into a temp file, then atomically rename it to ``key``."""
+        dest = self._path(key)
+        tmp: Path | None = None
+        try:
+            tmp, out = self._create_temp(dest)
+            with out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+            tmp = None
+            _fsync_dir(dest.parent)
+            return ObjectInfo(key=key, size=dest.stat().st_size)
+        except OSError as exc:
+            raise self._write_error(key, dest, exc) from exc
+        finally:
+            # Whatever went wrong (disk full, source vanished, KeyboardInterrupt), leave
+            # no partial file behind.
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+    def _create_temp(self, dest: Path) -> tuple[Path, BinaryIO]:
+        # A concurrent delete() may remove the freshly made, still empty directory
+        # between mkdir and open; making it again is enough (a few tries, not forever).
+        for attempt in range(3):
+            _makedirs(dest.parent)
+            tmp = dest.parent / temp_name(dest.name)
+            try:
+                return tmp, open(tmp, "xb")
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_error(self, key: str, dest: Path, exc: OSError) -> TargetError:
+        if exc.errno in _DISK_FULL:
+            free = self.free_bytes()
+            return TargetError(
+                f"target '{self.name}': no space left writing '{key}' at {dest} "
+                f"({free if free is not None else 'unknown'} bytes free); free space under "
+                f"{self.root} or move the target to a larger volume, then retry"
+            )
+        return TargetError(
+            f"target '{self.name}': cannot write '{key}' at {dest}: {exc.strerror or exc}; "
+            f"check that {self.root} exists and is writable by the worker's user"
+        )
+
+    # --- reading ---------------------------------------------------------------------
+
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(
+                f"target '{self.name}': offset and length must be >= 0, got {offset}, {length}"
+            )
+        path = self._path(key)
+        try:
+            f = open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise self._not_found(key) from exc
+        except OSError as exc:
+            raise TargetError(
+                f"target '{self.name}': cannot open '{key}' at {path}: {exc.strerror or exc}"
+            ) from exc
+        if offset:
+            f.seek(offset)  # past the end is fine: reads then return b""
+        if length is None:
+            return f
+        return cast(BinaryIO, io.BufferedReader(_RangeReader(f, length), buffer_size=COPY_BLOCK))
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise TargetError(
+                f"target '{self.name}': cannot stat '{key}' at {path}: {exc.strerror or exc}"
+            ) from exc
+        if not path.is_file():
+            return None  # a directory is a key prefix, not an object
+        return ObjectInfo(key=key, size=st.st_size)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(self.name, prefix)
+        # Walk only the directory the prefix pins down ('a/b/c' -> root/a/b), then filter
+        # by string prefix like an object store does.
+        start_dir = prefix.rpartition("/")[0]
+        start = self.root / start_dir if start_dir else self.root
+        found: list[ObjectInfo] = []
+        try:
+            self._walk(start, start_dir, prefix, found)
+        except OSError as exc:
+            raise TargetError(
+                f"target '{self.name}': cannot list {start}: {exc.strerror or exc}; "
+                f"check that {self.root} is mounted and readable"
+            ) from exc
+        # Sorted and collected up front: deterministic order, and callers may delete while
+        # iterating without disturbing the walk.
+        found.sort(key=lambda o: o.key)
+        return iter(found)
+
+    def _walk(self, directory: Path, rel: str, prefix: str, out: list[ObjectInfo]) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing stored yet, or removed by a concurrent delete
+        for entry in entries:
+            key = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if key.startswith(prefix) or prefix.startswith(key + "/"):
+                    self._walk(Path(entry.path), key, prefix, out)
+            elif entry.is_file(follow_symlinks=False) and not is_temp_name(entry.name):
+                if key.startswith(prefix):
+                    try:
+                        size = entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # deleted while we listed
+                    out.append(ObjectInfo(key=key, size=size))
+
+    # --- deleting --------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError:
+            return  # a prefix, not an object: nothing to delete
+        except OSError as exc:
+            raise TargetError(
+                f"target '{self.name}': cannot delete '{key}' at {path}: {exc.strerror or exc}; "
+                "check the permissions of the backup directory"
+            ) from exc
+        self._prune_empty_dirs(path.parent)
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        # Deleted backups should not leave a forest of empty folders; stop at the first
+        # directory that still holds something (or at the root, which is never removed).
+        root = self.root.absolute()
+        directory = directory.absolute()
+        while directory != root and root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return  # not empty (or already gone, or busy): leave it
+            directory = directory.parent
+
+    # --- space -----------------------------------------------------------------------
+
+    def free_bytes(self) -> int | None:
+        # The root may not exist before the first backup: ask about the nearest existing
+        # ancestor, which is on the file system the root will be created on.
+        probe = self.root.absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            return shutil.disk_usage(probe).free
+        except OSError:
+            return None
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        check_key(self.name, key)
+        if is_temp_name(key.rpartition("/")[2]):
+            # Such a file would be published but never listed: refuse rather than hide it.
+            raise TargetError(
+                f"target '{self.name}': invalid object key {key!r} (its name looks like a "
+                f"temporary upload file, '.…{TEMP_MARKER}…'); choose another name"
+            )
+        return self.root / key
+
+    def _not_found(self, key: str) -> ObjectNotFound:
+        return ObjectNotFound(f"target '{self.name}': object '{key}' not found")
+
+
+class _RangeReader(io.RawIOBase):
+    """At most ``length`` bytes of ``f`` from its current position."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self._f = f
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)[: self._left]
+        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        n = n or 0
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
+def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
+    shutil.copyfileobj(src, dst, COPY_BLOCK)
+
+
+def _makedirs(directory: Path) -> None:
+    """``mkdir -p`` that also fsyncs the parent of each directory it creates, so that the
+    new directory entries survive a crash along with the file published inside them."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            continue
+        _fsync_dir(d.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # platforms (or file systems) that cannot open a directory: best effort
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems (and Windows) refuse fsync on a directory; the rename is
+        # still atomic, only its durability across power loss is up to the file system.
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)

@@ -1,0 +1,319 @@
+"""The steps of a backup run, as plain functions the generated DAGs call.
+
+Each step reads its inputs from the staging directory of the backup and returns a small
+dict of metadata for XCom (ids, paths, sizes, hashes: never data, never secrets). Every
+step is idempotent: a retry redoes the step from its inputs.
+
+    dump ─► encrypt ─► checksum ─► upload[target…] ─► verify[target…] ─► cleanup
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from include.backup.catalog.manifest import (
+    MANIFEST_NAME,
+    PAYLOAD_NAME,
+    EncryptionInfo,
+    Manifest,
+    StoredObject,
+    Verification,
+    backup_prefix,
+    utcnow,
+)
+from include.backup.config.schema import BackupConfig, BackupType, Schedule
+from include.backup.errors import BackupError, TargetError
+
+log = logging.getLogger(__name__)
+
+DUMP_NAME = "dump"  # compressed source stream, before encryption
+DRAFT_NAME = "manifest.draft.json"
+STALE_STAGING_DAYS = 7
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def load_config() -> BackupConfig:
+    """The valid part of the config: a run of a valid schedule must not fail because a
+    different schedule in the same file is broken."""
+    from include.backup.config.loader import load_config as _load
+
+    return _load().config
+
+
+def make_backup_id(schedule: str, when: datetime, run_id: str) -> str:
+    """Deterministic per DAG run, so a retried task finds the same staging directory and
+    overwrites the same objects instead of leaving an orphan beside them."""
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    suffix = hashlib.sha256(run_id.encode()).hexdigest()[:6]
+    return f"{schedule}-{stamp}-{suffix}"
+
+
+def staging_dir(config: BackupConfig, backup_id: str) -> Path:
+    from include.backup.settings import staging_root
+
+    return staging_root(config) / backup_id
+
+
+def load_keys(config: BackupConfig) -> Any:
+    """The key ring: from $BACKUP_KEY_FILE when set (CLI, demo), else the Airflow
+    connection named by encryption.key_conn_id."""
+    from include.backup.keys import KeyRing
+    from include.backup.settings import key_file_override
+
+    path = key_file_override()
+    if path is not None:
+        return KeyRing.from_file(path)
+    return KeyRing.from_connection(config.encryption.key_conn_id)
+
+
+def _read_draft(stage: Path) -> Manifest:
+    path = stage / DRAFT_NAME
+    if not path.exists():
+        raise BackupError(
+            f"staging {stage} has no {DRAFT_NAME}: the dump step did not finish; "
+            "clear the dump task to run the backup again"
+        )
+    return Manifest.from_json(path.read_bytes())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _targets(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
+    from include.backup.targets import build_target
+
+    return {name: build_target(name, config.targets[name]) for name in schedule.targets}
+
+
+def _find_parent(config: BackupConfig, schedule: Schedule) -> Manifest | None:
+    """The newest backup of the source held by any of the schedule's targets: the parent
+    of an incremental. An unreachable target is skipped (another may hold the chain)."""
+    from include.backup.catalog.catalog import latest
+
+    best: Manifest | None = None
+    for name, target in _targets(config, schedule).items():
+        try:
+            found = latest(target, schedule.source)
+        except TargetError as exc:
+            log.warning("cannot look for a parent backup at target %s: %s", name, exc)
+            continue
+        if found is not None and (best is None or found.started_at > best.started_at):
+            best = found
+    return best
+
+
+# --- the steps -------------------------------------------------------------------------
+
+
+def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> dict[str, Any]:
+    """Stream the source through the compressor into the staging directory."""
+    from include.backup.pipeline.compression import compress_writer
+    from include.backup.pipeline.hashing import CountingWriter
+    from include.backup.sources import build_source
+
+    config = load_config()
+    schedule = config.schedule(schedule_name)
+    started = utcnow()
+    backup_id = make_backup_id(schedule.name, logical_date or started, run_id)
+    stage = staging_dir(config, backup_id)
+    if stage.exists():  # a retry: start the step again from nothing
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+
+    source_cfg = config.sources[schedule.source]
+    source = build_source(schedule.source, source_cfg)
+    parent = _find_parent(config, schedule) if schedule.type == BackupType.INCREMENTAL else None
+
+    algo = config.pipeline.compression
+    partial = stage / (DUMP_NAME + ".partial")
+    with open(partial, "wb") as raw_out:
+        with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
+            counter = CountingWriter(zout)
+            result = source.dump(schedule.type.value, counter, parent)
+        raw_out.flush()
+        os.fsync(raw_out.fileno())
+    os.replace(partial, stage / DUMP_NAME)
+
+    manifest = Manifest(
+        backup_id=backup_id,
+        schedule=schedule.name,
+        source=schedule.source,
+        source_type=source_cfg.type,
+        backup_type=result.backup_type,
+        parent_id=result.parent_id,
+        started_at=started,
+        payload_format=result.payload_format,
+        position=result.position,
+        raw_size=counter.count,
+        compressed_size=(stage / DUMP_NAME).stat().st_size,
+        compression=algo,
+        stats=result.stats,
+        source_state=result.source_state,
+    )
+    _write_atomic(stage / DRAFT_NAME, manifest.to_json())
+    log.info(
+        "dumped %s (%s) as %s: %d bytes raw, %d compressed",
+        schedule.source, result.backup_type, backup_id, manifest.raw_size, manifest.compressed_size,
+    )
+    return {
+        "backup_id": backup_id,
+        "staging": str(stage),
+        "backup_type": result.backup_type,
+        "parent_id": result.parent_id,
+        "raw_size": manifest.raw_size,
+        "compressed_size": manifest.compressed_size,
+    }
+
+
+def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
+    """Encrypt the compressed dump into the payload container with a fresh data key."""
+    from include.backup.pipeline.crypto import encrypt_stream
+
+    config = load_config()
+    stage = Path(meta["staging"])
+    manifest = _read_draft(stage)
+    key_id, kek = load_keys(config).active()
+    partial = stage / (PAYLOAD_NAME + ".partial")
+    with open(stage / DUMP_NAME, "rb") as src, open(partial, "wb") as dst:
+        enc = encrypt_stream(src, dst, kek, key_id, chunk_size=config.pipeline.chunk_size)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(partial, stage / PAYLOAD_NAME)
+    manifest.encryption = EncryptionInfo(
+        key_id=enc.key_id, wrapped_key=enc.wrapped_key, chunk_size=enc.chunk_size
+    )
+    _write_atomic(stage / DRAFT_NAME, manifest.to_json())
+    # The plaintext (compressed) dump is no longer needed: don't leave it lying around.
+    (stage / DUMP_NAME).unlink()
+    return {**meta, "key_id": enc.key_id, "stored_size": enc.ciphertext_size}
+
+
+def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
+    """SHA-256 of exactly what will be stored, and the final manifest."""
+    from include.backup.pipeline.hashing import sha256_file
+
+    stage = Path(meta["staging"])
+    manifest = _read_draft(stage)
+    digest, size = sha256_file(stage / PAYLOAD_NAME)
+    manifest.objects = [StoredObject(name=PAYLOAD_NAME, size=size, sha256=digest)]
+    manifest.stored_size = size
+    manifest.finished_at = utcnow()
+    _write_atomic(stage / MANIFEST_NAME, manifest.to_json())
+    return {**meta, "sha256": digest, "stored_size": size}
+
+
+def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+    """Data objects first, the manifest last: until the manifest is there, the target
+    holds no backup."""
+    config = load_config()
+    stage = Path(meta["staging"])
+    manifest = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
+    from include.backup.targets import build_target
+
+    target = build_target(target_name, config.targets[target_name])
+    prefix = backup_prefix(manifest.source, manifest.backup_id)
+    for obj in manifest.objects:
+        info = target.put(f"{prefix}/{obj.name}", stage / obj.name)
+        if info.size != obj.size:
+            raise TargetError(
+                f"target {target_name!r}: stored {obj.name} is {info.size} bytes, "
+                f"expected {obj.size}; the upload was cut short — retry the task"
+            )
+    target.put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest.to_json())
+    log.info("uploaded %s to target %s", manifest.backup_id, target_name)
+    return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}
+
+
+def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> dict[str, Any]:
+    """Read back what the target holds, re-hash it, compare with the manifest, and record
+    the result in the manifest at that target. Fails the task when they differ."""
+    from include.backup.catalog.catalog import read_manifest, verify_object, write_manifest
+    from include.backup.targets import build_target
+
+    config = load_config()
+    stage = Path(meta["staging"])
+    local = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
+    target = build_target(target_name, config.targets[target_name])
+    stored = read_manifest(target, local.source, local.backup_id)
+    problems: list[str] = []
+    if stored.objects != local.objects:
+        problems.append("manifest at the target lists other objects than the one written")
+    for obj in local.objects:
+        ok, detail = verify_object(target, local, obj.name)
+        if not ok:
+            problems.append(detail)
+    if deep and not problems:
+        problems.extend(deep_verify(config, target, local))
+    result = Verification(
+        ok=not problems, verified_at=utcnow(), deep=deep, detail="; ".join(problems) or "sha256 match"
+    )
+    stored.verification[target_name] = result
+    write_manifest(target, stored)
+    if problems:
+        raise BackupError(f"verification of {local.backup_id} at target {target_name!r} failed: {result.detail}")
+    return {"backup_id": local.backup_id, "target": target_name, "ok": True, "deep": deep}
+
+
+def deep_verify(config: BackupConfig, target: Any, manifest: Manifest) -> list[str]:
+    """Decrypt and decompress the payload to the end (authenticates every chunk)."""
+    from include.backup.pipeline.stream import open_sealed
+
+    keys = load_keys(config)
+    try:
+        with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
+            plain = open_sealed(raw, keys, manifest.compression)
+            total = 0
+            while block := plain.read(1 << 20):
+                total += len(block)
+    except BackupError as exc:
+        return [str(exc)]
+    if total != manifest.raw_size:
+        return [f"decrypted size {total} differs from the recorded {manifest.raw_size}"]
+    return []
+
+
+def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False) -> dict[str, Any]:
+    """Remove this run's staging, stale staging of earlier failed runs, and apply the
+    schedule's retention at every target."""
+    from include.backup.retention import apply_retention, plan_retention
+    from include.backup.catalog.catalog import list_backups
+
+    config = load_config()
+    schedule = config.schedule(schedule_name)
+    stage = Path(meta["staging"])
+    if not dry_run:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_stale_staging(stage.parent, schedule.name)
+    deleted: dict[str, list[str]] = {}
+    for name, target in _targets(config, schedule).items():
+        backups = [b for b in list_backups(target, schedule.source) if b.schedule == schedule.name]
+        plan = plan_retention(
+            backups, gfs=schedule.retention, retention_days=schedule.retention_days, now=utcnow()
+        )
+        deleted[name] = apply_retention(target, schedule.source, schedule.name, plan, dry_run=dry_run)
+    return {"backup_id": meta["backup_id"], "deleted": deleted}
+
+
+def _remove_stale_staging(root: Path, schedule_name: str) -> None:
+    """Staging of failed runs is kept for retries; after a week nobody will retry it."""
+    cutoff = datetime.now().timestamp() - timedelta(days=STALE_STAGING_DAYS).total_seconds()
+    for d in root.glob(f"{schedule_name}-*"):
+        if d.is_dir() and d.stat().st_mtime < cutoff:
+            log.info("removing stale staging %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def summary(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, default=str, sort_keys=True)

@@ -1,0 +1,490 @@
+"""Retention: explicit cases from the source guide, properties over generated histories,
+and apply_retention against a local-disk target."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from include.backup.catalog.catalog import list_backups, write_manifest
+from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, StoredObject, Verification, backup_prefix
+from include.backup.config.schema import GFSRetention
+from include.backup.retention import (
+    DEPENDENT_TYPES,
+    TIERS,
+    RetentionPlan,
+    apply_retention,
+    bucket,
+    plan_retention,
+)
+from include.backup.targets.local import LocalTarget
+
+UTC = timezone.utc
+SEED_GFS = GFSRetention(daily=7, weekly=4, monthly=12, yearly=7)
+
+
+def make(
+    backup_id: str,
+    started: datetime,
+    backup_type: str = "FULL",
+    parent_id: str | None = None,
+    *,
+    verified: bool = True,
+    schedule: str = "daily_full",
+    source: str = "events_pg",
+) -> Manifest:
+    return Manifest(
+        backup_id=backup_id,
+        schedule=schedule,
+        source=source,
+        source_type="postgres",
+        backup_type=backup_type,
+        parent_id=parent_id,
+        started_at=started,
+        payload_format="tar",
+        verification={"local": Verification(ok=verified, verified_at=started)} if verified else {},
+    )
+
+
+def daily_fulls(first: date, last: date, hour: int = 2) -> list[Manifest]:
+    out = []
+    day = first
+    while day <= last:
+        out.append(make(f"full-{day.isoformat()}", datetime(day.year, day.month, day.day, hour, tzinfo=UTC)))
+        day += timedelta(days=1)
+    return out
+
+
+def kept_days(plan: RetentionPlan) -> set[str]:
+    return {backup_id.removeprefix("full-") for backup_id in plan.keep}
+
+
+# --- explicit cases --------------------------------------------------------------------
+
+
+def test_seed_policy_over_eight_years_of_daily_backups() -> None:
+    backups = daily_fulls(date(2016, 1, 1), date(2023, 12, 31))
+    plan = plan_retention(backups, gfs=SEED_GFS, retention_days=None, now=datetime(2024, 1, 1, tzinfo=UTC))
+
+    daily = {f"2023-12-{d}" for d in range(25, 32)}
+    weekly = {"2023-12-31", "2023-12-24", "2023-12-17", "2023-12-10"}  # Sundays end ISO weeks
+    month_ends = {
+        (date(2023, m + 1, 1) - timedelta(days=1)).isoformat() if m < 12 else "2023-12-31"
+        for m in range(1, 13)
+    }
+    yearly = {f"{y}-12-31" for y in range(2017, 2024)}
+    assert kept_days(plan) == daily | weekly | month_ends | yearly
+    # restic's count: 7 daily + 3 new weekly + 11 new monthly + 6 new yearly.
+    assert len(plan.keep) == 27
+    assert len(plan.delete) == len(backups) - 27
+    assert plan.keep["full-2023-12-31"][:4] == ["daily 2023-12-31", "weekly 2023-W52", "monthly 2023-12", "yearly 2023"]
+    assert plan.keep["full-2017-12-31"] == ["yearly 2017"]
+    assert "not kept by any GFS tier (7 daily, 4 weekly, 12 monthly, 7 yearly)" in plan.delete["full-2016-12-31"]
+
+
+def test_daily_counts_days_that_have_backups_not_calendar_days() -> None:
+    backups = [b for i, b in enumerate(daily_fulls(date(2024, 1, 1), date(2024, 1, 30))) if i % 2 == 0]
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=7, weekly=0, monthly=0, yearly=0), retention_days=None,
+        now=datetime(2024, 2, 1, tzinfo=UTC),
+    )
+    assert sorted(kept_days(plan)) == [f"2024-01-{d:02d}" for d in range(17, 30, 2)]
+
+
+def test_newest_backup_of_a_day_week_month_is_the_one_kept() -> None:
+    backups = [
+        make("morning", datetime(2024, 5, 6, 1, tzinfo=UTC)),
+        make("evening", datetime(2024, 5, 6, 22, tzinfo=UTC)),
+        make("monday", datetime(2024, 5, 13, 1, tzinfo=UTC)),  # same month, next ISO week
+    ]
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=5, weekly=5, monthly=5, yearly=0), retention_days=None,
+        now=datetime(2024, 6, 1, tzinfo=UTC),
+    )
+    assert plan.keep["monday"] == ["daily 2024-05-13", "weekly 2024-W20", "monthly 2024-05", "newest backup", "newest verified backup"]
+    assert plan.keep["evening"] == ["daily 2024-05-06", "weekly 2024-W19"]
+    assert list(plan.delete) == ["morning"]
+
+
+def test_default_policy_is_the_seed_gfs() -> None:
+    backups = daily_fulls(date(2016, 1, 1), date(2023, 12, 31))
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    assert plan_retention(backups, gfs=None, retention_days=None, now=now) == plan_retention(
+        backups, gfs=SEED_GFS, retention_days=None, now=now
+    )
+
+
+def test_retention_days_keeps_everything_younger() -> None:
+    backups = daily_fulls(date(2024, 1, 1), date(2024, 3, 31))
+    plan = plan_retention(backups, gfs=None, retention_days=30, now=datetime(2024, 4, 1, 1, tzinfo=UTC))
+    assert sorted(kept_days(plan)) == [(date(2024, 3, 2) + timedelta(days=i)).isoformat() for i in range(30)]
+    assert plan.delete["full-2024-03-01"] == "older than 30 days"
+
+
+def test_young_incremental_keeps_its_whole_chain() -> None:
+    t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
+    backups = [make("full", t0)]
+    for i in range(1, 11):
+        backups.append(make(f"inc{i}", t0 + timedelta(days=i), "INCREMENTAL", backups[-1].backup_id))
+    backups.append(make("full2", t0 + timedelta(days=3, hours=1)))  # a newer full, off-chain
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=1, weekly=0, monthly=0, yearly=0), retention_days=None,
+        now=t0 + timedelta(days=10, hours=12),
+    )
+    # inc10 is young; everything it needs back to 'full' stays although old.
+    assert set(plan.keep) == {"full", *(f"inc{i}" for i in range(1, 11)), "full2"}
+    assert plan.keep["full"] == ["parent of inc1"]
+    assert plan.keep["full2"] == ["daily 2024-01-04"]
+    assert "INCREMENTAL younger than 7 days" in plan.keep["inc10"]
+
+
+def test_old_incrementals_without_kept_descendants_go() -> None:
+    t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
+    backups = [
+        make("full-old", t0),
+        make("inc-a", t0 + timedelta(hours=6), "INCREMENTAL", "full-old"),
+        make("inc-b", t0 + timedelta(hours=12), "INCREMENTAL", "inc-a"),
+        make("full-new", t0 + timedelta(days=20)),
+        make("log-new", t0 + timedelta(days=20, hours=1), "TRANSACTION_LOG", "full-new"),
+    ]
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=1, weekly=0, monthly=0, yearly=0), retention_days=None,
+        now=t0 + timedelta(days=21),
+    )
+    assert set(plan.delete) == {"full-old", "inc-a", "inc-b"}
+    assert plan.delete["inc-b"] == "INCREMENTAL older than 7 days, and no kept backup depends on it"
+    assert plan.keep["full-new"][0] == "daily 2024-01-21"
+    assert "parent of log-new" in plan.keep["full-new"]
+
+
+def test_full_max_age_keeps_only_monthly_and_yearly() -> None:
+    backups = daily_fulls(date(2024, 1, 1), date(2024, 3, 31))
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=60, weekly=10, monthly=12, yearly=1), retention_days=None,
+        now=datetime(2024, 4, 1, tzinfo=UTC), full_max_age_days=30,
+    )
+    old_kept = {d for d in kept_days(plan) if d < "2024-03-02"}
+    assert old_kept == {"2024-01-31", "2024-02-29"}
+    assert plan.keep["full-2024-01-31"] == ["monthly 2024-01"]
+    assert plan.delete["full-2024-02-28"] == "FULL older than 30 days and not a monthly or yearly keep"
+    assert len([d for d in kept_days(plan) if d >= "2024-03-02"]) == 30
+
+
+def test_schema_backups_have_their_own_gfs_tiers() -> None:
+    t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
+    backups = []
+    for i in range(30):
+        backups.append(make(f"full{i:02d}", t0 + timedelta(days=i)))
+        backups.append(make(f"schema{i:02d}", t0 + timedelta(days=i, hours=1), "SCHEMA"))
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=3, weekly=0, monthly=0, yearly=0), retention_days=None,
+        now=t0 + timedelta(days=40),
+    )
+    assert set(plan.keep) == {"full27", "full28", "full29", "schema27", "schema28", "schema29"}
+
+
+def test_newest_verified_backup_survives_everything() -> None:
+    t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
+    backups = [
+        make("good", t0),
+        make("bad1", t0 + timedelta(days=1), verified=False),
+        make("bad2", t0 + timedelta(days=2), verified=False),
+    ]
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=1, weekly=0, monthly=0, yearly=0), retention_days=None,
+        now=t0 + timedelta(days=400),
+    )
+    assert plan.keep == {"good": ["newest verified backup"], "bad2": ["daily 2024-01-03", "newest backup"]}
+    none_verified = [make("only", t0, verified=False)]
+    plan = plan_retention(none_verified, gfs=GFSRetention(daily=0, weekly=0, monthly=0, yearly=0), retention_days=None, now=t0 + timedelta(days=400))
+    assert plan.keep == {"only": ["newest backup"]}
+
+
+def test_schedule_scope_and_other_schedules_protect_parents() -> None:
+    t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
+    backups = [
+        make("full-a", t0),
+        make("full-b", t0 + timedelta(days=1)),
+        make("inc", t0 + timedelta(days=30), "INCREMENTAL", "full-a", schedule="hourly_incr"),
+    ]
+    plan = plan_retention(
+        backups, gfs=GFSRetention(daily=1, weekly=0, monthly=0, yearly=0), retention_days=None,
+        now=t0 + timedelta(days=31), schedule="daily_full",
+    )
+    assert set(plan.keep) | set(plan.delete) == {"full-a", "full-b"}  # 'inc' is not ours to judge
+    assert plan.keep["full-a"] == ["parent of inc"]
+
+
+def test_bucket_uses_utc_and_iso_weeks() -> None:
+    late = datetime(2021, 1, 3, 23, 30, tzinfo=timezone(timedelta(hours=-5)))  # 2021-01-04 04:30 UTC
+    assert bucket("daily", late) == "2021-01-04"
+    assert bucket("weekly", datetime(2021, 1, 3, tzinfo=UTC)) == "2020-W53"
+    assert bucket("monthly", late) == "2021-01"
+    assert bucket("yearly", datetime(2020, 12, 31, 23, tzinfo=UTC)) == "2020"
+
+
+# --- properties over generated histories -----------------------------------------------
+# hypothesis is not in the venv, so a seeded generator: a failure names its seed.
+
+
+def generate_history(rng: random.Random) -> tuple[list[Manifest], datetime]:
+    """About three years of daily fulls with gaps, some days with two fulls, incrementals
+    and log backups chained onto the latest backup, some SCHEMA dumps, some incrementals
+    of another schedule, and unverified backups."""
+    start = datetime(2021, 1, 1, tzinfo=UTC) + timedelta(days=rng.randrange(365))
+    days = rng.randrange(30, 3 * 366)
+    gap = rng.choice([0.0, 0.1, 0.4, 0.8])
+    incremental_rate = rng.choice([0.0, 0.3, 0.9])
+    backups: list[Manifest] = []
+    chain_tip: str | None = None
+    for d in range(days):
+        day = start + timedelta(days=d)
+        if rng.random() >= gap:
+            for n in range(rng.choice([1, 1, 1, 2])):
+                bid = f"full-{d}-{n}"
+                backups.append(make(bid, day + timedelta(hours=2 + 10 * n, minutes=rng.randrange(60)), verified=rng.random() < 0.8))
+                chain_tip = bid
+        if rng.random() < 0.1:
+            backups.append(make(f"schema-{d}", day + timedelta(hours=3), "SCHEMA", verified=rng.random() < 0.8))
+        if chain_tip is not None and rng.random() < incremental_rate:
+            for n in range(rng.randrange(1, 4)):
+                kind = rng.choice(["INCREMENTAL", "INCREMENTAL", "TRANSACTION_LOG"])
+                bid = f"inc-{d}-{n}"
+                backups.append(
+                    make(bid, day + timedelta(hours=13 + 3 * n), kind, chain_tip,
+                         verified=rng.random() < 0.8,
+                         schedule=rng.choice(["daily_full", "daily_full", "hourly_incr"]))
+                )
+                chain_tip = bid
+    now = start + timedelta(days=days, hours=rng.randrange(0, 24 * 10))
+    rng.shuffle(backups)  # the planner must not rely on input order
+    return backups, now
+
+
+def generate_policy(rng: random.Random) -> dict:
+    gfs = None
+    if rng.random() < 0.75:
+        gfs = GFSRetention(
+            daily=rng.randrange(0, 12), weekly=rng.randrange(0, 8),
+            monthly=rng.randrange(0, 15), yearly=rng.randrange(0, 5),
+        )
+    retention_days = rng.choice([None, None, rng.randrange(1, 90)])
+    return {
+        "gfs": gfs,
+        "retention_days": retention_days,
+        "full_max_age_days": rng.choice([None, None, rng.randrange(7, 120)]),
+        "incremental_max_age_days": rng.choice([7, 7, 3, 14]),
+        "schedule": rng.choice([None, "daily_full"]),
+    }
+
+
+def descendants(backups: list[Manifest]) -> dict[str, set[str]]:
+    children: dict[str, set[str]] = defaultdict(set)
+    for m in backups:
+        if m.parent_id:
+            children[m.parent_id].add(m.backup_id)
+    result: dict[str, set[str]] = {}
+
+    def walk(backup_id: str) -> set[str]:
+        if backup_id not in result:
+            found: set[str] = set()
+            for child in children.get(backup_id, ()):
+                found |= {child} | walk(child)
+            result[backup_id] = found
+        return result[backup_id]
+
+    for m in backups:
+        walk(m.backup_id)
+    return result
+
+
+def reference_tier(group: list[Manifest], tier: str, count: int) -> set[str]:
+    """The tier computed the other way round: newest backup per period, newest periods."""
+    newest: dict[str, Manifest] = {}
+    for m in group:
+        period = bucket(tier, m.started_at)
+        if period not in newest or (m.started_at, m.backup_id) > (newest[period].started_at, newest[period].backup_id):
+            newest[period] = m
+    return {newest[p].backup_id for p in sorted(newest, reverse=True)[:count]}
+
+
+HISTORIES = 300
+CHUNKS = 4  # separate test items, so a failure shows early and -x / xdist can split them
+
+
+def histories(seeds: range) -> Iterator[tuple[int, list[Manifest], datetime, dict]]:
+    for seed in seeds:
+        rng = random.Random(seed)
+        backups, now = generate_history(rng)
+        yield seed, backups, now, generate_policy(rng)
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_retention_properties(chunk: int) -> None:
+    for seed, backups, now, policy in histories(range(chunk, HISTORIES, CHUNKS)):
+        check_plan(seed, backups, now, policy)
+
+
+def check_plan(seed: int, backups: list[Manifest], now: datetime, policy: dict) -> None:
+    plan = plan_retention(backups, now=now, **policy)
+    ctx = f"seed {seed}, policy {policy}"
+    by_id = {m.backup_id: m for m in backups}
+    governed = [m for m in backups if policy["schedule"] in (None, m.schedule)]
+    governed_ids = {m.backup_id for m in governed}
+    kept, deleted = set(plan.keep), set(plan.delete)
+
+    # Every governed backup is decided exactly once, with reasons.
+    assert kept | deleted == governed_ids and not kept & deleted, ctx
+    assert all(plan.keep.values()) and all(plan.delete.values()), ctx
+
+    # The newest backup, and the newest verified one, are always kept.
+    if governed:
+        ordered = sorted(governed, key=lambda m: (m.started_at, m.backup_id))
+        assert ordered[-1].backup_id in kept, ctx
+        verified = [m for m in ordered if m.verified]
+        if verified:
+            assert verified[-1].backup_id in kept, ctx
+
+    # Nothing anyone keeps loses an ancestor.
+    staying = kept | (set(by_id) - governed_ids)
+    for backup_id in staying:
+        parent = by_id[backup_id].parent_id
+        while parent is not None and parent in by_id:
+            assert parent in staying, f"{ctx}: {parent} deleted but {backup_id} needs it"
+            parent = by_id[parent].parent_id
+
+    # Nothing younger than retention_days is deleted.
+    if policy["retention_days"] is not None:
+        window = timedelta(days=policy["retention_days"])
+        for backup_id in deleted:
+            assert now - by_id[backup_id].started_at >= window, ctx
+
+    # GFS tiers: at most `count` keeps per tier and type, one per period, and exactly the
+    # reference set when no age cap trims daily/weekly keeps.
+    gfs = policy["gfs"] or (None if policy["retention_days"] is not None else SEED_GFS)
+    if gfs is not None:
+        for kind in {m.backup_type for m in governed} - DEPENDENT_TYPES:
+            group = [m for m in governed if m.backup_type == kind]
+            for tier in TIERS:
+                by_tier = {b for b in plan.keep if by_id[b].backup_type == kind and any(r.startswith(tier + " ") for r in plan.keep[b])}
+                assert len(by_tier) <= getattr(gfs, tier), ctx
+                periods = [bucket(tier, by_id[b].started_at) for b in by_tier]
+                assert len(periods) == len(set(periods)), ctx
+                expected = reference_tier(group, tier, getattr(gfs, tier))
+                if policy["full_max_age_days"] is None or tier in ("monthly", "yearly"):
+                    assert by_tier == expected, f"{ctx}: {kind} {tier}"
+                else:
+                    assert by_tier <= expected, ctx
+    else:
+        # retention_days alone: standalone backups outside the window go (unless needed).
+        for m in governed:
+            if m.backup_type not in DEPENDENT_TYPES and m.backup_id in kept:
+                assert any(not r.startswith(("daily", "weekly", "monthly", "yearly")) for r in plan.keep[m.backup_id]), ctx
+
+    # An old incremental nobody needs is deleted.
+    below = descendants(backups)
+    newest_ids = {r for r in kept if {"newest backup", "newest verified backup"} & set(plan.keep[r])}
+    inc_limit = timedelta(days=policy["incremental_max_age_days"])
+    for m in governed:
+        if m.backup_type not in DEPENDENT_TYPES or m.backup_id in newest_ids:
+            continue
+        age = now - m.started_at
+        if age < inc_limit or (policy["retention_days"] is not None and age < timedelta(days=policy["retention_days"])):
+            continue
+        if all(d in deleted for d in below[m.backup_id]):
+            assert m.backup_id in deleted, f"{ctx}: {m.backup_id} should go"
+
+
+# --- apply_retention at a local target -------------------------------------------------
+
+
+class RecordingTarget(LocalTarget):
+    def __init__(self, name: str, root: Path) -> None:
+        super().__init__(name, root)
+        self.deleted: list[str] = []
+
+    def delete(self, key: str) -> None:
+        self.deleted.append(key)
+        super().delete(key)
+
+
+def store(target: LocalTarget, m: Manifest) -> Manifest:
+    payload = m.backup_id.encode() * 10
+    m = m.model_copy(update={"objects": [StoredObject(name=PAYLOAD_NAME, size=len(payload), sha256=hashlib.sha256(payload).hexdigest())]})
+    target.put_bytes(f"{backup_prefix(m.source, m.backup_id)}/{PAYLOAD_NAME}", payload)
+    write_manifest(target, m)
+    return m
+
+
+@pytest.fixture
+def stocked(tmp_path: Path) -> RecordingTarget:
+    target = RecordingTarget("local", tmp_path / "root")
+    t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
+    for i in range(5):
+        store(target, make(f"full{i}", t0 + timedelta(days=i)))
+    store(target, make("inc", t0 + timedelta(days=4, hours=1), "INCREMENTAL", "full4", schedule="hourly_incr"))
+    store(target, make("other-src", t0, source="uploads"))
+    return target
+
+
+NOW = datetime(2024, 3, 1, tzinfo=UTC)
+ONE_DAILY = GFSRetention(daily=1, weekly=0, monthly=0, yearly=0)
+
+
+def test_apply_deletes_manifest_first_then_objects(stocked: RecordingTarget, caplog: pytest.LogCaptureFixture) -> None:
+    backups = list_backups(stocked, "events_pg")
+    plan = plan_retention(backups, gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full")
+    assert set(plan.delete) == {"full0", "full1", "full2", "full3"}
+    with caplog.at_level(logging.INFO):
+        deleted = apply_retention(stocked, "events_pg", "daily_full", plan)
+    assert deleted == ["full3", "full2", "full1", "full0"]  # newest first
+    assert stocked.deleted[:2] == ["events_pg/full3/manifest.json", "events_pg/full3/payload"]
+    assert [m.backup_id for m in list_backups(stocked)] == ["other-src", "full4", "inc"]
+    assert not (stocked.root / "events_pg" / "full0").exists()
+    assert "deleted full0 (FULL not kept by any GFS tier" in caplog.text
+
+
+def test_apply_dry_run_deletes_nothing(stocked: RecordingTarget, caplog: pytest.LogCaptureFixture) -> None:
+    plan = plan_retention(list_backups(stocked, "events_pg"), gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full")
+    with caplog.at_level(logging.INFO):
+        would = apply_retention(stocked, "events_pg", "daily_full", plan, dry_run=True)
+    assert would == ["full3", "full2", "full1", "full0"]
+    assert stocked.deleted == []
+    assert len(list_backups(stocked)) == 7
+    assert "would delete full0" in caplog.text
+
+
+def test_apply_only_touches_its_schedule(stocked: RecordingTarget) -> None:
+    plan = RetentionPlan(delete={"inc": "test", "full0": "test"})
+    assert apply_retention(stocked, "events_pg", "daily_full", plan) == ["full0"]
+    assert "inc" in {m.backup_id for m in list_backups(stocked)}
+
+
+def test_apply_rechecks_dependencies_at_the_target(stocked: RecordingTarget, caplog: pytest.LogCaptureFixture) -> None:
+    # A plan made without the other schedule's incremental (or before it was written)
+    # condemns the full it depends on; the target's listing says otherwise.
+    plan = RetentionPlan(delete={"full4": "stale plan", "full3": "stale plan"})
+    with caplog.at_level(logging.INFO):
+        assert apply_retention(stocked, "events_pg", "daily_full", plan) == ["full3"]
+    assert "keeping full4 (parent of inc)" in caplog.text
+
+
+def test_apply_never_empties_a_schedule(stocked: RecordingTarget) -> None:
+    plan = RetentionPlan(delete={f"full{i}": "bad plan" for i in range(5)})
+    stocked.delete("events_pg/inc/manifest.json")  # nothing else protects full4 now
+    deleted = apply_retention(stocked, "events_pg", "daily_full", plan)
+    assert deleted == ["full3", "full2", "full1", "full0"]
+    assert [m.backup_id for m in list_backups(stocked, "events_pg")] == ["full4"]
+
+
+def test_apply_is_idempotent(stocked: RecordingTarget) -> None:
+    plan = plan_retention(list_backups(stocked, "events_pg"), gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full")
+    apply_retention(stocked, "events_pg", "daily_full", plan)
+    assert apply_retention(stocked, "events_pg", "daily_full", plan) == []
