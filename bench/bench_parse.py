@@ -24,7 +24,7 @@ import time, sys
 t = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 t_import = time.perf_counter()
-bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+bag = DagBag(dag_folder=sys.argv[1])
 t_bag = time.perf_counter()
 assert not bag.import_errors, bag.import_errors
 print(len(bag.dag_ids), t_import - t, t_bag - t_import)

@@ -29,11 +29,12 @@ class TargetError(BackupError):
     """A storage target failed (unreachable, refused, missing object). Names the target."""
 
 
-class ObjectNotFound(TargetError):
+class ObjectNotFound(TargetError, FileNotFoundError):
     """The target is reachable but does not hold the object (or backup) asked for.
 
     Separate from other TargetErrors so that callers can tell "not there" (look at another
-    target, or the backup was deleted) from "could not ask" (retry later)."""
+    target, or the backup was deleted) from "could not ask" (retry later). Also a
+    FileNotFoundError, as the Target protocol promises, so file-like callers can catch it."""
 
 
 class SourceError(BackupError):

@@ -23,9 +23,9 @@ Rules, in order (a backup is kept when any rule keeps it):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Mapping
 
 from include.backup.catalog.catalog import (
     as_utc,

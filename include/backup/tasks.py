@@ -298,9 +298,14 @@ def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False)
         _remove_stale_staging(stage.parent, schedule.name)
     deleted: dict[str, list[str]] = {}
     for name, target in _targets(config, schedule).items():
-        backups = [b for b in list_backups(target, schedule.source) if b.schedule == schedule.name]
+        # The whole source's listing, not just this schedule's: an incremental of another
+        # schedule may depend on one of ours, and that must keep it.
         plan = plan_retention(
-            backups, gfs=schedule.retention, retention_days=schedule.retention_days, now=utcnow()
+            list_backups(target, schedule.source),
+            gfs=schedule.retention,
+            retention_days=schedule.retention_days,
+            now=utcnow(),
+            schedule=schedule.name,
         )
         deleted[name] = apply_retention(target, schedule.source, schedule.name, plan, dry_run=dry_run)
     return {"backup_id": meta["backup_id"], "deleted": deleted}

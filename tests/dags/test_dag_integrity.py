@@ -21,7 +21,7 @@ def _dagbag(config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     for key in list(os.environ):
         if key.startswith("AIRFLOW_CONN_"):
             monkeypatch.delenv(key)
-    return DagBag(dag_folder=str(DAGS), include_examples=False, safe_mode=True)
+    return DagBag(dag_folder=str(DAGS), safe_mode=True)
 
 
 def _config(tmp_path: Path, schedules: str) -> Path:
@@ -63,7 +63,7 @@ def test_one_dag_per_active_schedule_with_tasks_in_order(monkeypatch, tmp_path):
     assert bag.import_errors == {}
     assert sorted(bag.dag_ids) == ["backup__daily_full", "backup__files_6h", "backup__weekly_schema"]
 
-    dag = bag.get_dag("backup__daily_full")
+    dag = bag.dags["backup__daily_full"]
     assert set(dag.task_ids) == {"dump", "encrypt", "checksum", "upload", "verify", "cleanup"}
     order = ["dump", "encrypt", "checksum", "upload", "verify", "cleanup"]
     for up, down in zip(order, order[1:]):
@@ -80,7 +80,7 @@ def test_one_dag_per_active_schedule_with_tasks_in_order(monkeypatch, tmp_path):
 def test_doc_md_describes_schedule_and_has_no_secret(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_CONN_EVENTS_PG", "postgres://u:hunter2secret@127.0.0.1:1/db")
     bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
-    doc = bag.get_dag("backup__daily_full").doc_md
+    doc = bag.dags["backup__daily_full"].doc_md
     assert "daily_full" in doc and "events_pg" in doc and "0 2 * * *" in doc
     assert "hunter2secret" not in doc
 

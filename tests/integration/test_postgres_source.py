@@ -8,22 +8,32 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import pytest
 
+# Imported at collection: Airflow configures logging on import, which would otherwise
+# happen inside the first test that looks up a connection and detach caplog there.
+import airflow.sdk  # noqa: F401
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import PostgresSource as PostgresSourceConfig
 from include.backup.errors import RestoreRefused, SourceError
 from include.backup.sources.base import DumpResult, Source
 from include.backup.sources.postgres import PostgresSource, redact
-from include.backup.testing import PgCluster, db_fingerprint, load_sample_data
+from include.backup.testing import (
+    PgCluster,
+    PgClusterError,
+    db_fingerprint,
+    load_sample_data,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +58,7 @@ def manifest_for(result: DumpResult, backup_id: str = "20240101T000000Z-test") -
         source="events_pg",
         source_type="postgres",
         backup_type=result.backup_type,
-        started_at=datetime.now(timezone.utc),
+        started_at=datetime.now(UTC),
         payload_format=result.payload_format,
         position=result.position,
         stats=result.stats,
@@ -208,17 +218,34 @@ def test_partial_restore_of_a_table_not_in_the_backup(pg_cluster: PgCluster, ful
     assert not pg_cluster.database_exists("events_no_such_table")
 
 
-def test_partial_restore_from_directory_format_with_overwrite(pg_cluster: PgCluster, dump_dir: Path) -> None:
+def test_partial_restore_over_existing_tables(pg_cluster: PgCluster, dump_dir: Path) -> None:
     source = make_source(format="directory", jobs=2)
     dump = take_dump(source, "FULL", dump_dir)
     dump.restore(source, "events_dir_partial")
-    pg_cluster.psql("UPDATE events SET title = 'changed'", "events_dir_partial")
+    pg_cluster.psql("UPDATE events SET title = 'changed'; DELETE FROM transactions WHERE id > 10", "events_dir_partial")
+    fk_sql = "SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
+    fks = pg_cluster.psql(fk_sql, PG_SAMPLE_DB)
 
-    # events is referenced by guests' foreign key: dropping it needs the dependants gone
-    # first, so replace the pair.
-    dump.restore(source, "events_dir_partial", only=["events", "guests"], overwrite=True)
+    dump.restore(source, "events_dir_partial", only=["events", "guests", "transactions"], overwrite=True)
 
     assert db_fingerprint(pg_cluster, "events_dir_partial") == db_fingerprint(pg_cluster, PG_SAMPLE_DB)
+    # Including events -> users, though users was not part of the restore.
+    assert pg_cluster.psql(fk_sql, "events_dir_partial") == fks
+
+
+def test_partial_restore_of_a_referenced_table_is_refused_by_the_server_atomically(
+    pg_cluster: PgCluster, full_dump: Dump
+) -> None:
+    full_dump.restore(make_source(), "events_referenced")
+    pg_cluster.psql("UPDATE events SET title = 'changed'", "events_referenced")
+    before = db_fingerprint(pg_cluster, "events_referenced")
+
+    # guests has a foreign key to events: events cannot be dropped and re-created alone.
+    with pytest.raises(SourceError, match=r"(?s)other objects depend on it.*must include what depends on them"):
+        full_dump.restore(make_source(), "events_referenced", only=["events"], overwrite=True)
+
+    assert db_fingerprint(pg_cluster, "events_referenced") == before
+    assert len(pg_cluster.psql("SELECT conname FROM pg_constraint WHERE contype = 'f'", "events_referenced").split()) == 4
 
 
 def test_restore_refuses_non_empty_database_without_overwrite(pg_cluster: PgCluster, full_dump: Dump) -> None:
@@ -414,3 +441,43 @@ def test_server_going_away_mid_dump(monkeypatch: pytest.MonkeyPatch) -> None:
         assert out.written > 0  # it did fail mid-way, not before starting
         assert not cluster.running
         assert "connection" in str(excinfo.value).lower() or "server" in str(excinfo.value).lower()
+
+
+def test_restore_into_a_connection_without_database(pg_cluster: PgCluster, full_dump: Dump, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_NO_DB_PG", f"postgres://postgres@127.0.0.1:{pg_cluster.port}")
+
+    with pytest.raises(RestoreRefused, match=r"'conn:no_db_pg'.*names no database"):
+        full_dump.restore(make_source(), "conn:no_db_pg")
+
+
+# --- the throwaway cluster itself ----------------------------------------------------------
+
+
+def test_cluster_archives_wal_and_leaves_nothing_behind() -> None:
+    with PgCluster(archive=True) as cluster:
+        cluster.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 30
+        while not any(cluster.wal_archive_dir.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any(cluster.wal_archive_dir.iterdir()), "no WAL segment was archived"
+        base = cluster.base_dir
+        postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+
+    assert not base.exists()
+    assert not process_alive(postmaster)
+
+
+def process_alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for init to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data directory to the postgres user")
+def test_cluster_refuses_a_directory_postgres_cannot_reach(tmp_path: Path) -> None:
+    # pytest's tmp_path lives under /tmp/pytest-of-root, which is private to root.
+    with pytest.raises(PgClusterError, match="cannot write to .*use a base_dir under /tmp"):
+        PgCluster(base_dir=tmp_path / "pg").start()

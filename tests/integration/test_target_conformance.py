@@ -15,11 +15,11 @@ import errno
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 
@@ -266,7 +266,7 @@ def test_free_bytes(target: Target) -> None:
 
 # --- the catalog over a target ---------------------------------------------------------
 
-T0 = datetime(2024, 3, 1, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 2, 0, tzinfo=UTC)
 
 
 def _store_backup(
@@ -540,3 +540,8 @@ def test_build_target(tmp_path: Path) -> None:
     assert [t.name for t in build_targets(config, ["disk"])] == ["disk"]
     with pytest.raises(TargetError, match="no target named 'nope'"):
         build_targets(config, ["disk", "nope"])
+
+
+def test_object_not_found_is_also_file_not_found(target: Target) -> None:
+    with pytest.raises(FileNotFoundError):
+        target.open("missing")

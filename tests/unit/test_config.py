@@ -973,3 +973,19 @@ def test_validate_command_prints_warnings_on_success(
         f"{path}: warning: schedules[0] (daily_full).targets: only one target (nas)"
     )
     assert out.err == ""
+
+
+def test_yaml_scalars_that_should_be_text_get_a_quoting_hint(tmp_path: Path) -> None:
+    text = "sources:\n  pg:\n    type: postgres\n    conn_id: 2024-01-01\n"
+    (issue,) = load(tmp_path, text).issues
+    assert issue == (
+        "sources.pg.conn_id: expected a string, got 2024-01-01; "
+        "put the value in quotes so YAML reads it as text"
+    )
+
+
+def test_path_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    (issue,) = caught.value.issues
+    assert issue.startswith(f"{tmp_path} is not a file; point BACKUP_CONFIG")

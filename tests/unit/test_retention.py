@@ -7,14 +7,22 @@ import hashlib
 import logging
 import random
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.backup.catalog.catalog import list_backups, write_manifest
-from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, StoredObject, Verification, backup_prefix
+from include.backup.catalog.manifest import (
+    PAYLOAD_NAME,
+    Manifest,
+    StoredObject,
+    Verification,
+    backup_prefix,
+)
 from include.backup.config.schema import GFSRetention
 from include.backup.retention import (
     DEPENDENT_TYPES,
@@ -26,7 +34,6 @@ from include.backup.retention import (
 )
 from include.backup.targets.local import LocalTarget
 
-UTC = timezone.utc
 SEED_GFS = GFSRetention(daily=7, weekly=4, monthly=12, yearly=7)
 
 
@@ -231,58 +238,94 @@ def test_bucket_uses_utc_and_iso_weeks() -> None:
 
 
 # --- properties over generated histories -----------------------------------------------
-# hypothesis is not in the venv, so a seeded generator: a failure names its seed.
+# hypothesis draws the shape of a history (length, gap and incremental rates, extra fulls)
+# and the policy, so a failure shrinks to a short history and a simple policy; the
+# day-by-day noise comes from a drawn seed.
 
 
-def generate_history(rng: random.Random) -> tuple[list[Manifest], datetime]:
-    """About three years of daily fulls with gaps, some days with two fulls, incrementals
-    and log backups chained onto the latest backup, some SCHEMA dumps, some incrementals
-    of another schedule, and unverified backups."""
-    start = datetime(2021, 1, 1, tzinfo=UTC) + timedelta(days=rng.randrange(365))
-    days = rng.randrange(30, 3 * 366)
-    gap = rng.choice([0.0, 0.1, 0.4, 0.8])
-    incremental_rate = rng.choice([0.0, 0.3, 0.9])
+@dataclass(frozen=True)
+class Shape:
+    seed: int
+    start: datetime
+    days: int
+    gap: float  # chance that a day has no full
+    incremental_rate: float  # chance that a day gets incrementals / log backups
+    double_full_rate: float  # chance of a second full the same day
+    now_after_hours: int  # how long after the last day "now" is
+
+
+def generate_history(shape: Shape) -> tuple[list[Manifest], datetime]:
+    """Daily fulls with gaps, some days with two fulls, incrementals and log backups chained
+    onto the latest backup (chains span days), some SCHEMA dumps, some incrementals of
+    another schedule, and unverified backups."""
+    rng = random.Random(shape.seed)
     backups: list[Manifest] = []
     chain_tip: str | None = None
-    for d in range(days):
-        day = start + timedelta(days=d)
-        if rng.random() >= gap:
-            for n in range(rng.choice([1, 1, 1, 2])):
+    for d in range(shape.days):
+        day = shape.start + timedelta(days=d)
+        if rng.random() >= shape.gap:
+            for n in range(2 if rng.random() < shape.double_full_rate else 1):
                 bid = f"full-{d}-{n}"
-                backups.append(make(bid, day + timedelta(hours=2 + 10 * n, minutes=rng.randrange(60)), verified=rng.random() < 0.8))
+                at = day + timedelta(hours=2 + 10 * n, minutes=rng.randrange(60))
+                backups.append(make(bid, at, verified=rng.random() < 0.8))
                 chain_tip = bid
         if rng.random() < 0.1:
-            backups.append(make(f"schema-{d}", day + timedelta(hours=3), "SCHEMA", verified=rng.random() < 0.8))
-        if chain_tip is not None and rng.random() < incremental_rate:
+            at = day + timedelta(hours=3)
+            backups.append(make(f"schema-{d}", at, "SCHEMA", verified=rng.random() < 0.8))
+        if chain_tip is not None and rng.random() < shape.incremental_rate:
             for n in range(rng.randrange(1, 4)):
                 kind = rng.choice(["INCREMENTAL", "INCREMENTAL", "TRANSACTION_LOG"])
                 bid = f"inc-{d}-{n}"
+                schedule = rng.choice(["daily_full", "daily_full", "hourly_incr"])
+                at = day + timedelta(hours=13 + 3 * n)
                 backups.append(
-                    make(bid, day + timedelta(hours=13 + 3 * n), kind, chain_tip,
-                         verified=rng.random() < 0.8,
-                         schedule=rng.choice(["daily_full", "daily_full", "hourly_incr"]))
+                    make(bid, at, kind, chain_tip, verified=rng.random() < 0.8, schedule=schedule)
                 )
                 chain_tip = bid
-    now = start + timedelta(days=days, hours=rng.randrange(0, 24 * 10))
+    now = shape.start + timedelta(days=shape.days, hours=shape.now_after_hours)
     rng.shuffle(backups)  # the planner must not rely on input order
     return backups, now
 
 
-def generate_policy(rng: random.Random) -> dict:
-    gfs = None
-    if rng.random() < 0.75:
-        gfs = GFSRetention(
-            daily=rng.randrange(0, 12), weekly=rng.randrange(0, 8),
-            monthly=rng.randrange(0, 15), yearly=rng.randrange(0, 5),
-        )
-    retention_days = rng.choice([None, None, rng.randrange(1, 90)])
-    return {
-        "gfs": gfs,
-        "retention_days": retention_days,
-        "full_max_age_days": rng.choice([None, None, rng.randrange(7, 120)]),
-        "incremental_max_age_days": rng.choice([7, 7, 3, 14]),
-        "schedule": rng.choice([None, "daily_full"]),
+shapes = st.builds(
+    Shape,
+    seed=st.integers(0, 2**32 - 1),
+    start=st.datetimes(datetime(2019, 1, 1), datetime(2022, 1, 1)).map(lambda d: d.replace(tzinfo=UTC)),
+    days=st.integers(1, 3 * 366),
+    gap=st.sampled_from([0.0, 0.1, 0.4, 0.8]),
+    incremental_rate=st.sampled_from([0.0, 0.3, 0.9]),
+    double_full_rate=st.sampled_from([0.0, 0.25]),
+    now_after_hours=st.integers(0, 24 * 10),
+)
+policies = st.fixed_dictionaries(
+    {
+        "gfs": st.none()
+        | st.builds(
+            GFSRetention,
+            daily=st.integers(0, 11),
+            weekly=st.integers(0, 7),
+            monthly=st.integers(0, 14),
+            yearly=st.integers(0, 4),
+        ),
+        "retention_days": st.none() | st.integers(1, 90),
+        "full_max_age_days": st.none() | st.integers(7, 120),
+        "incremental_max_age_days": st.sampled_from([7, 3, 14]),
+        "schedule": st.sampled_from([None, "daily_full"]),
     }
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,  # the same 300 histories on every run and in CI
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(shape=shapes, policy=policies)
+def test_retention_properties(shape: Shape, policy: dict) -> None:
+    backups, now = generate_history(shape)
+    check_plan(shape.seed, backups, now, policy)
 
 
 def descendants(backups: list[Manifest]) -> dict[str, set[str]]:
@@ -313,23 +356,6 @@ def reference_tier(group: list[Manifest], tier: str, count: int) -> set[str]:
         if period not in newest or (m.started_at, m.backup_id) > (newest[period].started_at, newest[period].backup_id):
             newest[period] = m
     return {newest[p].backup_id for p in sorted(newest, reverse=True)[:count]}
-
-
-HISTORIES = 300
-CHUNKS = 4  # separate test items, so a failure shows early and -x / xdist can split them
-
-
-def histories(seeds: range) -> Iterator[tuple[int, list[Manifest], datetime, dict]]:
-    for seed in seeds:
-        rng = random.Random(seed)
-        backups, now = generate_history(rng)
-        yield seed, backups, now, generate_policy(rng)
-
-
-@pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_retention_properties(chunk: int) -> None:
-    for seed, backups, now, policy in histories(range(chunk, HISTORIES, CHUNKS)):
-        check_plan(seed, backups, now, policy)
 
 
 def check_plan(seed: int, backups: list[Manifest], now: datetime, policy: dict) -> None:

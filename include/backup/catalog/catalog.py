@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Iterable, Mapping
 
 from pydantic import ValidationError
 
-from include.backup.catalog.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, backup_prefix
+from include.backup.catalog.manifest import (
+    MANIFEST_NAME,
+    PAYLOAD_NAME,
+    Manifest,
+    backup_prefix,
+)
 from include.backup.errors import IntegrityError, ObjectNotFound, TargetError
 from include.backup.targets.base import Target
 
@@ -50,8 +55,8 @@ def as_utc(moment: datetime) -> datetime:
     """Manifests written by this package are aware (UTC); treat a naive one as UTC rather
     than fail to compare it."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def sort_key(manifest: Manifest) -> tuple[datetime, str]:

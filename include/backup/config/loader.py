@@ -16,6 +16,7 @@ once).
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import re
@@ -154,7 +155,7 @@ def _read_document(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         # An empty file is refused too: a wrong mount would otherwise make every backup
         # DAG vanish without an error.
-        got = "an empty document" if document is None else f"a {_type_name(document)}"
+        got = "an empty document" if document is None else _kind_of(document)
         raise ConfigError(
             str(path),
             [
@@ -167,16 +168,19 @@ def _read_document(path: Path) -> dict[str, Any]:
 # --- translating pydantic errors -------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
+def _kind_of(value: Any) -> str:
+    """What YAML made of a value, as a user would say it: "a list", "null"."""
     names = {
-        dict: "mapping",
-        list: "list",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
     }
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+    return (
+        "null" if value is None else names.get(type(value), f"a {type(value).__name__}")
+    )
 
 
 def _show(value: Any) -> str:
@@ -187,6 +191,8 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return _num(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()  # YAML read an unquoted date
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -319,7 +325,7 @@ _EXPECTED = {
     "float_parsing": "a number",
     "bool_type": "true or false",
     "bool_parsing": "true or false",
-    "string_type": "a string (quote it if YAML reads it as a number, date or boolean)",
+    "string_type": "a string",
     "list_type": "a list",
     "dict_type": "a mapping (key: value)",
     "model_type": "a mapping (key: value)",
@@ -393,6 +399,22 @@ def _on_too_short(e: _Err) -> str:
     return f"{e.where.path}: must list at least {count} item{'s' if count != 1 else ''}; add one"
 
 
+def _quote_hint(e: _Err) -> str:
+    # YAML turns unquoted 2024-01-01, 0755 or yes into a date, number or boolean.
+    if (
+        e.type == "string_type"
+        and e.value is not None
+        and not isinstance(e.value, (dict, list, str))
+    ):
+        return "; put the value in quotes so YAML reads it as text"
+    return ""
+
+
+def _on_invalid_key(e: _Err) -> str:
+    parent = e.where.path.rsplit("[", 1)[0]  # the key was taken for a list index
+    return f"{parent}: key {_show(e.value)} is not text; use a key name (quote it if it is one)"
+
+
 def _on_value_error(e: _Err) -> str:
     msg = e.msg.removeprefix("Value error, ")
     if msg.startswith("value is not a valid email address"):
@@ -415,6 +437,7 @@ _HANDLERS: dict[str, Any] = {
     "literal_error": _on_choice,
     "string_pattern_mismatch": _on_pattern,
     "too_short": _on_too_short,
+    "invalid_key": _on_invalid_key,
     "value_error": _on_value_error,
 }
 
@@ -437,7 +460,7 @@ def _describe(err: dict[str, Any], root: Any, prefix: str, kind: str) -> str:
     if e.type in _HANDLERS:
         return str(_HANDLERS[e.type](e))
     if e.type in _EXPECTED:
-        return f"{where.path}: expected {_EXPECTED[e.type]}, got {_show(e.value)}"
+        return f"{where.path}: expected {_EXPECTED[e.type]}, got {_show(e.value)}{_quote_hint(e)}"
     return f"{where.path}: {_show(e.value)}: {e.msg}"
 
 
@@ -455,8 +478,8 @@ def _container_issue(raw: dict[str, Any], key: str, want: type) -> str | None:
     if value is None or isinstance(value, want):
         return None
     if want is dict:
-        return f"{key}: expected a mapping of {key[:-1]} name to its settings, got a {_type_name(value)}"
-    return f"{key}: expected a list of schedules (each starting with '- name: …'), got a {_type_name(value)}"
+        return f"{key}: expected a mapping of {key[:-1]} name to its settings, got {_kind_of(value)}"
+    return f"{key}: expected a list of schedules (each starting with '- name: …'), got {_kind_of(value)}"
 
 
 def _validate_settings(raw: dict[str, Any], path: Path) -> BackupConfig:
@@ -662,7 +685,7 @@ def _check_schedule(
         return (
             None,
             [
-                f"{label}: expected a mapping (name, source, type, cron, targets, …), got a {_type_name(item)}"
+                f"{label}: expected a mapping (name, source, type, cron, targets, …), got {_kind_of(item)}"
             ],
             [],
         )

@@ -285,14 +285,14 @@ class BackupConfig(Strict):
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     staging_dir: str | None = None  # default: $BACKUP_STAGING_DIR or $AIRFLOW_HOME/backup-staging
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    schedules: list[Schedule] = Field(default_factory=list)
 
     @field_validator("staging_dir")
     @classmethod
     def _absolute_staging(cls, path: str | None) -> str | None:
         return None if path is None else _absolute_path(path)
-    targets: dict[str, TargetConfig] = Field(default_factory=dict)
-    sources: dict[str, SourceConfig] = Field(default_factory=dict)
-    schedules: list[Schedule] = Field(default_factory=list)
 
     def schedule(self, name: str) -> Schedule:
         for s in self.schedules:

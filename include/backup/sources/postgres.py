@@ -21,10 +21,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, cast
 
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import PostgresSource as PostgresSourceConfig
@@ -94,7 +95,7 @@ class PgParams:
         where = f"{self.host or 'local socket'}:{self.port or 5432}"
         return f"database {self.dbname!r} on {where} as user {self.user or '(default)'!r}"
 
-    def with_db(self, dbname: str) -> "PgParams":
+    def with_db(self, dbname: str) -> PgParams:
         return replace(self, dbname=dbname)
 
     def env(self) -> dict[str, str]:
@@ -132,11 +133,12 @@ class PgParams:
 
 def params_from_connection(conn_id: str, database: str | None = None) -> PgParams:
     """Look up an Airflow connection (at run time) and turn it into :class:`PgParams`."""
-    from airflow.sdk import BaseHook  # lazy: Airflow is heavy and absent from the CLI path
+    # Imported here: Airflow is heavy, and importing this module must stay cheap.
+    from airflow.sdk import BaseHook
 
     try:
         conn = BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException and friends
+    except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException, a secrets backend down...
         raise SourceError(
             f"Airflow connection {conn_id!r} could not be loaded ({exc}); create it "
             f"(UI: Admin > Connections, or env AIRFLOW_CONN_{conn_id.upper()}="
@@ -300,7 +302,8 @@ class PostgresSource:
                 pass
             counter = _CountingWriter(out)
             # "w|": a pure stream, no seeking, so ``out`` may be a pipe or a compressor.
-            with tarfile.open(fileobj=counter, mode="w|", bufsize=BLOCK_SIZE) as tar:
+            fileobj = cast("BinaryIO", counter)  # tarfile only calls write() in "w|" mode
+            with tarfile.open(fileobj=fileobj, mode="w|", bufsize=BLOCK_SIZE) as tar:
                 for path in sorted(target.iterdir()):
                     tar.add(str(path), arcname=path.name, recursive=False)
             return counter.count
@@ -347,8 +350,10 @@ class PostgresSource:
         with tables is refused unless ``overwrite`` (then the objects in the backup are
         dropped and re-created: pg_restore --clean --if-exists). ``only``: table names
         (``users`` or ``schema.users``); each comes back with its data, indexes,
-        constraints, defaults, owned sequences, triggers and comments, and foreign keys
-        between tables that are both restored.
+        constraints, defaults, owned sequences, triggers and comments. Into a new database,
+        foreign keys come back between tables that are both restored; over an existing one
+        (``overwrite``), every foreign key of a restored table comes back, since the tables
+        it points to are presumably there (if not, the restore fails and changes nothing).
         """
         manifest, stream = self._single_backup(chain)
         target = self._restore_target(into)
@@ -365,15 +370,18 @@ class PostgresSource:
                 "--exit-on-error",
             ]
             if only:
-                listing = _partial_restore_list(pg_restore, archive.path, only, target, self.name)
+                listing = _partial_restore_list(
+                    pg_restore, archive.path, only, target, self.name, into_existing=exists
+                )
                 list_path = Path(tmp) / "restore.list"
                 list_path.write_text(listing, encoding="utf-8")
                 args.append(f"--use-list={list_path}")
             if exists and overwrite:
                 args += ["--clean", "--if-exists"]
-            parallel = archive.directory and self.cfg.jobs > 1
-            # One transaction, so a failed restore leaves the database as it was; a
-            # parallel restore cannot be one, so that one fails without the guarantee.
+            # One transaction, so a failed restore leaves the database as it was. A
+            # parallel restore cannot be one: only used for a database created here, which
+            # is dropped again if the restore fails.
+            parallel = archive.directory and self.cfg.jobs > 1 and not exists
             args.append(f"--jobs={self.cfg.jobs}" if parallel else "--single-transaction")
             args.append("--format=directory" if archive.directory else "--format=custom")
             created = False
@@ -381,7 +389,7 @@ class PostgresSource:
                 self._create_database(target)
                 created = True
             try:
-                self._run_restore(args, archive, stream, target)
+                self._run_restore(args, archive, stream, target, partial=bool(only))
             except BaseException:
                 if created:  # leave nothing that looks like a restored database
                     self._drop_database(target)
@@ -458,7 +466,7 @@ class PostgresSource:
         return True
 
     def _create_database(self, target: PgParams) -> None:
-        from psycopg2 import sql
+        from psycopg2 import sql  # type: ignore[import-untyped]
 
         with self._maintenance(target) as conn, conn.cursor() as cur:
             # template0: a pristine database, so nothing added to template1 clashes with
@@ -467,13 +475,13 @@ class PostgresSource:
         log.info("created the database to restore into: %s", target.describe())
 
     def _drop_database(self, target: PgParams) -> None:
-        from psycopg2 import sql
+        from psycopg2 import sql  # type: ignore[import-untyped]
 
         try:
             with self._maintenance(target) as conn, conn.cursor() as cur:
                 cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.dbname)))
             log.info("dropped the partly restored %s", target.describe())
-        except Exception as exc:  # the original error matters more; say what is left
+        except Exception as exc:  # noqa: BLE001 - the restore's own error matters more; say what is left
             log.warning("could not drop the partly restored %s: %s", target.describe(), redact(str(exc), target.password))
 
     @contextmanager
@@ -495,7 +503,7 @@ class PostgresSource:
         assert last is not None
         raise last
 
-    def _materialize(self, manifest: Manifest, stream: BinaryIO, tmp: Path, *, need_file: bool) -> "_Archive":
+    def _materialize(self, manifest: Manifest, stream: BinaryIO, tmp: Path, *, need_file: bool) -> _Archive:
         """Where pg_restore reads the backup from. A custom-format stream goes straight to
         its stdin unless it must be read twice (a partial restore lists its contents
         first): then it is spooled to a file. A directory tar is always extracted."""
@@ -512,13 +520,24 @@ class PostgresSource:
             shutil.copyfileobj(stream, f, BLOCK_SIZE)
         return _Archive(path, directory=False)
 
-    def _run_restore(self, args: list[str], archive: "_Archive", stream: BinaryIO, target: PgParams) -> None:
-        if archive.path is not None:
-            with _pg_process([*args, str(archive.path)], target, self.name, stdout=subprocess.DEVNULL):
-                pass
-            return
-        with _pg_process(args, target, self.name, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as proc:
-            _feed(proc, stream)
+    def _run_restore(
+        self, args: list[str], archive: _Archive, stream: BinaryIO, target: PgParams, *, partial: bool
+    ) -> None:
+        try:
+            if archive.path is not None:
+                with _pg_process([*args, str(archive.path)], target, self.name, stdout=subprocess.DEVNULL):
+                    pass
+                return
+            with _pg_process(args, target, self.name, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as proc:
+                _feed(proc, stream)
+        except SourceError as exc:
+            if partial and "other objects depend on it" in str(exc):
+                raise SourceError(
+                    f"{exc}\nA partial restore over existing tables must include what depends on "
+                    "them (tables whose foreign keys point at them, views over them and other "
+                    "tables: see DETAIL above), or go into a new database; nothing was changed"
+                ) from None
+            raise
 
 
 # --- partial restores ----------------------------------------------------------------------
@@ -540,12 +559,14 @@ class _TocEntry:
     deps: tuple[int, ...] = ()
 
 
-# Objects that come back with a table when everything they depend on comes back too.
-# Views, functions and types do not: a partial restore is about tables.
+# Objects that come back with the tables when everything they depend on comes back too.
+# Views over restored tables do (over existing tables they must be dropped and re-created
+# with them anyway); functions, types and other tables do not: a partial restore is
+# about tables.
 _FOLLOWS_ITS_TABLE = {
     "ACL", "CHECK CONSTRAINT", "COMMENT", "CONSTRAINT", "DEFAULT", "FK CONSTRAINT", "INDEX",
     "INDEX ATTACH", "POLICY", "ROW SECURITY", "RULE", "SECURITY LABEL", "SEQUENCE",
-    "SEQUENCE OWNED BY", "STATISTICS", "TRIGGER",
+    "SEQUENCE OWNED BY", "STATISTICS", "TRIGGER", "VIEW",
 }  # fmt: skip
 
 _TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
@@ -555,11 +576,19 @@ _SCRIPT_NAME = re.compile(r"^-- Name: (.*); Type: (.*); Schema: (.*); Owner: .*$
 
 
 def _partial_restore_list(
-    pg_restore: str, archive: Path | None, only: list[str], params: PgParams, source_name: str
+    pg_restore: str,
+    archive: Path | None,
+    only: list[str],
+    params: PgParams,
+    source_name: str,
+    *,
+    into_existing: bool,
 ) -> str:
     """A ``pg_restore --use-list`` file selecting the tables in ``only`` with what belongs
     to them. pg_restore's own ``-t`` brings back a bare table (no primary key, indexes or
-    defaults); the dependency lines of its verbose script say what else belongs to it."""
+    defaults); the dependency lines of its verbose script say what else belongs to it.
+    ``into_existing``: keep every foreign key of a selected table, not only those between
+    selected tables (the referenced tables are expected in the target)."""
     assert archive is not None
     toc = _run_tool([pg_restore, "--list", str(archive)], params, source_name)
     script = _run_tool([pg_restore, "--verbose", "--schema-only", "--file=-", str(archive)], params, source_name)
@@ -576,6 +605,7 @@ def _partial_restore_list(
             raise RestoreRefused(f"table name {wanted!r} is ambiguous ({names}); give it as schema.table")
         selected.add(matches[0].dump_id)
     table_oids = {entries[i].oid for i in selected}
+    table_names = {(entries[i].schema, entries[i].name) for i in selected}
     # What the tables need: sequences their defaults use (standalone ones too).
     for dump_id in list(selected):
         selected.update(d for d in entries[dump_id].deps if d in entries and entries[d].kind == "SEQUENCE")
@@ -587,7 +617,13 @@ def _partial_restore_list(
         for entry in entries.values():
             if entry.dump_id in selected or entry.kind not in _FOLLOWS_ITS_TABLE or not entry.deps:
                 continue
-            if set(entry.deps) <= selected:
+            # A foreign key's name is "<its table> <constraint>".
+            own_fk = (
+                into_existing
+                and entry.kind == "FK CONSTRAINT"
+                and (entry.schema, entry.name.split(" ")[0]) in table_names
+            )
+            if own_fk or set(entry.deps) <= selected:
                 selected.add(entry.dump_id)
                 grew = True
     sequences = {(entries[i].schema, entries[i].name) for i in selected if entries[i].kind == "SEQUENCE"}
@@ -730,7 +766,7 @@ def _feed(proc: subprocess.Popen[bytes], stream: BinaryIO) -> None:
 
 
 def _open(params: PgParams, source_name: str) -> Any:
-    import psycopg2
+    import psycopg2  # type: ignore[import-untyped]
 
     try:
         conn = psycopg2.connect(**params.connect_kwargs())
@@ -747,7 +783,7 @@ def _open(params: PgParams, source_name: str) -> Any:
 
 @contextmanager
 def _connect(params: PgParams, source_name: str) -> Iterator[Any]:
-    import psycopg2
+    import psycopg2  # type: ignore[import-untyped]
 
     conn = _open(params, source_name)
     try:
@@ -779,7 +815,7 @@ def _table_key(schema: str, table: str) -> str:
 def _table_row_counts(cur: Any, *, exact: bool) -> dict[str, int]:
     """Row count per user table: exact count(*) or the planner's estimate (reltuples,
     which is 0 for a table never vacuumed or analyzed)."""
-    from psycopg2 import sql
+    from psycopg2 import sql  # type: ignore[import-untyped]
 
     cur.execute(_TABLES_SQL)
     rows = cur.fetchall()

@@ -8,7 +8,8 @@ Airflow).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from include.backup.errors import TargetError
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from include.backup.targets.base import Target
 
 
-def _build_local(name: str, cfg: Any) -> "Target":
+def _build_local(name: str, cfg: Any) -> Target:
     from include.backup.targets.local import LocalTarget
 
     return LocalTarget(name, cfg.path)
@@ -25,12 +26,12 @@ def _build_local(name: str, cfg: Any) -> "Target":
 
 # cfg.type -> builder. Adding a target kind is one module plus one entry here (and one
 # fixture factory in tests/integration/test_target_conformance.py).
-BUILDERS: dict[str, Callable[[str, Any], "Target"]] = {
+BUILDERS: dict[str, Callable[[str, Any], Target]] = {
     "local": _build_local,
 }
 
 
-def build_target(name: str, cfg: Any) -> "Target":
+def build_target(name: str, cfg: Any) -> Target:
     """The target named ``name`` in the config, built from its config block ``cfg``."""
     builder = BUILDERS.get(cfg.type)
     if builder is None:
@@ -41,7 +42,7 @@ def build_target(name: str, cfg: Any) -> "Target":
     return builder(name, cfg)
 
 
-def build_targets(config: "BackupConfig", names: Iterable[str]) -> list["Target"]:
+def build_targets(config: BackupConfig, names: Iterable[str]) -> list[Target]:
     """The targets ``names`` of ``config``, in the order given."""
     targets: list[Target] = []
     for name in names:

@@ -15,8 +15,9 @@ import io
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, cast
+from typing import BinaryIO, cast
 
 from include.backup.errors import ObjectNotFound, TargetError
 from include.backup.targets import check_key, check_prefix
@@ -54,7 +55,7 @@ class LocalTarget:
     def put(self, key: str, src: Path) -> ObjectInfo:
         def copy(out: BinaryIO) -> None:
             try:
-                fin = open(src, "rb")
+                fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
             except OSError as exc:
                 raise TargetError(
                     f"target '{self.name}': cannot read the file to upload {src}: "
@@ -125,7 +126,7 @@ class LocalTarget:
             )
         path = self._path(key)
         try:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise self._not_found(key) from exc
         except OSError as exc:
@@ -164,7 +165,7 @@ class LocalTarget:
         start = self.root / start_dir if start_dir else self.root
         found: list[ObjectInfo] = []
         try:
-            self._walk(start, start_dir, prefix, found)
+            _walk(start, start_dir, prefix, found)
         except OSError as exc:
             raise TargetError(
                 f"target '{self.name}': cannot list {start}: {exc.strerror or exc}; "
@@ -174,24 +175,6 @@ class LocalTarget:
         # iterating without disturbing the walk.
         found.sort(key=lambda o: o.key)
         return iter(found)
-
-    def _walk(self, directory: Path, rel: str, prefix: str, out: list[ObjectInfo]) -> None:
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return  # nothing stored yet, or removed by a concurrent delete
-        for entry in entries:
-            key = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if key.startswith(prefix) or prefix.startswith(key + "/"):
-                    self._walk(Path(entry.path), key, prefix, out)
-            elif entry.is_file(follow_symlinks=False) and not is_temp_name(entry.name):
-                if key.startswith(prefix):
-                    try:
-                        size = entry.stat(follow_symlinks=False).st_size
-                    except FileNotFoundError:
-                        continue  # deleted while we listed
-                    out.append(ObjectInfo(key=key, size=size))
 
     # --- deleting --------------------------------------------------------------------
 
@@ -273,6 +256,30 @@ class _RangeReader(io.RawIOBase):
             self._f.close()
         finally:
             super().close()
+
+
+def _walk(directory: Path, rel: str, prefix: str, out: list[ObjectInfo]) -> None:
+    """Append every complete object under ``directory`` whose key starts with ``prefix``."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing stored yet, or removed by a concurrent delete
+    for entry in entries:
+        key = f"{rel}/{entry.name}" if rel else entry.name
+        if entry.is_dir(follow_symlinks=False):
+            # Descend only where keys can still match: 'a/' under prefix 'a/b' or 'a'.
+            if key.startswith(prefix) or prefix.startswith(key + "/"):
+                _walk(Path(entry.path), key, prefix, out)
+            continue
+        if not key.startswith(prefix) or is_temp_name(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue  # sockets, symlinks...: not objects we wrote
+            size = entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue  # deleted while we listed
+        out.append(ObjectInfo(key=key, size=size))
 
 
 def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:

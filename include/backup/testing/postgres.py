@@ -119,7 +119,7 @@ class PgCluster:
 
     # -- context manager
 
-    def __enter__(self) -> "PgCluster":
+    def __enter__(self) -> PgCluster:  # noqa: PYI034 - start() returns self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -175,7 +175,7 @@ class PgCluster:
 
     # -- lifecycle
 
-    def start(self) -> "PgCluster":
+    def start(self) -> PgCluster:
         """initdb, configure and start the server; returns self. Cleans up if anything fails."""
         if self._running:
             return self
@@ -213,14 +213,18 @@ class PgCluster:
             self._base = Path(tempfile.mkdtemp(prefix="pgcluster-", dir="/tmp"))
             self._created_base = True
         else:
-            self._base = self._requested_base.resolve()
-            self._created_base = not self._base.exists()
-            self._base.mkdir(parents=True, exist_ok=True)
-            if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            base = self._requested_base.resolve()
+            data = base / "data"
+            # Checked before self._base is set: the clean-up after a failed start must
+            # never delete a data directory that was there before us.
+            if data.exists() and any(data.iterdir()):
                 raise PgClusterError(
-                    f"{self.data_dir} already exists and is not empty; give PgCluster an empty "
+                    f"{data} already exists and is not empty; give PgCluster an empty "
                     "base_dir (or none for a fresh one under /tmp)"
                 )
+            self._created_base = not base.exists()
+            base.mkdir(parents=True, exist_ok=True)
+            self._base = base
         os.chmod(self._base, 0o700)
         self.wal_archive_dir.mkdir(exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
@@ -230,7 +234,7 @@ class PgCluster:
                 os.chown(path, owner.pw_uid, owner.pw_gid)
             # The check that catches a base_dir under a private parent (pytest's tmp_path).
             probe = subprocess.run(
-                _as_owner(["test", "-w", str(self._base)]), capture_output=True, timeout=30
+                _as_owner(["test", "-w", str(self._base)]), check=False, capture_output=True, timeout=30
             )
             if probe.returncode != 0:
                 raise PgClusterError(
@@ -376,6 +380,7 @@ class PgCluster:
         # cwd = base dir: runuser keeps root's cwd, which postgres may not be allowed to read.
         proc = subprocess.run(
             _as_owner(argv),
+            check=False,  # the failure is raised below, with the server log
             cwd=self._base,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -415,6 +420,7 @@ class PgCluster:
                 "-f", "-",
             ],
             input=sql.encode("utf-8"),
+            check=False,  # raised below with psql's message
             capture_output=True,
             env={**os.environ, "PGCLIENTENCODING": "UTF8"},
             timeout=600,
@@ -640,8 +646,8 @@ def db_fingerprint(conn: str | Mapping[str, Any] | PgCluster, dbname: str) -> di
     fingerprints hold the same data. ``conn``: a libpq URI, psycopg2.connect keyword
     arguments, or a PgCluster; ``dbname`` overrides the database it names.
     """
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg2  # type: ignore[import-untyped]
+    from psycopg2 import sql  # type: ignore[import-untyped]
 
     if isinstance(conn, PgCluster):
         conn = conn.conn_params()
