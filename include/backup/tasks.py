@@ -238,32 +238,38 @@ def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
 
 def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> dict[str, Any]:
     """Read back what the target holds, re-hash it, compare with the manifest, and record
-    the result in the manifest at that target. Fails the task when they differ."""
-    from include.backup.catalog.catalog import read_manifest, verify_object, write_manifest
+    the result in the manifest at that target. Fails the task when they differ.
+
+    Works from the target and the checksum step's XCom only (not the staging directory),
+    so it can be re-run after cleanup."""
+    from include.backup.catalog.catalog import find_backup, verify_object, write_manifest
     from include.backup.targets import build_target
 
     config = load_config()
-    stage = Path(meta["staging"])
-    local = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
     target = build_target(target_name, config.targets[target_name])
-    stored = read_manifest(target, local.source, local.backup_id)
+    stored = find_backup(target, meta["backup_id"])
     problems: list[str] = []
-    if stored.objects != local.objects:
-        problems.append("manifest at the target lists other objects than the one written")
-    for obj in local.objects:
-        ok, detail = verify_object(target, local, obj.name)
+    try:
+        payload = stored.object(PAYLOAD_NAME)
+        if payload.sha256 != meta["sha256"] or payload.size != meta["stored_size"]:
+            problems.append("the manifest at the target names another payload than this run wrote")
+    except KeyError as exc:
+        problems.append(str(exc))
+    for obj in stored.objects:
+        ok, detail = verify_object(target, stored, obj.name)
         if not ok:
             problems.append(detail)
     if deep and not problems:
-        problems.extend(deep_verify(config, target, local))
+        problems.extend(deep_verify(config, target, stored))
     result = Verification(
         ok=not problems, verified_at=utcnow(), deep=deep, detail="; ".join(problems) or "sha256 match"
     )
     stored.verification[target_name] = result
     write_manifest(target, stored)
     if problems:
-        raise BackupError(f"verification of {local.backup_id} at target {target_name!r} failed: {result.detail}")
-    return {"backup_id": local.backup_id, "target": target_name, "ok": True, "deep": deep}
+        raise BackupError(f"verification of {stored.backup_id} at target {target_name!r} failed: {result.detail}")
+    log.info("verified %s at target %s: %s", stored.backup_id, target_name, result.detail)
+    return {"backup_id": stored.backup_id, "target": target_name, "ok": True, "deep": deep}
 
 
 def deep_verify(config: BackupConfig, target: Any, manifest: Manifest) -> list[str]:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-import pytest
-
 # Imported at collection: Airflow configures logging on import, which would otherwise
 # happen inside the first test that looks up a connection and detach caplog there.
 import airflow.sdk  # noqa: F401
+import pytest
+
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import PostgresSource as PostgresSourceConfig
 from include.backup.errors import RestoreRefused, SourceError
