@@ -88,6 +88,8 @@ encryption:
 staging_dir: {DEMO}/staging
 targets:
   local: {{type: local, path: {DEMO}/backups}}
+  # a second disk standing in for the off-site copy (3-2-1): every backup goes to both
+  offsite: {{type: local, path: {DEMO}/offsite, offsite: true}}
 sources:
   demo_pg: {{type: postgres, conn_id: demo_pg}}
   demo_files:
@@ -95,9 +97,9 @@ sources:
     paths: [{files_root}/uploads, {files_root}/documents]
     exclude: ["*.tmp", "*.log", "node_modules/"]
 schedules:
-  - {{name: demo_pg_full, source: demo_pg, type: FULL, cron: "0 2 * * *", targets: [local], retention: {{daily: 7, weekly: 4, monthly: 12, yearly: 7}}}}
-  - {{name: demo_files_full, source: demo_files, type: FULL, cron: "0 1 * * *", targets: [local], retention_days: 30}}
-  - {{name: demo_files_incr, source: demo_files, type: INCREMENTAL, cron: "0 */6 * * *", targets: [local], retention_days: 7}}
+  - {{name: demo_pg_full, source: demo_pg, type: FULL, cron: "0 2 * * *", targets: [local, offsite], retention: {{daily: 7, weekly: 4, monthly: 12, yearly: 7}}}}
+  - {{name: demo_files_full, source: demo_files, type: FULL, cron: "0 1 * * *", targets: [local, offsite], retention_days: 30}}
+  - {{name: demo_files_incr, source: demo_files, type: INCREMENTAL, cron: "0 */6 * * *", targets: [local, offsite], retention_days: 7}}
 """
 
 
@@ -179,9 +181,13 @@ def main() -> int:
         if before != after:
             raise SystemExit(f"demo: restored database differs:\n{before}\n{after}")
 
-        step("restoring the files chain (full + incremental) into .demo/restored")
+        step("restoring the files chain (full + incremental) from the off-site copy into .demo/restored")
         inc_id = str(by_schedule["demo_files_incr"]["backup_id"])
-        out = run([str(BIN / "python"), "-m", "include.backup", "restore", inc_id, "--into", str(DEMO / "restored")], env)
+        out = run(
+            [str(BIN / "python"), "-m", "include.backup", "restore", inc_id, "--target", "offsite",
+             "--into", str(DEMO / "restored")],
+            env,
+        )
         files_restore = json.loads(out.stdout)
         original = tree_digest(files_root, exclude=["*.tmp", "*.log", "node_modules/"])
         restored = tree_digest(DEMO / "restored" / str(files_root).lstrip("/"))
@@ -214,7 +220,8 @@ def print_summary(
           f"{pg_restore['seconds']} s — row counts and content checksums match")
     print(f"Files: chain {files_restore['chain']} restored in {files_restore['seconds']} s — "
           f"{n_entries} entries, tree, modes and bytes match")
-    print(f"Backups are in {DEMO / 'backups'} (list them: python -m include.backup list --target local)")
+    print(f"Backups are in {DEMO / 'backups'} and {DEMO / 'offsite'} "
+          f"(list them: BACKUP_CONFIG={DEMO / 'backup_config.yaml'} python -m include.backup list --target local)")
     print(f"Demo took {total:.0f} s")
 
 

@@ -289,8 +289,12 @@ class KeyRing:
     @classmethod
     def generate(cls, path: str | os.PathLike[str], key_id: str, *, overwrite: bool = False) -> KeyRing:
         """Create a key file (mode 0600) holding one fresh random key, active."""
-        ring = cls({key_id: secrets.token_bytes(KEY_SIZE)}, key_id, {key_id: _today()},
-                   source=f"key file {path}")
+        ring = cls(
+            {key_id: secrets.token_bytes(KEY_SIZE)},
+            key_id,
+            {key_id: _today()},
+            source=f"key file {path}",
+        )
         ring.save(path, overwrite=overwrite)
         return ring
 
@@ -299,8 +303,20 @@ class KeyRing:
         """Load from an Airflow connection (extra JSON, or login = id / password = key)."""
         from airflow.sdk import BaseHook
 
+        try:
+            from airflow.sdk.exceptions import AirflowNotFoundException
+        except ImportError:  # pragma: no cover - older task SDKs
+            from airflow.exceptions import AirflowNotFoundException
+
         source = f"keys connection {conn_id!r}"
-        conn = BaseHook.get_connection(conn_id)
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            raise KeyRingError(
+                f"{source} is not defined: create it (type generic) with extra "
+                '{"keys": {"<id>": "<base64 32-byte key>"}, "active": "<id>"}, in the '
+                f"Airflow UI, a secrets backend or AIRFLOW_CONN_{conn_id.upper()}"
+            ) from None
         extra = conn.extra_dejson or {}
         if "keys" in extra:
             ring = cls.from_json(

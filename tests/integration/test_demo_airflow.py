@@ -42,12 +42,15 @@ def test_demo_backs_up_and_restores_both_sources(demo_run):
 def test_backups_at_target_are_complete_verified_and_encrypted(demo_run):
     proc, base = demo_run
     assert proc.returncode == 0
-    backups = base / "demo" / "backups"
-    manifests = sorted(backups.rglob("manifest.json"))
-    assert len(manifests) == 3
+    manifests = []
+    for target in ("backups", "offsite"):  # the demo's two targets: local and offsite
+        found = sorted((base / "demo" / target).rglob("manifest.json"))
+        assert len(found) == 3, f"{target}: {found}"
+        manifests += found
     for path in manifests:
         manifest = json.loads(path.read_text())
-        assert manifest["verification"]["local"]["ok"] is True
+        target = "local" if "/backups/" in str(path) else "offsite"
+        assert manifest["verification"][target]["ok"] is True
         payload = path.parent / "payload"
         assert payload.stat().st_size == manifest["objects"][0]["size"]
         data = payload.read_bytes()
@@ -75,4 +78,4 @@ def test_airflow_recorded_successful_runs(demo_run):
     mapped = db.execute(
         "select count(*) from task_instance where task_id in ('upload', 'verify') and map_index >= 0"
     ).fetchone()[0]
-    assert mapped == 6
+    assert mapped == 12  # 3 runs x 2 targets x (upload, verify)
