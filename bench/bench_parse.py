@@ -27,7 +27,7 @@ t_import = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 t_bag = time.perf_counter()
 assert not bag.import_errors, bag.import_errors
-print(len(bag.dag_ids), t_import - t, t_bag - t_import)
+print("RESULT", len(bag.dag_ids), t_import - t, t_bag - t_import)
 """
 
 
@@ -56,10 +56,12 @@ def measure(config: Path, repeat: int) -> tuple[int, float, float]:
     imports: list[float] = []
     n = 0
     for _ in range(repeat):
-        out = subprocess.run(
+        stdout = subprocess.run(
             [sys.executable, "-c", CHILD, str(ROOT / "dags")], env=env, capture_output=True, text=True, check=True
-        ).stdout.split()
-        n, imp, bag = int(out[0]), float(out[1]), float(out[2])
+        ).stdout
+        line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
+        _, count, imp_s, bag_s = line.split()
+        n, imp, bag = int(count), float(imp_s), float(bag_s)
         imports.append(imp)
         parse.append(bag)
     return n, statistics.median(imports), statistics.median(parse)

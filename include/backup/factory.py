@@ -136,18 +136,38 @@ def build_dags(loaded: LoadedConfig) -> dict[str, Any]:
     }
 
 
+_CACHE: dict[tuple[str, int, int], LoadedConfig] = {}
+
+
+def _load(path: str | Path | None) -> LoadedConfig:
+    """load_config, once per version of the file per process: both DAG files read the same
+    config, and a DagBag imports them in one process."""
+    from include.backup.config.loader import config_path
+
+    resolved = Path(path) if path is not None else config_path()
+    try:
+        st = resolved.stat()
+    except OSError:
+        return load_config(resolved)  # raises the loader's clear "not found" error
+    key = (str(resolved.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_config(resolved)
+    return _CACHE[key]
+
+
 def register_backup_dags(namespace: dict[str, Any], path: str | Path | None = None) -> None:
     """Put one DAG per active, valid schedule into ``namespace`` (a DAG file's globals).
 
     A config that cannot be read at all raises here, so it shows as an import error.
     Broken schedules are skipped here and reported by :func:`raise_config_errors`."""
-    loaded = load_config(path)
+    loaded = _load(path)
     namespace.update(build_dags(loaded))
 
 
 def raise_config_errors(path: str | Path | None = None) -> None:
     """Raise a ConfigError listing every broken schedule, target or source, so that the
     Airflow UI shows it as an import error while the valid schedules keep running."""
-    loaded = load_config(path)
+    loaded = _load(path)
     if loaded.issues:
         raise ConfigError(str(loaded.path), loaded.issues)

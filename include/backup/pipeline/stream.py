@@ -6,6 +6,8 @@ into the object that is stored; ``open_sealed`` is what restore and deep verific
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -26,6 +28,60 @@ from include.backup.pipeline.hashing import HashingWriter
 
 # Input block size. 4 MiB keeps zstd's multi-threaded jobs fed with few Python round trips.
 READ_BLOCK = 4 << 20
+# Compressed pieces waiting for the encrypt/hash/write thread (each <= 1 MiB).
+QUEUE_DEPTH = 8
+THREADED = True
+
+
+class _BackgroundWriter:
+    """Hands writes to a worker thread through a bounded queue.
+
+    Encryption, hashing and the file write then run beside compression instead of after
+    it; AES-GCM, SHA-256 and file I/O all release the GIL. The bound keeps memory to
+    ``depth`` pieces. An error in the worker is re-raised in the caller at the next write
+    or at ``close()``.
+    """
+
+    def __init__(self, sink: object, depth: int = QUEUE_DEPTH) -> None:
+        self._sink = sink
+        self._q: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="seal-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if self._error is None:  # after a failure keep draining so put() never blocks
+                try:
+                    self._sink.write(item)  # type: ignore[attr-defined]
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                    self._error = exc
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:
+        if self._error is not None:
+            raise self._error
+        # The producer may reuse its buffer; bytes objects (what zstd and zlib hand out)
+        # are immutable and safe to pass along without a copy.
+        data = b if type(b) is bytes else bytes(b)
+        if data:
+            self._q.put(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Wait for queued writes; re-raise a worker error."""
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("aborted")
+            self._q.put(None)
+            self._thread.join()
 
 
 @dataclass(frozen=True)
@@ -79,17 +135,22 @@ def seal(
     """
     hasher = HashingWriter(dst)
     enc = EncryptingWriter(hasher, kek, key_id, chunk_size)  # type: ignore[arg-type]
+    bg = _BackgroundWriter(enc) if THREADED else None
     raw = 0
     try:
-        comp = open_compress_writer(enc, algo, level, threads=threads)  # type: ignore[arg-type]
+        comp = open_compress_writer(bg or enc, algo, level, threads=threads)  # type: ignore[arg-type]
         buf = bytearray(READ_BLOCK)
         mv = memoryview(buf)
         while n := _readinto(src, mv):
             comp.write(mv[:n])
             raw += n
         comp.close()  # end of compressed frame; dst stays open
+        if bg is not None:
+            bg.close()
         enc.close()  # final chunk
     except BaseException:
+        if bg is not None:
+            bg.abort()
         enc.abort()
         raise
     hasher.flush()
