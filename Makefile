@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help demo test test-unit test-integration bench lint lock clean system-deps venv
+.PHONY: help demo test test-unit test-integration bench lint lock clean system-deps test-services venv
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -14,14 +14,18 @@ help: ## show the targets
 demo: venv system-deps ## back up and restore a sample PostgreSQL database and a file tree with Airflow
 	$(PY) scripts/demo.py
 
-test: venv system-deps ## install what the tests need and run them (what CI runs)
+test: venv system-deps test-services ## install what the tests need and run them (what CI runs)
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit tests/dags
 
-bench: venv system-deps ## run the benchmarks (on demand; figures are printed)
+bench: venv system-deps test-services ## run the benchmarks (on demand; figures are printed)
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_parse.py
+	$(PY) bench/bench_pg_dump.py
+	$(PY) bench/bench_targets.py
+	$(PY) bench/bench_mongo.py --docs 200000
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check include dags plugins tests scripts bench
@@ -46,5 +50,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd; \
 	fi
 
+# The servers the integration tests start on 127.0.0.1: sshd (apt), Azurite (npm); the
+# Python ones (moto, GCS emulator, pyftpdlib, aiosmtpd, SecantusDB) come with the venv.
+test-services: venv
+	bash scripts/install-test-services.sh
+
 clean: ## remove the venv, the demo and the local Airflow home
-	rm -rf $(VENV) .demo .airflow .pytest_cache
+	rm -rf $(VENV) .demo .airflow .pytest_cache node_modules

@@ -6,7 +6,7 @@ Verbs:
                                         the backups a target holds, read from the target
   verify BACKUP_ID [--target NAME] [--deep]
                                         re-read and re-hash a backup at its targets
-  restore BACKUP_ID --into DEST [--target NAME] [--only A,B] [--overwrite]
+  restore [BACKUP_ID] --into DEST [--source S] [--until ISO] [--target NAME] [--only A,B] [--overwrite]
                                         restore a backup (and its chain)
   decrypt IN OUT [--decompress zstd|gzip]
                                         decrypt a payload container to a file
@@ -141,6 +141,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from include.backup.dr.restore import restore_backup
 
+    until = None
+    if args.until:
+        from datetime import UTC, datetime
+
+        try:
+            until = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
+        except ValueError:
+            print(
+                f"error: --until {args.until!r} is not an ISO-8601 time "
+                "(e.g. 2026-03-01T12:30:00Z; without an offset it is taken as UTC)",
+                file=sys.stderr,
+            )
+            return 2
+        until = until.replace(tzinfo=UTC) if until.tzinfo is None else until
+    if not args.backup_id and not args.source:
+        print("error: give BACKUP_ID, or --source (with --until for a point in time)", file=sys.stderr)
+        return 2
     config = _config(args)
     result = restore_backup(
         config,
@@ -150,11 +167,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         target_name=args.target,
         only=[x for x in args.only.split(",") if x] if args.only else None,
         overwrite=args.overwrite,
+        until=until,
+        source_name=args.source,
     )
     print(
         json.dumps(
             {
                 "backup_id": result.backup_id,
+                "until": result.until.isoformat() if result.until else None,
                 "target": result.target,
                 "into": result.into,
                 "chain": result.chain,
@@ -219,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_verify)
 
     p = sub.add_parser("restore", parents=[common], help="restore a backup and its chain")
-    p.add_argument("backup_id")
+    p.add_argument("backup_id", nargs="?", help="backup to restore (optional with --source)")
     p.add_argument("--into", required=True, help="directory (files) or database name / conn:<conn_id> (postgres)")
+    p.add_argument("--source", help="source name: without BACKUP_ID, restore its newest backup or --until")
+    p.add_argument("--until", help="point in time (ISO-8601, UTC if no offset): replay logs up to it")
     p.add_argument("--target", help="target to restore from (default: the first that holds it)")
     p.add_argument("--only", help="comma-separated tables or paths to restore")
     p.add_argument("--overwrite", action="store_true", help="restore over a non-empty destination")

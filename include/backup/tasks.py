@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 DUMP_NAME = "dump"  # compressed source stream, before encryption
 DRAFT_NAME = "manifest.draft.json"
 STALE_STAGING_DAYS = 7
+CHAIN_TYPES = ("FULL", "INCREMENTAL", "TRANSACTION_LOG")  # what a chain can be built from
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -99,13 +100,14 @@ def _targets(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
 
 def _find_parent(config: BackupConfig, schedule: Schedule) -> Manifest | None:
     """The newest backup of the source held by any of the schedule's targets: the parent
-    of an incremental. An unreachable target is skipped (another may hold the chain)."""
+    of an incremental or a log backup (whichever schedule made it; SCHEMA backups hold no
+    data and start no chain). An unreachable target is skipped (another may hold it)."""
     from include.backup.catalog.catalog import latest
 
     best: Manifest | None = None
     for name, target in _targets(config, schedule).items():
         try:
-            found = latest(target, schedule.source)
+            found = latest(target, schedule.source, types=CHAIN_TYPES)
         except TargetError as exc:
             log.warning("cannot look for a parent backup at target %s: %s", name, exc)
             continue
@@ -134,7 +136,8 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
 
     source_cfg = config.sources[schedule.source]
     source = build_source(schedule.source, source_cfg)
-    parent = _find_parent(config, schedule) if schedule.type == BackupType.INCREMENTAL else None
+    needs_parent = schedule.type in (BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG)
+    parent = _find_parent(config, schedule) if needs_parent else None
 
     algo = config.pipeline.compression
     partial = stage / (DUMP_NAME + ".partial")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,15 @@ def test_example_config_parses_without_errors(monkeypatch, tmp_path):
     bag = _dagbag(ROOT / "include" / "backup_config.yaml", monkeypatch, tmp_path)
     assert bag.import_errors == {}
     assert bag.dag_ids, "the example config generates no DAG"
-    assert all(d.startswith("backup__") for d in bag.dag_ids)
+    backups = [d for d in bag.dag_ids if d.startswith("backup__")]
+    assert backups, "the example config generates no backup DAG"
+    assert set(bag.dag_ids) - set(backups) == {"restore"}
 
 
 def test_one_dag_per_active_schedule_with_tasks_in_order(monkeypatch, tmp_path):
     bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["backup__daily_full", "backup__files_6h", "backup__weekly_schema"]
+    assert sorted(bag.dag_ids) == ["backup__daily_full", "backup__files_6h", "backup__weekly_schema", "restore"]
 
     dag = bag.dags["backup__daily_full"]
     assert set(dag.task_ids) == {"dump", "encrypt", "checksum", "upload", "verify", "cleanup"}
@@ -75,6 +78,16 @@ def test_one_dag_per_active_schedule_with_tasks_in_order(monkeypatch, tmp_path):
     assert {"backup", "source:events_pg", "type:FULL"} <= set(dag.tags)
     assert dag.get_task("dump").retries >= 1
     assert dag.get_task("dump").retry_exponential_backoff
+    # on-call hears of failures and of late runs / missed RPOs
+    assert dag.get_task("upload").on_failure_callback
+    deadlines = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert deadlines and all(d.interval <= timedelta(hours=1) for d in deadlines)  # rpo_hours defaults to 1
+
+
+def test_deadline_alerts_can_be_switched_off_for_dags_test(monkeypatch, tmp_path):
+    monkeypatch.setenv("BACKUP_DEADLINE_ALERTS", "off")
+    bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
+    assert not bag.dags["backup__daily_full"].deadline
 
 
 def test_doc_md_describes_schedule_and_has_no_secret(monkeypatch, tmp_path):
@@ -92,6 +105,7 @@ def test_broken_schedule_is_an_import_error_and_valid_ones_still_load(monkeypatc
 """
     bag = _dagbag(_config(tmp_path, broken), monkeypatch, tmp_path)
     assert "backup__daily_full" in bag.dag_ids and "backup__files_6h" in bag.dag_ids
+    assert "restore" in bag.dag_ids
     assert "backup__bad_cron" not in bag.dag_ids
     assert len(bag.import_errors) == 1
     (path, message), = bag.import_errors.items()
@@ -107,3 +121,13 @@ def test_unreadable_config_fails_every_dag_file(monkeypatch, tmp_path):
     bag = _dagbag(path, monkeypatch, tmp_path)
     assert bag.dag_ids == [] or list(bag.dag_ids) == []
     assert any(p.endswith("backup_dags.py") for p in bag.import_errors)
+
+
+def test_restore_dag_is_manual_with_validated_params(monkeypatch, tmp_path):
+    bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
+    dag = bag.dags["restore"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # triggered by hand only
+    assert {"source", "backup_id", "point_in_time", "into", "target", "tables", "overwrite"} <= set(dag.params)
+    assert dag.params["overwrite"] is False  # never over a non-empty destination unless told
+    assert "validate_params" in dag.get_task("restore").upstream_task_ids
+    assert dag.get_task("restore").retries == 0  # a half-done restore is not retried blindly

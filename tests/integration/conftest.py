@@ -28,3 +28,10 @@ def pg_cluster() -> Iterator[PgCluster]:
         load_sample_data(cluster, PG_SAMPLE_DB, rows=PG_SAMPLE_ROWS)
         mp.setenv(f"AIRFLOW_CONN_{PG_CONN_ID.upper()}", cluster.uri(PG_SAMPLE_DB))
         yield cluster
+
+
+# Real storage servers (moto, Azurite, a GCS emulator, OpenSSH sshd, pyftpdlib), started
+# on 127.0.0.1 by session fixtures and stopped at the end.
+from tests.integration.services import *  # noqa: E402, F403
+from tests.integration.mongo_service import mongo_server  # noqa: E402, F401
+from tests.integration.smtp_service import smtp_server  # noqa: E402, F401  (aiosmtpd on 127.0.0.1)

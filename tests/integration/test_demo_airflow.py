@@ -74,6 +74,7 @@ def test_airflow_recorded_successful_runs(demo_run):
         ("backup__demo_files_full", "success"),
         ("backup__demo_files_incr", "success"),
         ("backup__demo_pg_full", "success"),
+        ("restore", "success"),
     ]
     mapped = db.execute(
         "select count(*) from task_instance where task_id in ('upload', 'verify') and map_index >= 0"

@@ -295,3 +295,74 @@ def test_seal_to_real_file(tmp_path: Path) -> None:
     assert sha256_file(dst) == (result.sha256, result.stored_size)
     with open(dst, "rb") as f:
         assert open_sealed(f, keys, "zstd").read() == src.read_bytes()
+
+
+# -- adaptive zstd threading and pipeline failure handling ------------------------------------
+
+
+def test_zstd_switches_threads_for_incompressible_stretches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.backup.pipeline import compression
+
+    monkeypatch.setattr(compression, "_PROBE", 1 << 20)
+    data = os.urandom(6 << 20) + text(12 << 20) + os.urandom(6 << 20)
+    out = io.BytesIO()
+    writer = compression.open_compress_writer(out, "zstd", 3, threads=2)
+    for i in range(0, len(data), 1 << 20):
+        writer.write(data[i : i + (1 << 20)])
+    writer.close()
+    assert writer.frames >= 3  # type: ignore[attr-defined]  # MT -> single -> MT -> single
+    assert decompress_reader(io.BytesIO(out.getvalue()), "zstd").read() == data
+    if shutil.which("zstd"):
+        res = subprocess.run(["zstd", "-dc"], input=out.getvalue(), capture_output=True, check=True)
+        assert res.stdout == data
+
+
+def test_seal_single_threaded_zstd() -> None:
+    data = text(3 << 20)
+    out = io.BytesIO()
+    seal(io.BytesIO(data), out, kek=KEK, key_id=KEY_ID, threads=0)
+    assert open_sealed(io.BytesIO(out.getvalue()), keys, "zstd").read() == data
+
+
+def pipeline_threads() -> set[str]:
+    import threading
+
+    return {t.name for t in threading.enumerate() if t.name.startswith("seal-")}
+
+
+class FullDisk(io.RawIOBase):
+    def __init__(self, room: int) -> None:
+        self.data = bytearray()
+        self._room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        if len(self.data) + len(b) > self._room:
+            raise OSError(28, "No space left on device")
+        self.data += b
+        return len(b)
+
+
+def test_seal_reports_write_errors_and_stops_its_threads() -> None:
+    dst = FullDisk(room=2 << 20)
+    with pytest.raises(OSError, match="No space left"):
+        seal(io.BytesIO(os.urandom(8 << 20)), dst, kek=KEK, key_id=KEY_ID, chunk_size=CHUNK)
+    assert pipeline_threads() == set()
+    with pytest.raises(IntegrityError):
+        open_sealed(io.BytesIO(bytes(dst.data)), keys, "zstd").read()
+
+
+def test_seal_rejects_bad_parameters_before_starting_threads() -> None:
+    with pytest.raises(ValueError, match="unknown compression algorithm"):
+        seal(io.BytesIO(b"x"), io.BytesIO(), kek=KEK, key_id=KEY_ID, algo="lz4")
+    with pytest.raises(ValueError, match="must be 32 bytes"):
+        seal(io.BytesIO(b"x"), io.BytesIO(), kek=b"short", key_id=KEY_ID)
+    assert pipeline_threads() == set()
+
+
+def test_seal_source_error_stops_threads() -> None:
+    with pytest.raises(OSError, match="lost"):
+        seal(FailingSource(5 << 20), io.BytesIO(), kek=KEK, key_id=KEY_ID)
+    assert pipeline_threads() == set()

@@ -232,7 +232,8 @@ def test_unknown_key_in_dr_is_fatal(tmp_path: Path) -> None:
     (issue,) = fatal_issues(tmp_path, data)
     assert issue == (
         "dr.rto: unknown key; did you mean 'rto_hours'? allowed keys: rto_hours, rpo_hours, "
-        "backup_retention_days, test_frequency_days, auto_failover, notification_emails"
+        "backup_retention_days, test_frequency_days, auto_failover, notification_emails, "
+        "smtp_conn_id, storage_min_free_gb"
     )
 
 
@@ -320,7 +321,11 @@ def test_unknown_source_type(tmp_path: Path) -> None:
     ]
 
 
-def test_unimplemented_target_type_is_an_issue_on_the_target(tmp_path: Path) -> None:
+def test_unimplemented_target_type_is_an_issue_on_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every target kind is implemented now; the mechanism stays for the next kind added.
+    monkeypatch.setattr("include.backup.config.loader.IMPLEMENTED_TARGETS", {"local"})
     data = base()
     data["targets"]["s3"] = {"type": "s3", "conn_id": "aws_backup", "bucket": "b"}
     loaded = load(tmp_path, data)
@@ -431,7 +436,13 @@ def test_unsupported_type_for_source(
     ]
 
 
-def test_mongo_source_has_no_implemented_type(tmp_path: Path) -> None:
+def test_source_kind_without_the_schedule_type_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A source kind that implements none of the types (as mongo did before it existed).
+    monkeypatch.setitem(
+        __import__("include.backup.config.schema", fromlist=["x"]).SUPPORTED_TYPES, "mongo", set()
+    )
     data = base()
     data["sources"]["events_mongo"] = {
         "type": "mongo",

@@ -33,12 +33,12 @@ from yaml.constructor import ConstructorError
 from include.backup.config.schema import (
     IMPLEMENTED_TARGETS,
     NAME_PATTERN,
-    SUPPORTED_TYPES,
     BackupConfig,
     BackupType,
     Schedule,
     SourceConfig,
     TargetConfig,
+    supported_types,
 )
 from include.backup.errors import ConfigError
 
@@ -641,9 +641,7 @@ def _type_issue(label: str, item: dict[str, Any], known: _Known) -> str | None:
         backup_type = BackupType(item.get("type", BackupType.FULL.value))
     except (ValueError, TypeError):
         return None  # already reported by the schema
-    supported = [
-        t.value for t in BackupType if t in SUPPORTED_TYPES.get(source.type, set())
-    ]
+    supported = [t.value for t in BackupType if t in supported_types(source)]
     if backup_type.value in supported:
         return None
     fix = (

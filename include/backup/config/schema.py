@@ -41,6 +41,12 @@ class DRSettings(Strict):
     test_frequency_days: int = Field(default=90, ge=30, le=365)
     auto_failover: bool = False
     notification_emails: list[EmailStr] = Field(default_factory=list)
+    # Alerts (docs/alerts.md): the Airflow SMTP connection mails go through, and the free
+    # space below which a target raises STORAGE_LOW. Targets report free bytes, not their
+    # size, so the threshold is absolute; it is raised to twice the largest backup the
+    # target holds when that is bigger (room for two more backups).
+    smtp_conn_id: str = "smtp_default"
+    storage_min_free_gb: float = Field(default=10, ge=0, description="STORAGE_LOW below this, GiB")
 
 
 class EncryptionSettings(Strict):
@@ -129,11 +135,29 @@ class PostgresSource(Strict):
     database: str | None = None  # defaults to the connection's schema (database) field
     format: Literal["custom", "directory"] = "custom"
     jobs: int = Field(default=1, ge=1, le=32, description="pg_dump -j, directory format only")
+    # logical: pg_dump (FULL, SCHEMA). physical: pg_basebackup + WAL from the archive spool
+    # (FULL, INCREMENTAL, TRANSACTION_LOG, point-in-time recovery; SCHEMA via pg_dump).
+    method: Literal["logical", "physical"] = "logical"
+    # physical: the directory the server's archive_command copies WAL segments into.
+    wal_archive_dir: str | None = None
+    # physical: delete spool segments already held by a stored backup (default keep them).
+    prune_wal_archive: bool = False
+
+    _absolute_spool = field_validator("wal_archive_dir")(
+        lambda v: None if v is None else _absolute_path(v)
+    )
 
     @model_validator(mode="after")
     def _jobs_need_directory(self) -> PostgresSource:
         if self.jobs > 1 and self.format != "directory":
             raise ValueError("jobs > 1 needs format: directory (pg_dump -j only works with -Fd)")
+        if self.method == "physical" and not self.wal_archive_dir:
+            raise ValueError(
+                "method: physical needs wal_archive_dir: the directory the server's "
+                "archive_command copies WAL segments into (see docs/postgres.md)"
+            )
+        if self.method == "logical" and (self.wal_archive_dir or self.prune_wal_archive):
+            raise ValueError("wal_archive_dir and prune_wal_archive only apply to method: physical")
         return self
 
 
@@ -166,9 +190,27 @@ SourceConfig = Annotated[
 SUPPORTED_TYPES: dict[str, set[BackupType]] = {
     "postgres": {BackupType.FULL, BackupType.SCHEMA},
     "files": {BackupType.FULL, BackupType.INCREMENTAL},
-    "mongo": set(),
+    "mongo": {BackupType.FULL, BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG, BackupType.SCHEMA},
 }
-IMPLEMENTED_TARGETS: set[str] = {"local"}
+# PostgreSQL with method: physical (base backups + WAL). INCREMENTAL there means the WAL
+# since the last base backup (server-side incremental base backups need PostgreSQL 17).
+POSTGRES_PHYSICAL_TYPES: set[BackupType] = {
+    BackupType.FULL,
+    BackupType.INCREMENTAL,
+    BackupType.TRANSACTION_LOG,
+    BackupType.SCHEMA,
+}
+
+
+def supported_types(source: object) -> set[BackupType]:
+    """The backup types a configured source implements (depends on postgres' method)."""
+    kind = getattr(source, "type", None)
+    if kind == "postgres" and getattr(source, "method", "logical") == "physical":
+        return POSTGRES_PHYSICAL_TYPES
+    return SUPPORTED_TYPES.get(str(kind), set())
+
+
+IMPLEMENTED_TARGETS: set[str] = {"local", "s3", "azure_blob", "gcs", "sftp", "ftp"}
 
 
 # --- schedules -------------------------------------------------------------------------

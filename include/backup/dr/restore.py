@@ -10,6 +10,7 @@ import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, backup_prefix
@@ -27,6 +28,7 @@ class RestoreResult:
     chain: list[str]
     seconds: float
     stats: dict[str, Any] = field(default_factory=dict)
+    until: datetime | None = None  # the point in time asked for, if any
 
 
 def locate(config: BackupConfig, backup_id: str, target_name: str | None = None) -> tuple[Any, Manifest]:
@@ -73,22 +75,57 @@ def _open_chain(
 
 def restore_backup(
     config: BackupConfig,
-    backup_id: str,
+    backup_id: str | None,
     into: str,
     *,
     keys: Any,
     target_name: str | None = None,
     only: list[str] | None = None,
     overwrite: bool = False,
+    until: datetime | None = None,
+    source_name: str | None = None,
 ) -> RestoreResult:
     """Verify every object of the chain against its manifest first (so a corrupt backup is
-    refused before anything is written), then stream the chain into the source's restore."""
+    refused before anything is written), then stream the chain into the source's restore.
+
+    Which chain:
+    - ``backup_id``: that backup and the chain it depends on (``chain_for``); with
+      ``until`` too, the chain is cut at the first backup reaching ``until`` and ``until``
+      must lie inside it.
+    - no ``backup_id``, ``until`` and ``source_name``: point-in-time recovery: the source's
+      backups at the target (the named one, else the first in config order that can reach
+      ``until``) give the chain (:func:`include.backup.catalog.chains.pitr_chain`, gaps
+      checked with the source's ``continuity`` method when it has one).
+    - no ``backup_id``, no ``until``, ``source_name``: the newest backup of the source.
+    ``until`` (naive = UTC) is passed on to ``source.restore`` which replays up to it.
+    """
     from include.backup.catalog.catalog import chain_for, verify_object
+    from include.backup.catalog.chains import pitr_chain
     from include.backup.sources import build_source
 
     started = time.monotonic()
-    target, manifest = locate(config, backup_id, target_name)
-    chain = chain_for(target, manifest)
+    if until is not None:
+        until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+    if backup_id is not None:
+        target, manifest = locate(config, backup_id, target_name)
+        if source_name is not None and manifest.source != source_name:
+            raise RestoreRefused(
+                f"backup {backup_id} is of source {manifest.source!r}, not {source_name!r}"
+            )
+        source = _build(config, manifest.source, build_source)
+        chain = chain_for(target, manifest)
+        if until is not None:
+            chain = pitr_chain(chain, until, _continuity(source))
+    elif source_name is not None:
+        source = _build(config, source_name, build_source)
+        target, chain = _find_chain(config, source_name, target_name, until, source)
+        manifest = chain[-1]
+    else:
+        raise RestoreRefused(
+            "name the backup to restore (backup_id), or the source (source_name) for its "
+            "newest backup or a point in time (until)"
+        )
+    backup_id = manifest.backup_id
     for m in chain:
         for obj in m.objects:
             ok, detail = verify_object(target, m, obj.name)
@@ -98,16 +135,19 @@ def restore_backup(
                     f"{target.name!r} does not match its manifest ({detail}); restore from "
                     "another target or an earlier backup"
                 )
-    if manifest.source not in config.sources:
-        raise RestoreRefused(
-            f"backup {backup_id} is of source {manifest.source!r}, which the config does not "
-            "define; add it under sources: to say how to restore it"
-        )
-    source = build_source(manifest.source, config.sources[manifest.source])
-    log.info("restoring %s (chain %s) into %s", backup_id, [m.backup_id for m in chain], into)
+    log.info(
+        "restoring %s (chain %s) into %s%s",
+        backup_id,
+        [m.backup_id for m in chain],
+        into,
+        f" up to {until.isoformat()}" if until else "",
+    )
+    kwargs: dict[str, Any] = {"only": only, "overwrite": overwrite}
+    if until is not None:
+        kwargs["until"] = until
     with ExitStack() as stack:
         streams = _open_chain(stack, target, chain, keys)
-        stats = source.restore(streams, into, only=only, overwrite=overwrite)
+        stats = source.restore(streams, into, **kwargs)
     return RestoreResult(
         backup_id=backup_id,
         target=target.name,
@@ -115,4 +155,74 @@ def restore_backup(
         chain=[m.backup_id for m in chain],
         seconds=time.monotonic() - started,
         stats=stats,
+        until=until,
+    )
+
+
+def _build(config: BackupConfig, source_name: str, build_source: Any) -> Any:
+    if source_name not in config.sources:
+        raise RestoreRefused(
+            f"source {source_name!r} is not defined in the config (known: "
+            f"{', '.join(config.sources) or 'none'}); add it under sources: to say how to "
+            "restore it"
+        )
+    return build_source(source_name, config.sources[source_name])
+
+
+def _continuity(source: Any) -> Any:
+    fn = getattr(source, "continuity", None)
+    return fn if callable(fn) else None
+
+
+def _find_chain(
+    config: BackupConfig,
+    source_name: str,
+    target_name: str | None,
+    until: datetime | None,
+    source: Any,
+) -> tuple[Any, list[Manifest]]:
+    """The first target (the named one, else config order) whose backups of
+    ``source_name`` give a chain to ``until`` (or to the newest backup)."""
+    from include.backup.catalog.catalog import chain_for, list_backups
+    from include.backup.catalog.chains import pitr_chain
+    from include.backup.targets import build_target
+
+    if target_name and target_name not in config.targets:
+        raise RestoreRefused(
+            f"no target named {target_name!r} in the config; known: {', '.join(config.targets)}"
+        )
+    names = [target_name] if target_name else list(config.targets)
+    first_error: Exception | None = None
+    notes: list[str] = []
+    for name in names:
+        target = build_target(name, config.targets[name])
+        try:
+            backups = list_backups(target, source_name)
+        except TargetError as exc:
+            notes.append(f"{name}: {exc}")
+            continue
+        if not backups:
+            notes.append(f"{name}: no backups of {source_name}")
+            continue
+        try:
+            if until is None:
+                known = {m.backup_id: m for m in backups}
+                return target, chain_for(target, backups[-1], known=known)
+            return target, pitr_chain(backups, until, _continuity(source))
+        except (RestoreRefused, IntegrityError) as exc:
+            notes.append(f"{name}: {exc}")
+            if first_error is None:
+                first_error = exc
+    if first_error is not None:
+        if len(names) == 1:
+            raise first_error
+        raise type(first_error)(
+            f"no target can restore source {source_name!r}"
+            + (f" to {until.isoformat()}" if until else "")
+            + ": "
+            + "; ".join(notes)
+        ) from first_error
+    raise RestoreRefused(
+        f"no backup of source {source_name!r} was found at any target ({'; '.join(notes)}); "
+        "run `python -m include.backup list --target NAME` to see what each holds"
     )

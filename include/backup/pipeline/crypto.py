@@ -180,7 +180,11 @@ class EncryptingWriter(io.RawIOBase):
         self._dst = dst
         self._chunk = chunk_size
         self._index = 0
-        self._buf = bytearray()  # 0..chunk_size bytes held back: the look-ahead
+        # One fixed buffer for the chunk being filled (0..chunk_size bytes held back: the
+        # look-ahead). Growing and resetting a bytearray instead costs a page fault per
+        # 4 KiB on every chunk, which was a third of the CPU time of the pipeline.
+        self._buf = memoryview(bytearray(chunk_size))
+        self._fill = 0
         self._aborted = False
         self.plaintext_size = 0
         self.ciphertext_size = 0
@@ -215,27 +219,29 @@ class EncryptingWriter(io.RawIOBase):
         size = self._chunk
         # A chunk is only sealed once we know more data follows it, because the final chunk
         # is marked in its nonce. A full buffer therefore waits for the next write or close.
-        if self._buf:
-            need = size - len(self._buf)
+        if self._fill:
+            need = size - self._fill
             if n <= need:
-                self._buf += mv
+                self._buf[self._fill : self._fill + n] = mv
+                self._fill += n
                 self.plaintext_size += n
                 return n
-            self._buf += mv[:need]
+            self._buf[self._fill :] = mv[:need]
             mv = mv[need:]
             self._seal_chunk(self._buf, final=False)
-            self._buf = bytearray()
-        while len(mv) > size:
+            self._fill = 0
+        while len(mv) > size:  # whole chunks straight from the caller's buffer, no copy
             self._seal_chunk(mv[:size], final=False)
             mv = mv[size:]
-        self._buf += mv
+        self._buf[: len(mv)] = mv
+        self._fill = len(mv)
         self.plaintext_size += n
         return n
 
     def abort(self) -> None:
         """Stop without writing the final chunk: the output will not decrypt."""
         self._aborted = True
-        self._buf = bytearray()
+        self._fill = 0
         super().close()
 
     def close(self) -> None:
@@ -244,8 +250,8 @@ class EncryptingWriter(io.RawIOBase):
         if self._aborted:
             super().close()
             return
-        self._seal_chunk(self._buf, final=True)
-        self._buf = bytearray()
+        self._seal_chunk(self._buf[: self._fill], final=True)
+        self._fill = 0
         self.result = EncryptResult(
             key_id=self.header.key_id,
             wrapped_key=self.header.wrapped_key_b64,

@@ -34,11 +34,13 @@ class HashingWriter(io.RawIOBase):
         return True
 
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        mv = memoryview(b).cast("B")
-        self._hash.update(mv)
-        self._dst.write(mv)
-        self.count += len(mv)
-        return len(mv)
+        # Pass the caller's object through unchanged: a downstream queue can then keep an
+        # immutable bytes object without copying it.
+        n = len(b) if type(b) is bytes else memoryview(b).nbytes
+        self._hash.update(b)
+        self._dst.write(b)
+        self.count += n
+        return n
 
     def flush(self) -> None:
         if not self.closed:
@@ -101,7 +103,7 @@ class CountingWriter(io.RawIOBase):
         return True
 
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        n = len(memoryview(b).cast("B"))
+        n = len(b) if type(b) is bytes else memoryview(b).nbytes
         self._dst.write(b)
         self.count += n
         return n

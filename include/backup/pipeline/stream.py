@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from include.backup.pipeline.compression import (
     DEFAULT_ZSTD_THREADS,
+    check_compression,
     decompress_reader,
     open_compress_writer,
 )
@@ -28,9 +29,9 @@ from include.backup.pipeline.hashing import HashingWriter
 
 # Input block size. 4 MiB keeps zstd's multi-threaded jobs fed with few Python round trips.
 READ_BLOCK = 4 << 20
-# Compressed pieces waiting for the encrypt/hash/write thread (each <= 1 MiB).
+# Pieces (each <= ~1 MiB) waiting in each hand-off queue between pipeline threads. Deeper
+# queues measured no faster; 8 keeps the queues to ~16 MiB in total.
 QUEUE_DEPTH = 8
-THREADED = True
 
 
 class _BackgroundWriter:
@@ -42,11 +43,11 @@ class _BackgroundWriter:
     or at ``close()``.
     """
 
-    def __init__(self, sink: object, depth: int = QUEUE_DEPTH) -> None:
+    def __init__(self, sink: object, name: str, depth: int = QUEUE_DEPTH) -> None:
         self._sink = sink
         self._q: queue.Queue[bytes | None] = queue.Queue(depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="seal-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -78,8 +79,9 @@ class _BackgroundWriter:
             raise self._error
 
     def abort(self) -> None:
+        """Drop whatever is still queued and stop the worker."""
         if self._thread.is_alive():
-            self._error = self._error or RuntimeError("aborted")
+            self._error = self._error or RuntimeError("pipeline aborted")
             self._q.put(None)
             self._thread.join()
 
@@ -129,31 +131,49 @@ def seal(
 ) -> SealResult:
     """Compress, encrypt and hash ``src`` into ``dst`` in one pass; ``dst`` stays open.
 
-    Memory is bounded by a few chunks plus zstd's window, whatever the input size. On any
-    error the container's final chunk is never written, so the partial output cannot be
-    mistaken for a good backup (the caller should still delete it).
+    Memory is bounded (about 90 MB RSS measured at 1 and 4 GiB, most of it zstd's
+    multi-threaded buffers), whatever the input size. ``threads`` is the number of zstd
+    workers; stretches of incompressible input are compressed on the calling thread (see
+    :mod:`include.backup.pipeline.compression`). On any error the container's final chunk
+    is never written, so the partial output cannot be mistaken for a good backup (the
+    caller should still delete it); errors raised in the pipeline threads (a full disk, a
+    failing target stream) are re-raised here.
     """
-    hasher = HashingWriter(dst)
-    enc = EncryptingWriter(hasher, kek, key_id, chunk_size)  # type: ignore[arg-type]
-    bg = _BackgroundWriter(enc) if THREADED else None
+    check_compression(algo, level)  # fail before any thread starts
+    # Three stages run side by side, joined by bounded queues: this thread reads and feeds
+    # zstd (whose own workers compress), `encrypter` seals chunks and hashes them, `writer`
+    # does the writes to dst. Measured on 1 GiB of random bytes this is ~2x faster than
+    # doing all of it in one thread: SHA-256 alone costs as much as zstd there, and AES,
+    # SHA-256, zstd and file writes all release the GIL.
+    writer = _BackgroundWriter(dst, "seal-write")
+    encrypter: _BackgroundWriter | None = None
+    enc: EncryptingWriter | None = None
     raw = 0
     try:
-        comp = open_compress_writer(bg or enc, algo, level, threads=threads)  # type: ignore[arg-type]
+        hasher = HashingWriter(writer)  # type: ignore[arg-type]
+        enc = EncryptingWriter(hasher, kek, key_id, chunk_size)  # type: ignore[arg-type]
+        encrypter = _BackgroundWriter(enc, "seal-encrypt")
+        comp = open_compress_writer(encrypter, algo, level, threads=threads)  # type: ignore[arg-type]
         buf = bytearray(READ_BLOCK)
         mv = memoryview(buf)
         while n := _readinto(src, mv):
             comp.write(mv[:n])
             raw += n
-        comp.close()  # end of compressed frame; dst stays open
-        if bg is not None:
-            bg.close()
-        enc.close()  # final chunk
+        comp.close()  # end of the compressed frame; nothing is closed downstream
+        encrypter.close()  # all compressed bytes are now in `enc`
+        enc.close()  # the final chunk: only reached when everything before succeeded
+        writer.close()  # every container byte has been handed to dst
     except BaseException:
-        if bg is not None:
-            bg.abort()
-        enc.abort()
+        # Stop upstream first so nothing more flows; never write the final chunk.
+        if encrypter is not None:
+            encrypter.abort()
+        if enc is not None:
+            enc.abort()
+        writer.abort()
         raise
-    hasher.flush()
+    flush = getattr(dst, "flush", None)
+    if flush is not None:
+        flush()
     result = enc.result
     assert result is not None
     return SealResult(

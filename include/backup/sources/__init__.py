@@ -21,6 +21,10 @@ def build_source(name: str, cfg: "SourceConfig") -> "Source":
         from include.backup.sources.postgres import PostgresSource
 
         return PostgresSource(name, cfg)
+    if cfg.type == "mongo":
+        from include.backup.sources.mongo import MongoSource
+
+        return MongoSource(name, cfg)
     raise SourceError(
         f"source {name!r}: sources of type {cfg.type!r} are not implemented in this version"
     )

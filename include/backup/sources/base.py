@@ -6,6 +6,7 @@ Sources write an uncompressed stream; the pipeline compresses, encrypts and hash
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, BinaryIO, Iterable, Protocol, runtime_checkable
 
 from include.backup.catalog.manifest import Manifest
@@ -37,10 +38,15 @@ class Source(Protocol):
         *,
         only: list[str] | None = None,
         overwrite: bool = False,
+        until: datetime | None = None,
     ) -> dict[str, Any]:
         """Restore a chain (full first, then incrementals in order; each item the manifest
         and its decrypted, decompressed stream) into ``into`` (a directory path, or a
         database name / connection id for databases). ``only`` restricts to some tables or
         paths. Refuses a non-empty destination unless ``overwrite``. Returns stats for the
-        caller to compare (file counts, row counts)."""
+        caller to compare (file counts, row counts).
+
+        ``until`` (aware UTC): point-in-time recovery — replay the chain's logs up to that
+        moment. Sources without log backups raise RestoreRefused when it is not None. The
+        chain itself is chosen by :func:`include.backup.catalog.chains.pitr_chain`."""
         ...

@@ -31,6 +31,7 @@ import stat
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -537,12 +538,19 @@ class FilesSource:
         *,
         only: list[str] | None = None,
         overwrite: bool = False,
+        until: datetime | None = None,
     ) -> dict[str, Any]:
         """Restore a full backup and its incrementals, in order, into directory ``into``.
 
         Everything is checked before anything is written: the chain (FULL first, each
         next one's parent_id is the previous backup_id), ``only`` and the destination.
+        ``until`` is refused: files backups have no transaction log to replay.
         """
+        if until is not None:
+            raise RestoreRefused(
+                f"files source {self.name!r}: point-in-time recovery needs transaction-log "
+                "backups, which files sources do not have; restore a backup by its id instead"
+            )
         links = list(chain)
         _check_chain([m for m, _ in links])
         only_paths = _normalize_only(only)

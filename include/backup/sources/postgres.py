@@ -1,5 +1,9 @@
 """PostgreSQL logical backups: pg_dump (FULL, SCHEMA) and pg_restore.
 
+With ``method: physical`` (config) FULL / INCREMENTAL / TRANSACTION_LOG backups and
+point-in-time recovery are delegated to :mod:`include.backup.sources.postgres_physical`
+(pg_basebackup + WAL); SCHEMA stays a pg_dump. Restores dispatch on the payload format.
+
 Connection details come from an Airflow connection, looked up when a dump or restore runs
 (never at import or DAG parse time). Credentials reach pg_dump/pg_restore only through
 their environment (PGPASSWORD...), never on the command line, where ``ps`` would show them,
@@ -24,6 +28,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -236,8 +241,22 @@ class PostgresSource:
 
     # -- dump
 
+    def _physical(self) -> Any:
+        from include.backup.sources.postgres_physical import PhysicalPostgres
+
+        return PhysicalPostgres(self.name, self.cfg, work_dir=self.work_dir)
+
+    def continuity(self, prev: Manifest, cur: Manifest) -> str | None:
+        """For chains (include.backup.catalog.chains): None when ``cur``'s WAL starts right
+        after ``prev``'s, else the gap. Logical backups form no chains: always None."""
+        from include.backup.sources.postgres_physical import continuity
+
+        return continuity(prev, cur)
+
     def dump(self, backup_type: str, out: BinaryIO, parent: Manifest | None = None) -> DumpResult:
         backup_type = str(getattr(backup_type, "value", backup_type)).upper()
+        if getattr(self.cfg, "method", "logical") == "physical" and backup_type != "SCHEMA":
+            return self._physical().dump(backup_type, out, parent)
         if backup_type not in SUPPORTED_BACKUP_TYPES:
             raise SourceError(
                 f"postgres source {self.name!r}: backup type {backup_type} is not supported in "
@@ -342,6 +361,7 @@ class PostgresSource:
         *,
         only: list[str] | None = None,
         overwrite: bool = False,
+        until: datetime | None = None,
     ) -> dict[str, Any]:
         """Restore one FULL or SCHEMA dump into a database (see the Source protocol).
 
@@ -354,7 +374,20 @@ class PostgresSource:
         foreign keys come back between tables that are both restored; over an existing one
         (``overwrite``), every foreign key of a restored table comes back, since the tables
         it points to are presumably there (if not, the restore fails and changes nothing).
+        ``until`` is refused: a logical dump is one moment; point-in-time recovery needs
+        physical backups (``method: physical``: base backups plus WAL).
         """
+        links = list(chain)
+        if links and links[0][0].payload_format in ("pg_basebackup-tar", "pg_wal-tar"):
+            # pg_basebackup-tar (+ pg_wal-tar): a physical restore into a new data directory.
+            return self._physical().restore(links, into, only=only, overwrite=overwrite, until=until)
+        chain = links
+        if until is not None:
+            raise RestoreRefused(
+                f"postgres source {self.name!r}: point-in-time recovery needs physical "
+                "backups (base backup + TRANSACTION_LOG WAL backups, source method: physical); "
+                "this source takes logical pg_dump backups — restore one by its id instead"
+            )
         manifest, stream = self._single_backup(chain)
         target = self._restore_target(into)
         server_major = self._server_major(target)

@@ -24,10 +24,45 @@ def _build_local(name: str, cfg: Any) -> Target:
     return LocalTarget(name, cfg.path)
 
 
+def _build_s3(name: str, cfg: Any) -> Target:
+    from include.backup.targets.s3 import S3Target
+
+    return S3Target(name, cfg.conn_id, cfg.bucket, cfg.prefix)
+
+
+def _build_azure_blob(name: str, cfg: Any) -> Target:
+    from include.backup.targets.azure import AzureBlobTarget
+
+    return AzureBlobTarget(name, cfg.conn_id, cfg.container, cfg.prefix)
+
+
+def _build_gcs(name: str, cfg: Any) -> Target:
+    from include.backup.targets.gcs import GCSTarget
+
+    return GCSTarget(name, cfg.conn_id, cfg.bucket, cfg.prefix)
+
+
+def _build_sftp(name: str, cfg: Any) -> Target:
+    from include.backup.targets.sftp import SFTPTarget
+
+    return SFTPTarget(name, cfg.conn_id, cfg.path)
+
+
+def _build_ftp(name: str, cfg: Any) -> Target:
+    from include.backup.targets.ftp import FTPTarget
+
+    return FTPTarget(name, cfg.conn_id, cfg.path)
+
+
 # cfg.type -> builder. Adding a target kind is one module plus one entry here (and one
 # fixture factory in tests/integration/test_target_conformance.py).
 BUILDERS: dict[str, Callable[[str, Any], Target]] = {
     "local": _build_local,
+    "s3": _build_s3,
+    "azure_blob": _build_azure_blob,
+    "gcs": _build_gcs,
+    "sftp": _build_sftp,
+    "ftp": _build_ftp,
 }
 
 

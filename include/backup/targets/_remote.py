@@ -69,11 +69,10 @@ def connection_secrets(conn: Any) -> list[str]:
         if isinstance(value, dict):
             for k, v in value.items():
                 collect(v, f"{name}.{k}")
-        elif isinstance(value, str) and any(w in name.lower() for w in _SECRET_WORDS):
-            if len(value) >= 4:
-                found.append(value)
-                # Multi-line secrets (PEM keys) may be quoted line by line.
-                found.extend(line for line in value.splitlines() if len(line) >= 16)
+        elif isinstance(value, str) and len(value) >= 4 and any(w in name.lower() for w in _SECRET_WORDS):
+            found.append(value)
+            # Multi-line secrets (PEM keys) may be quoted line by line.
+            found.extend(line for line in value.splitlines() if len(line) >= 16)
 
     for key, value in extra.items():
         collect(value, str(key))
@@ -354,3 +353,41 @@ def root_prefix(target: str, prefix: str) -> str:
         return ""
     check_prefix(target, p + "/")
     return p + "/"
+
+
+def source_error(target: str, key: str, src: Path, exc: OSError) -> TargetError:
+    return TargetError(
+        f"target '{target}': cannot read the file to upload for '{key}' ({src}): "
+        f"{exc.strerror or exc}; check that the staging file still exists"
+    )
+
+
+class translating:  # noqa: N801 - used like a function: ``with translating(...):``
+    """``with translating(target, translate, action, key):`` turns whatever a provider
+    raises into the TargetError ``translate(exc, action, key)`` builds; an OSError about
+    the local source file ``src`` (if given) becomes a "cannot read the file" error."""
+
+    def __init__(
+        self,
+        target: str,
+        translate: Callable[[BaseException, str, str], TargetError],
+        action: str,
+        key: str,
+        src: Path | None = None,
+    ) -> None:
+        self.target, self.translate, self.action, self.key, self.src = target, translate, action, key, src
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, TargetError) or not isinstance(exc, Exception):
+            return  # nothing to translate: let it propagate as it is
+        if (
+            self.src is not None
+            and isinstance(exc, OSError)
+            and getattr(exc, "filename", None) is not None
+            and str(exc.filename) == str(self.src)
+        ):
+            raise source_error(self.target, self.key, self.src, exc) from exc
+        raise self.translate(exc, self.action, self.key) from exc

@@ -1,0 +1,744 @@
+"""PostgreSQL physical backups: base backups (pg_basebackup), WAL from the archive spool,
+and point-in-time recovery into a new data directory.
+
+Selected by ``method: physical`` on a postgres source (``PostgresSource`` in postgres.py
+delegates here); needs ``wal_archive_dir``, the directory the server's ``archive_command``
+copies WAL segments into, readable by the worker.
+
+Backup types:
+  FULL             ``pg_basebackup -Ft -X none --checkpoint=fast`` into a temp dir, plus the
+                   WAL segments the base needs to be consistent, copied from the spool (so a
+                   FULL restores on its own). Payload format ``pg_basebackup-tar``: a tar of
+                   ``base.tar``, ``backup_manifest`` and ``wal/<segment>``.
+  TRANSACTION_LOG  the WAL segments after the parent's ``wal_last`` up to now, taken from the
+                   spool after a forced segment switch (``pg_switch_wal()``), so the RPO is
+                   the schedule's interval. Payload format ``pg_wal-tar`` (segment files).
+  INCREMENTAL      server-side incremental base backups need PostgreSQL 17; on older servers
+                   INCREMENTAL means the WAL since the last base backup (same payload as a
+                   TRANSACTION_LOG, parent = that base).
+  SCHEMA           pg_dump --schema-only (the logical source does it).
+
+Position keys (see include/backup/catalog/chains.py for the common ones): ``start_time``,
+``end_time`` (ISO-8601 UTC), ``start_lsn``, ``end_lsn``, ``timeline``, ``wal_first``,
+``wal_last`` (segment file names), ``wal_segment_size``, ``base_id`` and
+``base_wal_last`` (the base backup this chain grows from). For a FULL the consistent point
+is the end of its WAL (``end_lsn``); ``end_time`` is read from the server right after the
+backup stopped. A log backup's ``end_time`` is the start of a marker transaction committed
+just before the segment switch, so every target time inside a log's range is followed by
+a commit record in that log and ``recovery_target_time`` is always reached.
+
+Restore: ``into`` is a new (missing or empty) data directory, optionally followed by
+``:PORT`` (default: a free port). The base is extracted, the chain's WAL goes to
+``<into>.wal``, ``recovery.signal`` and ``postgresql.auto.conf`` settings are written
+(restore_command, recovery_target_time when ``until`` is inside the chain,
+recovery_target_action = promote, port, listen_addresses 127.0.0.1, the socket in the data
+dir, archive_mode off), and the server is started as the ``postgres`` OS user (when root)
+with pg_ctl, then waited for until recovery is over. The server is left running: stop it
+with :func:`stop_restored_server`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from include.backup.catalog.manifest import Manifest
+from include.backup.errors import IntegrityError, RestoreRefused, SourceError
+from include.backup.sources.base import DumpResult
+
+log = logging.getLogger(__name__)
+
+FORMAT_BASE = "pg_basebackup-tar"
+FORMAT_WAL = "pg_wal-tar"
+PHYSICAL_FORMATS = (FORMAT_BASE, FORMAT_WAL)
+PHYSICAL_TYPES = ("FULL", "INCREMENTAL", "TRANSACTION_LOG")
+DEFAULT_SEGMENT_SIZE = 16 << 20
+ARCHIVE_WAIT_S = 120
+RECOVERY_WAIT_S = 1800
+BLOCK = 1 << 20
+PG_OS_USER = "postgres"
+_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+
+
+# --- WAL names -------------------------------------------------------------------------
+
+
+def parse_lsn(lsn: str) -> int:
+    hi, lo = lsn.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def segment_name(timeline: int, segno: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    per_id = 0x100000000 // seg_size
+    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def segment_of(lsn: str | int, timeline: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    value = parse_lsn(lsn) if isinstance(lsn, str) else lsn
+    return segment_name(timeline, value // seg_size, seg_size)
+
+
+def split_segment(name: str, seg_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int]:
+    """(timeline, segment number) of a WAL file name."""
+    if not _SEGMENT.match(name):
+        raise ValueError(f"{name!r} is not a WAL segment file name")
+    per_id = 0x100000000 // seg_size
+    return int(name[:8], 16), int(name[8:16], 16) * per_id + int(name[16:], 16)
+
+
+def next_segment(name: str, seg_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    tli, segno = split_segment(name, seg_size)
+    return segment_name(tli, segno + 1, seg_size)
+
+
+def segment_range(first: str, last: str, seg_size: int = DEFAULT_SEGMENT_SIZE) -> list[str]:
+    tli, a = split_segment(first, seg_size)
+    tli2, b = split_segment(last, seg_size)
+    if tli != tli2:
+        raise ValueError(f"WAL range {first}..{last} crosses a timeline switch")
+    return [segment_name(tli, n, seg_size) for n in range(a, b + 1)]
+
+
+def continuity(prev: Manifest, cur: Manifest) -> str | None:
+    """None when ``cur``'s WAL starts with the segment right after ``prev``'s last one
+    (same timeline), else what is missing. Logical backups have no WAL: no opinion."""
+    if cur.payload_format != FORMAT_WAL or prev.payload_format not in PHYSICAL_FORMATS:
+        return None
+    seg = int(prev.position.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+    last, first = prev.position.get("wal_last"), cur.position.get("wal_first")
+    if not last or not first:
+        return f"{prev.backup_id} or {cur.backup_id} records no WAL range (wal_last/wal_first)"
+    expected = next_segment(last, seg)
+    if first == expected:
+        return None
+    try:
+        (t1, a), (t2, b) = split_segment(expected, seg), split_segment(first, seg)
+    except ValueError as exc:
+        return str(exc)
+    if t1 != t2:
+        return f"timeline changes from {t1} to {t2} between {last} and {first}"
+    if b > a:
+        missing = segment_name(t1, b - 1, seg)
+        span = expected if expected == missing else f"{expected} – {missing}"
+        return f"WAL segments {span} are in no backup (next needed after {last}, got {first})"
+    return f"WAL overlaps: {cur.backup_id} starts at {first}, expected {expected}"
+
+
+# --- the physical side of the postgres source --------------------------------------------
+
+
+class PhysicalPostgres:
+    """Base backups, WAL and PITR for one postgres source (``cfg.method == "physical"``)."""
+
+    def __init__(self, name: str, cfg: Any, *, work_dir: Path | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.work_dir = work_dir
+        self.spool = Path(cfg.wal_archive_dir) if cfg.wal_archive_dir else None
+
+    # -- helpers
+
+    def _params(self) -> Any:
+        from include.backup.sources.postgres import params_from_connection
+
+        return params_from_connection(self.cfg.conn_id, self.cfg.database)
+
+    def _query(self, params: Any, sql: str) -> tuple[Any, ...]:
+        from include.backup.sources.postgres import _connect
+
+        with _connect(params, self.name) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return tuple(cur.fetchone())
+
+    def _need_spool(self) -> Path:
+        if self.spool is None or not self.spool.is_dir():
+            raise SourceError(
+                f"postgres source {self.name!r}: wal_archive_dir {self.spool} is not a "
+                "directory this worker can read; point it at the server's archive spool"
+            )
+        return self.spool
+
+    def _wait_archived(self, segments: list[str], seg_size: int, params: Any) -> None:
+        """Wait until the server says the last segment is archived (pg_stat_archiver) and
+        every segment present in the spool is complete: archive_command may be a plain cp
+        that is still writing when the file appears."""
+        spool = self._need_spool()
+        deadline = time.monotonic() + ARCHIVE_WAIT_S
+        last = segments[-1]
+        while True:
+            (archived,) = self._query(
+                params, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"
+            )
+            done = bool(archived) and archived[:8] == last[:8] and archived[:24] >= last
+            missing = [
+                s for s in segments
+                if not (spool / s).is_file() or (spool / s).stat().st_size != seg_size
+            ]  # fmt: skip
+            if done and not missing:
+                return
+            if done and time.monotonic() > deadline - ARCHIVE_WAIT_S + 5:
+                # archived by the server but not (completely) in the spool: a gap
+                return
+            if time.monotonic() > deadline:
+                raise SourceError(
+                    f"postgres source {self.name!r}: WAL segment {missing[0]} did not reach the "
+                    f"archive spool {spool} within {ARCHIVE_WAIT_S}s; check archive_mode, "
+                    "archive_command and pg_stat_archiver.last_failed_wal on the server"
+                )
+            time.sleep(0.2)
+
+    # -- dump
+
+    def dump(self, backup_type: str, out: BinaryIO, parent: Manifest | None) -> DumpResult:
+        if backup_type == "FULL":
+            return self._base_backup(out)
+        if backup_type in ("TRANSACTION_LOG", "INCREMENTAL"):
+            return self._wal_backup(backup_type, out, parent)
+        raise SourceError(
+            f"postgres source {self.name!r} (physical): backup type {backup_type} is not "
+            f"supported; use one of {', '.join(PHYSICAL_TYPES)} or SCHEMA"
+        )
+
+    def _base_backup(self, out: BinaryIO) -> DumpResult:
+        from include.backup.sources.postgres import _pg_process, find_client_binary
+
+        self._need_spool()
+        params = self._params()
+        version_num, seg_size, start_time = self._query(
+            params,
+            "SELECT current_setting('server_version_num')::int,"
+            " current_setting('wal_segment_size')::text, now()",
+        )
+        seg = _size_setting(seg_size)
+        pg_basebackup = find_client_binary("pg_basebackup", version_num // 10000)
+        with tempfile.TemporaryDirectory(prefix="pgbase-", dir=self.work_dir) as tmp:
+            target = Path(tmp) / "base"
+            args = [
+                pg_basebackup, "--no-password", "-D", str(target), "-Ft", "-X", "none",
+                "--checkpoint=fast", "--no-sync", "-l", f"airflow-backup {self.name}",
+            ]  # fmt: skip
+            with _pg_process(args, params, self.name, stdout=subprocess.DEVNULL):
+                pass
+            (end_time,) = self._query(params, "SELECT now()")
+            manifest = json.loads((target / "backup_manifest").read_text())
+            ranges = manifest.get("WAL-Ranges") or []
+            if not ranges:
+                raise SourceError(f"postgres source {self.name!r}: backup_manifest has no WAL-Ranges")
+            tli = int(ranges[-1]["Timeline"])
+            start_lsn, end_lsn = ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]
+            wal_first = segment_of(start_lsn, int(ranges[0]["Timeline"]), seg)
+            wal_last = segment_of(max(parse_lsn(end_lsn) - 1, 0), tli, seg)
+            segments = segment_range(wal_first, wal_last, seg)
+            self._wait_archived(segments, seg, params)
+            for s in segments:
+                if not (self.spool / s).is_file() or (self.spool / s).stat().st_size != seg:  # type: ignore[operator]
+                    raise SourceError(
+                        f"postgres source {self.name!r}: WAL segment {s} the base backup needs is "
+                        f"missing or incomplete in the archive spool {self.spool}"
+                    )
+            extra = sorted(p.name for p in target.iterdir() if p.name not in ("base.tar", "backup_manifest"))
+            if extra:
+                raise SourceError(
+                    f"postgres source {self.name!r}: the cluster has tablespaces ({', '.join(extra)}); "
+                    "physical backups of clusters with tablespaces are not supported in this version"
+                )
+            written = _write_tar(
+                out,
+                [("base.tar", target / "base.tar"), ("backup_manifest", target / "backup_manifest")]
+                + [(f"wal/{s}", self.spool / s) for s in segments]  # type: ignore[operator]
+                + [(f"wal/{h.name}", h) for h in self._history_files()],
+            )
+        stats = {"dump_bytes": written, "wal_segments": len(segments)}
+        log.info("base backup of %s: %d bytes, WAL %s..%s", self.name, written, wal_first, wal_last)
+        position = {
+            "start_time": _iso(start_time),
+            "end_time": _iso(end_time),
+            "start_lsn": start_lsn,
+            "end_lsn": end_lsn,
+            "timeline": tli,
+            "wal_first": wal_first,
+            "wal_last": wal_last,
+            "wal_segment_size": seg,
+            "server_version_num": version_num,
+        }
+        return DumpResult(backup_type="FULL", payload_format=FORMAT_BASE, position=position, stats=stats)
+
+    def _history_files(self) -> list[Path]:
+        return sorted(p for p in self._need_spool().glob("*.history") if p.is_file())
+
+    def _wal_backup(self, backup_type: str, out: BinaryIO, parent: Manifest | None) -> DumpResult:
+        spool = self._need_spool()
+        if parent is None or parent.payload_format not in PHYSICAL_FORMATS:
+            raise SourceError(
+                f"postgres source {self.name!r}: a {backup_type} backup needs a physical base "
+                "backup first (the newest backup of this source at the schedule's targets is "
+                f"{'missing' if parent is None else parent.backup_id + ' (' + parent.payload_format + ')'}); "
+                "run a FULL schedule of this source (method: physical) once"
+            )
+        pos = parent.position
+        seg = int(pos.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+        base_id = parent.backup_id if parent.backup_type == "FULL" else pos.get("base_id")
+        base_wal_last = pos["wal_last"] if parent.backup_type == "FULL" else pos.get("base_wal_last")
+        base_end = pos.get("end_time") if parent.backup_type == "FULL" else pos.get("base_end_time")
+        if backup_type == "INCREMENTAL":
+            # WAL since the last base backup (PostgreSQL < 17 has no incremental base backups).
+            if not base_id or not base_wal_last:
+                raise SourceError(f"postgres source {self.name!r}: parent {parent.backup_id} names no base backup")
+            parent_id, after, start_from = base_id, base_wal_last, base_end
+        else:
+            parent_id, after, start_from = parent.backup_id, pos["wal_last"], pos.get("end_time")
+        params = self._params()
+        # A marker commit (its record carries a timestamp >= end_time), then the switch:
+        # the segment holding everything up to now gets archived.
+        from include.backup.sources.postgres import _connect
+
+        with _connect(params, self.name) as conn, conn.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT pg_current_xact_id(), now()")
+            _, end_time = cur.fetchone()
+            cur.execute("COMMIT")
+            cur.execute(
+                "SELECT pg_walfile_name(pg_switch_wal()), pg_current_wal_lsn()::text,"
+                " (SELECT timeline_id FROM pg_control_checkpoint())"
+            )
+            wal_last, end_lsn, _tli = cur.fetchone()
+        first = next_segment(after, seg)
+        if split_segment(wal_last, seg)[0] != split_segment(first, seg)[0]:
+            raise SourceError(
+                f"postgres source {self.name!r}: the server is on another timeline ({wal_last}) "
+                f"than the chain ({after}); take a new FULL backup"
+            )
+        segments = segment_range(first, wal_last, seg) if first <= wal_last else []
+        if not segments:
+            raise SourceError(f"postgres source {self.name!r}: no new WAL after {after} (server at {wal_last})")
+        # The archiver works in order: once wal_last is there, a missing one is a gap.
+        self._wait_archived([wal_last], seg, params)
+        if not (spool / segments[0]).is_file():
+            raise SourceError(
+                f"postgres source {self.name!r}: WAL segment {segments[0]} (the first after "
+                f"{parent.backup_id if backup_type == 'TRANSACTION_LOG' else base_id}, which ends "
+                f"at {after}) is missing from the archive spool {spool}; the chain has a gap — "
+                "take a new FULL backup"
+            )
+        for s in segments:
+            if not (spool / s).is_file() or (spool / s).stat().st_size != seg:
+                raise SourceError(
+                    f"postgres source {self.name!r}: WAL segment {s} is missing from the archive "
+                    f"spool {spool} (needed between {after} and {wal_last}); the chain has a gap — "
+                    "take a new FULL backup"
+                )
+        written = _write_tar(
+            out,
+            [(s, spool / s) for s in segments] + [(h.name, h) for h in self._history_files()],
+        )
+        position = {
+            "start_time": start_from or _iso(end_time),
+            "end_time": _iso(end_time),
+            "start_lsn": _lsn(split_segment(first, seg)[1] * seg),
+            "end_lsn": end_lsn,
+            "timeline": split_segment(wal_last, seg)[0],
+            "wal_first": first,
+            "wal_last": wal_last,
+            "wal_segment_size": seg,
+            "base_id": base_id,
+            "base_wal_last": base_wal_last,
+            "base_end_time": base_end,
+        }
+        if self.cfg.prune_wal_archive and backup_type == "TRANSACTION_LOG":
+            # Only what a stored backup (the parent) already holds; never this run's WAL.
+            for p in spool.iterdir():
+                if _SEGMENT.match(p.name) and p.name[:8] == after[:8] and p.name <= after:
+                    p.unlink(missing_ok=True)
+        stats = {"dump_bytes": written, "wal_segments": len(segments)}
+        log.info("%s of %s: %d segments %s..%s", backup_type, self.name, len(segments), first, wal_last)
+        return DumpResult(
+            backup_type=backup_type,
+            payload_format=FORMAT_WAL,
+            parent_id=parent_id,
+            position=position,
+            stats=stats,
+        )
+
+    # -- restore
+
+    def restore(
+        self,
+        chain: Iterable[tuple[Manifest, BinaryIO]],
+        into: str,
+        *,
+        only: list[str] | None = None,
+        overwrite: bool = False,
+        until: datetime | None = None,
+    ) -> dict[str, Any]:
+        links = list(chain)
+        manifests = [m for m, _ in links]
+        if only:
+            raise RestoreRefused(
+                f"postgres source {self.name!r}: a physical backup restores the whole cluster; "
+                "partial restores (only=) need a logical backup (method: logical, pg_dump)"
+            )
+        if not manifests or manifests[0].payload_format != FORMAT_BASE:
+            raise RestoreRefused(
+                "a physical restore starts with a FULL base backup (pg_basebackup-tar); got "
+                + (manifests[0].backup_id if manifests else "nothing")
+            )
+        for m in manifests[1:]:
+            if m.payload_format != FORMAT_WAL:
+                raise RestoreRefused(f"backup {m.backup_id} ({m.payload_format}) is not a WAL backup")
+        for prev, cur in zip(manifests, manifests[1:], strict=False):
+            if cur.parent_id != prev.backup_id:
+                raise IntegrityError(
+                    f"backup chain broken: {cur.backup_id} names parent {cur.parent_id}, not {prev.backup_id}"
+                )
+            problem = continuity(prev, cur)
+            if problem:
+                raise IntegrityError(
+                    f"backup chain broken between {prev.backup_id} and {cur.backup_id}: {problem}"
+                )
+        from include.backup.catalog.chains import end_time, format_time
+
+        last_end = end_time(manifests[-1])
+        target_time: datetime | None = None
+        if until is not None:
+            until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+            if until < end_time(manifests[0]):
+                raise RestoreRefused(
+                    f"point in time {format_time(until)} is before the consistent point of base "
+                    f"backup {manifests[0].backup_id} ({format_time(end_time(manifests[0]))})"
+                )
+            if until > last_end:
+                raise RestoreRefused(
+                    f"point in time {format_time(until)} is outside the reachable window "
+                    f"{format_time(end_time(manifests[0]))} – {format_time(last_end)} of this "
+                    f"chain of source {self.name}"
+                )
+            if until < last_end and len(manifests) > 1:
+                target_time = until
+        data_dir, port = _parse_into(into)
+        _check_data_dir(data_dir, overwrite)
+        wal_dir = Path(str(data_dir) + ".wal")
+        created = not data_dir.exists()
+        started = False
+        try:
+            if wal_dir.exists():
+                shutil.rmtree(wal_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            wal_dir.mkdir(parents=True)
+            self._extract_base(links[0][1], data_dir, wal_dir)
+            for m, stream in links[1:]:
+                _extract_wal(stream, wal_dir, m.backup_id)
+            seg = int(manifests[0].position.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+            needed = segment_range(manifests[0].position["wal_first"], manifests[-1].position["wal_last"], seg)
+            for s in needed:
+                if not (wal_dir / s).is_file():
+                    raise IntegrityError(
+                        f"WAL segment {s} is in none of the chain's backups "
+                        f"({', '.join(m.backup_id for m in manifests)}); cannot replay past it"
+                    )
+            port = port or _free_port()
+            _write_recovery_conf(data_dir, wal_dir, port, target_time)
+            _own(data_dir, wal_dir)
+            t0 = time.monotonic()
+            started = True
+            _pg_ctl(data_dir, "start", server_major=manifests[0].position.get("server_version_num"))
+            _wait_recovered(data_dir, port, self.name)
+            replay_s = time.monotonic() - t0
+            tables = _count_tables(port, data_dir)
+        except BaseException:
+            if started:
+                stop_restored_server(str(data_dir), quiet=True)
+            if created:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(wal_dir, ignore_errors=True)
+        return {
+            "data_dir": str(data_dir),
+            "port": port,
+            "recovered_to": format_time(target_time) if target_time else f"end of WAL ({format_time(last_end)})",
+            "replay_seconds": round(replay_s, 3),
+            "tables": tables,
+        }
+
+    def _extract_base(self, stream: BinaryIO, data_dir: Path, wal_dir: Path) -> None:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK) as outer:
+            for member in outer:
+                f = outer.extractfile(member) if member.isfile() else None
+                if f is None:
+                    continue
+                if member.name == "base.tar":
+                    with tarfile.open(fileobj=f, mode="r|", bufsize=BLOCK) as inner:
+                        inner.extractall(data_dir, filter="tar")
+                elif member.name.startswith("wal/"):
+                    _copy_member(f, wal_dir / Path(member.name).name)
+                elif member.name == "backup_manifest":
+                    _copy_member(f, wal_dir / "backup_manifest")
+
+
+# --- restore helpers -----------------------------------------------------------------------
+
+
+def _parse_into(into: str) -> tuple[Path, int | None]:
+    m = re.fullmatch(r"(.+?):(\d{2,5})", into)
+    path, port = (m.group(1), int(m.group(2))) if m else (into, None)
+    if not path.startswith("/"):
+        raise RestoreRefused(
+            f"into {into!r}: a physical restore goes into a new data directory given as an "
+            "absolute path, optionally followed by :PORT (e.g. /srv/pg-restored:5440)"
+        )
+    return Path(path), port
+
+
+def _check_data_dir(data_dir: Path, overwrite: bool) -> None:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise RestoreRefused(f"{data_dir} exists and is not a directory")
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        if (data_dir / "postmaster.pid").exists():
+            raise RestoreRefused(f"{data_dir} holds a running (or crashed) server; stop it first")
+        if not overwrite:
+            raise RestoreRefused(
+                f"{data_dir} is not empty; restore into a new data directory, or pass "
+                "overwrite to replace its contents"
+            )
+        shutil.rmtree(data_dir)
+    if os.geteuid() == 0:
+        probe = data_dir.parent
+        while not probe.exists():
+            probe = probe.parent
+        ok = subprocess.run(
+            ["runuser", "-u", PG_OS_USER, "--", "test", "-x", str(probe)], check=False, capture_output=True
+        )
+        if ok.returncode != 0:
+            raise RestoreRefused(
+                f"the {PG_OS_USER} OS user cannot reach {probe}; restore into a directory "
+                "under a path it can traverse (e.g. under /tmp or /srv)"
+            )
+
+
+def _extract_wal(stream: BinaryIO, wal_dir: Path, backup_id: str) -> None:
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK) as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if not member.isfile() or not (_SEGMENT.match(name) or name.endswith(".history")):
+                continue
+            f = tar.extractfile(member)
+            if f is not None:
+                _copy_member(f, wal_dir / name)
+
+
+def _copy_member(src: BinaryIO, dest: Path) -> None:
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, BLOCK)
+
+
+def _conf(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _write_recovery_conf(data_dir: Path, wal_dir: Path, port: int, target: datetime | None) -> None:
+    for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        (data_dir / stale).unlink(missing_ok=True)
+    settings = {
+        "restore_command": _conf(f'cp "{wal_dir}/%f" "%p"'),
+        "recovery_target_action": "'promote'",
+        "recovery_target_timeline": "'current'",
+        "port": str(port),
+        "listen_addresses": "'127.0.0.1'",
+        "unix_socket_directories": _conf(str(data_dir)),
+        "archive_mode": "'off'",
+        "archive_command": "''",
+        "logging_collector": "off",
+    }
+    if target is not None:
+        settings["recovery_target_time"] = _conf(target.isoformat())
+        settings["recovery_target_inclusive"] = "on"
+    with open(data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as f:
+        f.write("\n# written by airflow-backup point-in-time restore\n")
+        f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+    (data_dir / "recovery.signal").write_text("")
+    os.chmod(data_dir, 0o700)
+
+
+def _own(*paths: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    pw = pwd.getpwnam(PG_OS_USER)
+    for top in paths:
+        os.chown(top, pw.pw_uid, pw.pw_gid)
+        for root, dirs, files in os.walk(top):
+            for n in dirs + files:
+                os.lchown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
+
+
+def _as_owner(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", PG_OS_USER, "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _pg_ctl_path(server_major: int | None = None) -> str:
+    from include.backup.sources.postgres import find_client_binary
+
+    return find_client_binary("pg_ctl", (server_major // 10000) if server_major else None)
+
+
+def _pg_ctl(data_dir: Path, action: str, *, server_major: int | None = None) -> None:
+    logfile = data_dir / "restore.log"
+    argv = [_pg_ctl_path(server_major), "-D", str(data_dir), "-w", "-t", str(RECOVERY_WAIT_S)]
+    if action == "start":
+        argv += ["-l", str(logfile), "start"]
+    else:
+        argv += ["-m", "fast", "stop"]
+    proc = subprocess.run(_as_owner(argv), check=False, capture_output=True, text=True, cwd="/")
+    if proc.returncode != 0:
+        tail = _log_tail(logfile)
+        reason = ""
+        if "recovery ended before configured recovery target was reached" in tail:
+            reason = " — the WAL in the chain ends before the target time; pick an earlier time"
+        raise SourceError(
+            f"pg_ctl {action} of the restored cluster in {data_dir} failed{reason}: "
+            f"{(proc.stderr or proc.stdout).strip()}\nserver log:\n{tail}"
+        )
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _connect_local(port: int, data_dir: Path, dbname: str = "postgres") -> Any:
+    import psycopg2  # type: ignore[import-untyped]
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def _wait_recovered(data_dir: Path, port: int, source_name: str) -> None:
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    while True:
+        try:
+            conn = _connect_local(port, data_dir)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_is_in_recovery()")
+                    if not cur.fetchone()[0]:
+                        return
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 - still starting up
+            last = str(exc)
+            if not (data_dir / "postmaster.pid").exists():
+                tail = _log_tail(data_dir / "restore.log")
+                reason = ""
+                if "recovery ended before configured recovery target was reached" in tail:
+                    reason = "the WAL in the chain ends before the target time; "
+                raise SourceError(
+                    f"postgres source {source_name!r}: the restored cluster in {data_dir} stopped "
+                    f"during recovery ({reason}see the server log):\n{tail}"
+                ) from None
+        else:
+            last = "still in recovery"
+        if time.monotonic() > deadline:
+            raise SourceError(
+                f"postgres source {source_name!r}: the restored cluster in {data_dir} did not "
+                f"finish recovery within {RECOVERY_WAIT_S}s ({last}); server log:\n"
+                + _log_tail(data_dir / "restore.log")
+            )
+        time.sleep(0.2)
+
+
+def _count_tables(port: int, data_dir: Path) -> dict[str, dict[str, int]]:
+    """Exact row counts per table, per non-template database: {db: {table: rows}}."""
+    from include.backup.sources.postgres import _table_row_counts
+
+    conn = _connect_local(port, data_dir)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1")
+            dbs = [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+    out: dict[str, dict[str, int]] = {}
+    for db in dbs:
+        conn = _connect_local(port, data_dir, db)
+        try:
+            with conn.cursor() as cur:
+                out[db] = _table_row_counts(cur, exact=True)
+        finally:
+            conn.close()
+    return out
+
+
+def stop_restored_server(data_dir: str, *, quiet: bool = False) -> None:
+    """Stop a cluster started by a physical restore (pg_ctl stop -m fast)."""
+    path = Path(_parse_into(data_dir)[0]) if ":" in data_dir else Path(data_dir)
+    if not (path / "postmaster.pid").exists():
+        return
+    try:
+        _pg_ctl(path, "stop")
+    except SourceError:
+        if not quiet:
+            raise
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- misc ----------------------------------------------------------------------------------
+
+
+def _write_tar(out: BinaryIO, members: list[tuple[str, Path]]) -> int:
+    counter = _Counter(out)
+    with tarfile.open(fileobj=counter, mode="w|", bufsize=BLOCK) as tar:  # type: ignore[call-overload]
+        for arcname, path in members:
+            tar.add(str(path), arcname=arcname, recursive=False)
+    return counter.count
+
+
+class _Counter(io.RawIOBase):
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.out.write(data)
+        n = len(data)
+        self.count += n
+        return n
+
+
+def _size_setting(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([kMG]?B)?", str(text).strip())
+    if not m:
+        return DEFAULT_SEGMENT_SIZE
+    mult = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "B": 1, None: 1}[m.group(2)]
+    return int(m.group(1)) * mult
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"

@@ -1,0 +1,304 @@
+"""The Google Cloud Storage target, built on the Google provider's GCSHook.
+
+- Credentials come from the Airflow connection ``conn_id`` (type ``google_cloud_platform``:
+  a key file path, key JSON, or the worker's ambient credentials; ``is_anonymous`` for an
+  emulator). The storage client comes from the hook, built at first use. An emulator is
+  reached the way the Google client library always does: ``STORAGE_EMULATOR_HOST``.
+- Uploads: a file of at most 8 MiB is one multipart request; a larger one is a resumable
+  upload sent ``chunk_size`` bytes per request (memory: one chunk). Both carry a CRC32C
+  that the client checks against the one the service computed. The object exists only
+  once the last chunk lands: an interrupted upload is never listed.
+- Reads: ranged downloads of ``read_chunk`` bytes, each conditional on the generation
+  seen when the read started (an overwrite during a read is an error, never a mix).
+- Requests are retried with the library's policy for at most ``retry_deadline`` seconds,
+  after which an unreachable endpoint is reported.
+- The bucket must exist: a missing one is an error that says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from include.backup.errors import ObjectNotFound, TargetError
+from include.backup.targets import check_key, check_prefix
+from include.backup.targets._remote import (
+    ChunkReader,
+    Lazy,
+    MiB,
+    buffered,
+    clamp_range,
+    connection_secrets,
+    empty_stream,
+    load_connection,
+    redact,
+    root_prefix,
+    short,
+    sorted_infos,
+    source_size,
+    translating,
+)
+from include.backup.targets.base import ObjectInfo
+
+DEFAULT_CHUNK_SIZE = 16 * MiB  # a multiple of 256 KiB, as resumable uploads require
+DEFAULT_READ_CHUNK = 4 * MiB
+DEFAULT_RETRY_DEADLINE = 60.0
+TIMEOUT = (10, 120)  # connect, read (seconds) per request
+CHECKSUM = "crc32c"
+
+
+class GCSTarget:
+    """A :class:`~include.backup.targets.base.Target` in a GCS bucket, under ``prefix``."""
+
+    def __init__(
+        self,
+        name: str,
+        conn_id: str,
+        bucket: str,
+        prefix: str = "",
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        read_chunk: int = DEFAULT_READ_CHUNK,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+    ) -> None:
+        if chunk_size % (256 * 1024):
+            raise ValueError(f"target '{name}': chunk_size must be a multiple of 256 KiB")
+        self.name = name
+        self.conn_id = conn_id
+        self.bucket_name = bucket
+        self.root = root_prefix(name, prefix)
+        self.chunk_size = chunk_size
+        self.read_chunk = read_chunk
+        self.retry_deadline = retry_deadline
+        self._secrets: list[str] = []
+        self._client = Lazy(self._make_client)
+
+    def __repr__(self) -> str:
+        return f"GCSTarget({self.name!r}, gs://{self.bucket_name}/{self.root})"
+
+    # --- the client ------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        conn = load_connection(
+            self.name,
+            self.conn_id,
+            "google-cloud-platform://?key_path=%2Fsecrets%2Fsa.json&project=my-project",
+        )
+        self._secrets = connection_secrets(conn)
+        try:
+            return GCSHook(gcp_conn_id=self.conn_id).get_conn()
+        except Exception as exc:  # noqa: BLE001 - anything the hook raises while building
+            raise self.translate(exc, "connect to bucket", self.bucket_name) from None
+
+    def _bucket(self) -> Any:
+        return self._client.get().bucket(self.bucket_name)
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(self.retry_deadline)
+
+    def _name(self, key: str) -> str:
+        check_key(self.name, key)
+        return self.root + key
+
+    # --- writing ---------------------------------------------------------------------
+
+    def put(self, key: str, src: Path) -> ObjectInfo:
+        name = self._name(key)
+        size = source_size(self.name, key, src)
+        with self._errors("upload", key, src):
+            blob = self._bucket().blob(name, chunk_size=self.chunk_size)
+            blob.upload_from_filename(str(src), checksum=CHECKSUM, retry=self._retry(), timeout=TIMEOUT)
+        return ObjectInfo(key=key, size=size)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        name = self._name(key)
+        with self._errors("upload", key):
+            self._bucket().blob(name).upload_from_string(
+                data,
+                content_type="application/octet-stream",
+                checksum=CHECKSUM,
+                retry=self._retry(),
+                timeout=TIMEOUT,
+            )
+        return ObjectInfo(key=key, size=len(data))
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _get(self, key: str) -> Any | None:
+        name = self._name(key)
+        with self._errors("look up", key):
+            return self._bucket().get_blob(name, retry=self._retry(), timeout=TIMEOUT)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        blob = self._get(key)
+        return None if blob is None else ObjectInfo(key=key, size=int(blob.size or 0))
+
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        if offset < 0 or (length is not None and length < 0):
+            clamp_range(self.name, offset, length, 0)  # raises ValueError
+        blob = self._get(key)
+        if blob is None:
+            raise self._not_found(key)
+        start, end = clamp_range(self.name, offset, length, int(blob.size or 0))
+        if start == end:
+            return empty_stream()
+        generation = blob.generation
+
+        def fetch(pos: int, n: int) -> bytes:
+            from google.api_core.exceptions import NotFound
+
+            with self._errors("read", key):
+                try:
+                    data = blob.download_as_bytes(
+                        start=pos,
+                        end=pos + n - 1,
+                        if_generation_match=generation,
+                        checksum=None,  # a range has no whole-object checksum to check
+                        retry=self._retry(),
+                        timeout=TIMEOUT,
+                    )
+                except NotFound:
+                    raise self._changed(key) from None
+            # The download updates the blob from the response headers (when the server
+            # sends x-goog-generation): a second guard against reading another version.
+            if blob.generation is not None and int(blob.generation) != int(generation):
+                raise self._changed(key)
+            return bytes(data)
+
+        def short_read(pos: int) -> TargetError:
+            return TargetError(
+                f"target '{self.name}': '{key}' in gs://{self.bucket_name} is shorter than "
+                f"expected at byte {pos} (changed while being read); retry"
+            )
+
+        return buffered(ChunkReader(fetch, start, end, self.read_chunk, short_read))
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(self.name, prefix)
+        found: list[ObjectInfo] = []
+        with self._errors("list", prefix or "(everything)"):
+            blobs = self._client.get().list_blobs(
+                self.bucket_name, prefix=self.root + prefix, retry=self._retry(), timeout=TIMEOUT
+            )
+            for blob in blobs:
+                name = blob.name[len(self.root) :]
+                if not name or name.endswith("/"):
+                    continue
+                found.append(ObjectInfo(key=name, size=int(blob.size or 0)))
+        return sorted_infos(found)
+
+    # --- deleting --------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        name = self._name(key)
+        with self._errors("delete", key):
+            try:
+                self._bucket().delete_blob(name, retry=self._retry(), timeout=TIMEOUT)
+            except NotFound:
+                return
+
+    def free_bytes(self) -> int | None:
+        return None  # a bucket reports no free space
+
+    # --- errors ----------------------------------------------------------------------
+
+    def _not_found(self, key: str) -> ObjectNotFound:
+        return ObjectNotFound(
+            f"target '{self.name}': object '{key}' not found (gs://{self.bucket_name}/{self.root}{key})"
+        )
+
+    def _changed(self, key: str) -> TargetError:
+        return TargetError(
+            f"target '{self.name}': cannot read '{key}' (gs://{self.bucket_name}): the object "
+            "changed while it was being read; retry"
+        )
+
+    def _errors(self, action: str, key: str, src: Path | None = None) -> translating:
+        return translating(self.name, self.translate, action, key, src)
+
+    def _endpoint(self) -> str:
+        client = self._client.peek()
+        try:
+            return str(client._connection.API_BASE_URL) if client is not None else "the GCS endpoint"
+        except Exception:  # noqa: BLE001 - private attribute: only for the message
+            return "the GCS endpoint"
+
+    def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
+        import requests
+        from google.api_core import exceptions as gexc
+        from google.auth import exceptions as auth_exc
+
+        cause: BaseException = exc
+        if isinstance(exc, gexc.RetryError) and exc.cause is not None:
+            cause = exc.cause  # the last error before the retry deadline ran out
+        head = f"target '{self.name}': cannot {action} '{key}' (gs://{self.bucket_name})"
+        conn = f"Airflow connection '{self.conn_id}'"
+        if isinstance(cause, (requests.ConnectionError, ConnectionError)) and not isinstance(
+            cause, requests.ReadTimeout
+        ):
+            msg = (
+                f"target '{self.name}': cannot reach {self._endpoint()} to {action} '{key}' "
+                f"({type(cause).__name__}, retried for up to {self.retry_deadline:g} s); check "
+                "that the endpoint is reachable from this worker, then retry"
+            )
+        elif isinstance(cause, (requests.Timeout, TimeoutError)):
+            msg = f"{head}: {self._endpoint()} timed out; retry, or check the endpoint's health"
+        elif isinstance(cause, auth_exc.GoogleAuthError):
+            msg = f"{head}: {_auth_message(cause, conn)}"
+        elif isinstance(cause, (gexc.Unauthorized, gexc.Forbidden)):
+            msg = (
+                f"{head}: access denied (HTTP {cause.code}); check the credentials in {conn} and "
+                f"their roles on bucket '{self.bucket_name}' (e.g. Storage Object Admin)"
+            )
+        elif isinstance(cause, gexc.NotFound):
+            msg = (
+                f"{head}: bucket '{self.bucket_name}' does not exist at {self._endpoint()}; create "
+                "it, or fix bucket: in the target's config"
+            )
+        elif isinstance(cause, gexc.PreconditionFailed):
+            msg = f"{head}: the object changed while it was being read; retry"
+        elif isinstance(cause, gexc.GoogleAPICallError):
+            msg = f"{head}: GCS error (HTTP {cause.code}): {short(Exception(cause.message))}"
+        elif type(cause).__name__ == "DataCorruption":
+            msg = f"{head}: the CRC32C of what GCS stored does not match the file sent; retry"
+        elif isinstance(cause, OSError):
+            msg = f"{head}: {cause.strerror or short(cause)}"
+        else:
+            msg = f"{head}: {type(cause).__name__}: {short(cause)}"
+        return TargetError(redact(msg, self._secrets))
+
+
+def _auth_message(exc: BaseException, conn: str) -> str:
+    from google.auth import exceptions as auth_exc
+
+    if isinstance(exc, auth_exc.RefreshError):
+        return (
+            f"Google rejected the credentials (could not get an access token: "
+            f"{_auth_reason(exc)}); fix the service account key in {conn}"
+        )
+    if isinstance(exc, auth_exc.DefaultCredentialsError):
+        return (
+            f"no usable Google credentials ({type(exc).__name__}); set key_path or "
+            f"keyfile_dict in {conn}, or give the worker a service account"
+        )
+    return f"credentials problem ({type(exc).__name__}); check {conn}"
+
+
+def _auth_reason(exc: BaseException) -> str:
+    """The OAuth error code of a failed token refresh ('invalid_grant'...), nothing more:
+    the rest of the response may quote the request."""
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], str):
+        return args[0].split(":")[0].strip()[:60] or type(exc).__name__
+    return type(exc).__name__

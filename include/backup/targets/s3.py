@@ -1,0 +1,395 @@
+"""The S3 target (AWS S3 and S3-compatible stores), built on the Amazon provider's S3Hook.
+
+- Credentials, region and endpoint come from the Airflow connection ``conn_id`` (type
+  ``aws``: login = access key id, password = secret access key; extra ``region_name``,
+  ``endpoint_url`` for an S3-compatible endpoint such as MinIO, Ceph or moto, and
+  ``config_kwargs`` for botocore settings, which win over the defaults here).
+- The boto3 client comes from the hook, built at first use, never at import or
+  construction time.
+- Uploads: a file of at most ``part_size`` bytes is one PutObject; larger files are a
+  multipart upload whose parts are sent ``concurrency`` at a time, each read straight from
+  the file (memory does not grow with the part size). Every request carries an
+  x-amz-checksum-crc32 that S3 checks on arrival (ChecksumAlgorithm=CRC32), on top of
+  the SHA-256 the manifest records. The object exists only once CompleteMultipartUpload
+  succeeds: an interrupted upload is never listed, and a failed one is aborted. (Add a
+  lifecycle rule "AbortIncompleteMultipartUpload" to the bucket for uploads killed so
+  hard that the abort could not run.)
+- Reads: one ranged GET per open(), pinned to the ETag seen by the size lookup, streamed.
+- The bucket must exist: a missing bucket is an error that says so, never created here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from include.backup.errors import ObjectNotFound, TargetError
+from include.backup.targets import check_key, check_prefix
+from include.backup.targets._remote import (
+    FileSlice,
+    IterReader,
+    Lazy,
+    MiB,
+    buffered,
+    clamp_range,
+    connection_secrets,
+    empty_stream,
+    load_connection,
+    part_ranges,
+    redact,
+    root_prefix,
+    run_bounded,
+    short,
+    sorted_infos,
+    source_error,
+    source_size,
+    translating,
+)
+from include.backup.targets.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PART_SIZE = 8 * MiB  # S3 allows 5 MiB .. 5 GiB per part, 10,000 parts
+DEFAULT_CONCURRENCY = 10  # as s3transfer (boto3 upload_file); parts are read from the file, not held
+MAX_PARTS = 10_000
+READ_BLOCK = 1 * MiB
+# S3 checks each request against this checksum on arrival (and stores it with the object).
+# CRC32, boto3's own default: its job is to catch corruption in transit, which a CRC does
+# at a fraction of SHA-256's CPU; the manifest's SHA-256 proves the stored bytes end to end.
+CHECKSUM = "CRC32"
+
+_AUTH_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+}
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
+_CHANGED_CODES = {"PreconditionFailed", "412"}
+
+
+class S3Target:
+    """A :class:`~include.backup.targets.base.Target` in an S3 bucket, under ``prefix``."""
+
+    def __init__(
+        self,
+        name: str,
+        conn_id: str,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        if part_size < 5 * MiB:
+            raise ValueError(f"target '{name}': part_size must be at least 5 MiB (S3's minimum)")
+        self.name = name
+        self.conn_id = conn_id
+        self.bucket = bucket
+        self.root = root_prefix(name, prefix)
+        self.part_size = part_size
+        self.concurrency = max(1, concurrency)
+        self._secrets: list[str] = []
+        self._client = Lazy(self._make_client)
+
+    def __repr__(self) -> str:
+        return f"S3Target({self.name!r}, s3://{self.bucket}/{self.root})"
+
+    # --- the client ------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from botocore.config import Config
+
+        conn = load_connection(
+            self.name,
+            self.conn_id,
+            "aws://ACCESS_KEY_ID:SECRET@/?region_name=eu-west-1",
+        )
+        self._secrets = connection_secrets(conn)
+        try:
+            hook = S3Hook(aws_conn_id=self.conn_id)
+            defaults = Config(
+                connect_timeout=10,
+                read_timeout=120,
+                retries={"mode": "standard", "max_attempts": 3},
+                max_pool_connections=max(10, self.concurrency + 2),
+            )
+            # The connection's own config_kwargs win over these defaults.
+            config = defaults.merge(hook.config)
+            client = hook.get_client_type(config=config)
+            self._secrets += [
+                s for s in (hook.conn_config.aws_secret_access_key, hook.conn_config.aws_session_token) if s
+            ]
+            return client
+        except TargetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything the hook raises while building
+            raise TargetError(
+                redact(
+                    f"target '{self.name}': cannot set up the S3 client from Airflow connection "
+                    f"'{self.conn_id}' ({type(exc).__name__}: {short(exc)}); check the "
+                    "connection's fields and extra (region_name, endpoint_url, config_kwargs)",
+                    self._secrets,
+                )
+            ) from None
+
+    def _s3(self) -> Any:
+        return self._client.get()
+
+    def _endpoint(self) -> str:
+        client = self._client.peek()
+        return str(client.meta.endpoint_url) if client is not None else "(not connected)"
+
+    # --- keys ------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        check_key(self.name, key)
+        return self.root + key
+
+    # --- writing ---------------------------------------------------------------------
+
+    def put(self, key: str, src: Path) -> ObjectInfo:
+        full = self._key(key)
+        size = source_size(self.name, key, src)
+        client = self._s3()
+        if size <= self.part_size:
+            with self._errors("upload", key):
+                try:
+                    body = open(src, "rb")  # noqa: SIM115 - closed below
+                except OSError as exc:
+                    raise source_error(self.name, key, src, exc) from exc
+                with body:
+                    client.put_object(
+                        Bucket=self.bucket,
+                        Key=full,
+                        Body=body,
+                        ContentLength=size,
+                        ChecksumAlgorithm=CHECKSUM,
+                    )
+            return ObjectInfo(key=key, size=size)
+        self._multipart(key, full, src, size)
+        return ObjectInfo(key=key, size=size)
+
+    def _multipart(self, key: str, full: str, src: Path, size: int) -> None:
+        client = self._s3()
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        with self._errors("start a multipart upload of", key):
+            upload_id = client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, ChecksumAlgorithm=CHECKSUM
+            )["UploadId"]
+
+        def send(number: int, offset: int, length: int) -> dict[str, Any]:
+            with FileSlice(src, offset, length) as body:
+                resp = client.upload_part(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=length,
+                    ChecksumAlgorithm=CHECKSUM,
+                )
+            part = {"PartNumber": number, "ETag": resp["ETag"]}
+            # S3 wants each part's checksum back when the upload was created with one.
+            if resp.get(f"Checksum{CHECKSUM}"):
+                part[f"Checksum{CHECKSUM}"] = resp[f"Checksum{CHECKSUM}"]
+            return part
+
+        jobs = [
+            (lambda n=n, off=off, ln=ln: send(n, off, ln))
+            for n, (off, ln) in enumerate(part_ranges(size, part_size), start=1)
+        ]
+        try:
+            with self._errors("upload", key, src=src):
+                parts = run_bounded(jobs, self.concurrency)
+                client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            # Whatever stopped us (an error, KeyboardInterrupt, a task timeout), drop the
+            # parts: S3 would otherwise keep (and bill) them, invisible, forever.
+            try:
+                client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception as exc:  # noqa: BLE001 - best effort; the first error matters
+                log.warning(
+                    "target '%s': could not abort the multipart upload of '%s' (%s); a bucket "
+                    "lifecycle rule AbortIncompleteMultipartUpload will remove its parts",
+                    self.name,
+                    key,
+                    type(exc).__name__,
+                )
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        full = self._key(key)
+        with self._errors("upload", key):
+            self._s3().put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumAlgorithm=CHECKSUM)
+        return ObjectInfo(key=key, size=len(data))
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        with self._errors("look up", key):
+            try:
+                return dict(self._s3().head_object(Bucket=self.bucket, Key=full))
+            except ClientError as exc:
+                if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        head = self._head(key)
+        return None if head is None else ObjectInfo(key=key, size=int(head["ContentLength"]))
+
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        if offset < 0 or (length is not None and length < 0):
+            clamp_range(self.name, offset, length, 0)  # raises ValueError
+        head = self._head(key)
+        if head is None:
+            raise self._not_found(key)
+        start, end = clamp_range(self.name, offset, length, int(head["ContentLength"]))
+        if start == end:
+            return empty_stream()
+        with self._errors("read", key):
+            resp = self._s3().get_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Range=f"bytes={start}-{end - 1}",
+                IfMatch=head["ETag"],
+            )
+        body = resp["Body"]
+
+        def blocks() -> Iterator[bytes]:
+            while True:
+                with self._errors("read", key):
+                    block = body.read(READ_BLOCK)
+                if not block:
+                    return
+                yield block
+
+        def short_read(got: int) -> TargetError:
+            return TargetError(
+                f"target '{self.name}': reading '{key}' from s3://{self.bucket}/{self._key(key)} "
+                f"ended after {got} of {end - start} bytes; retry"
+            )
+
+        return buffered(IterReader(blocks(), end - start, short_read, on_close=body.close))
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(self.name, prefix)
+        found: list[ObjectInfo] = []
+        with self._errors("list", prefix or "(everything)"):
+            pages = (
+                self._s3()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.bucket, Prefix=self.root + prefix)
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(self.root) :]
+                    if not name or name.endswith("/"):
+                        continue  # folder markers made by consoles are not objects
+                    found.append(ObjectInfo(key=name, size=int(obj["Size"])))
+        return sorted_infos(found)
+
+    # --- deleting --------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        with self._errors("delete", key):
+            self._s3().delete_object(Bucket=self.bucket, Key=full)  # missing: no error
+
+    def free_bytes(self) -> int | None:
+        return None  # a bucket has no size limit S3 can report
+
+    # --- errors ----------------------------------------------------------------------
+
+    def _not_found(self, key: str) -> ObjectNotFound:
+        return ObjectNotFound(
+            f"target '{self.name}': object '{key}' not found (s3://{self.bucket}/{self.root}{key})"
+        )
+
+    def _errors(self, action: str, key: str, src: Path | None = None) -> translating:
+        return translating(self.name, self.translate, action, key, src)
+
+    def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
+        """A TargetError for ``exc`` raised while trying to ``action`` ``key``."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            EndpointConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+        )
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
+        )
+
+        where = f"s3://{self.bucket}/{self.root}{key}"
+        head = f"target '{self.name}': cannot {action} '{key}' ({where})"
+        conn = f"Airflow connection '{self.conn_id}'"
+        if isinstance(exc, ReadTimeoutError):  # before HTTPClientError, its base class
+            msg = (
+                f"{head}: the S3 endpoint {self._endpoint()} timed out; retry, or check the endpoint's health"
+            )
+        elif isinstance(
+            exc, (EndpointConnectionError, BotoConnectionError, ConnectionClosedError, HTTPClientError)
+        ):
+            msg = (
+                f"target '{self.name}': cannot reach the S3 endpoint {self._endpoint()} to {action} "
+                f"'{key}' ({type(exc).__name__}); check that the endpoint is up and reachable "
+                f"from this worker ({conn}, extra endpoint_url), then retry"
+            )
+        elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            msg = (
+                f"{head}: no usable AWS credentials ({type(exc).__name__}); set login (access key "
+                f"id) and password (secret access key) in {conn}, or give the worker a role"
+            )
+        elif isinstance(exc, ClientError):
+            code = _code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _AUTH_CODES:
+                msg = (
+                    f"{head}: S3 rejected the credentials ({code}); fix the access key id and "
+                    f"secret access key in {conn}"
+                )
+            elif code in _DENIED_CODES:
+                msg = (
+                    f"{head}: access denied (HTTP 403); check the credentials in {conn} and that "
+                    f"they may read, write, list and delete in bucket '{self.bucket}'"
+                )
+            elif code == "NoSuchBucket":
+                msg = (
+                    f"{head}: bucket '{self.bucket}' does not exist at {self._endpoint()}; create "
+                    "it, or fix bucket: in the target's config"
+                )
+            elif code in _CHANGED_CODES:
+                msg = f"{head}: the object changed while it was being read; retry"
+            else:
+                message = exc.response.get("Error", {}).get("Message", "")
+                msg = f"{head}: S3 error {code} (HTTP {status}): {' '.join(str(message).split())[:300]}"
+        elif isinstance(exc, OSError):
+            msg = f"{head}: {exc.strerror or short(exc)}"
+        else:
+            msg = f"{head}: {type(exc).__name__}: {short(exc)}"
+        return TargetError(redact(msg, self._secrets))
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

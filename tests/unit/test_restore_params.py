@@ -1,0 +1,60 @@
+"""The restore DAG's params are checked before anything is touched."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from include.backup.config.schema import BackupConfig
+from include.backup.dr.params import RestoreRequest, parse_restore_params
+from include.backup.errors import RestoreRefused
+
+CONFIG = BackupConfig.model_validate(
+    {
+        "targets": {"local": {"type": "local", "path": "/tmp/b"}},
+        "sources": {"events_pg": {"type": "postgres", "conn_id": "events_pg"}},
+    }
+)
+
+
+def parse(**params):
+    return parse_restore_params(params, CONFIG)
+
+
+def test_latest_of_a_source():
+    req = parse(source="events_pg", into="events_copy")
+    assert req == RestoreRequest("events_pg", None, None, "events_copy", None, None, False)
+
+
+def test_point_in_time_is_utc_and_round_trips_through_xcom():
+    req = parse(source="events_pg", into="/restore/pg", point_in_time="2026-01-02T03:04:05+01:00")
+    assert req.point_in_time == datetime(2026, 1, 2, 2, 4, 5, tzinfo=UTC)
+    assert RestoreRequest.from_xcom(req.to_xcom()) == req
+
+
+def test_tables_from_a_form_string_or_a_list():
+    assert parse(backup_id="b1", into="x", tables="users, events").only == ["users", "events"]
+    assert parse(backup_id="b1", into="x", collections=["users"]).only == ["users"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"source": "events_pg"}, "'into' is required"),
+        ({"into": "x"}, "pass 'backup_id'"),
+        ({"source": "nope", "into": "x"}, "no source named 'nope'; known: events_pg"),
+        ({"backup_id": "b", "into": "x", "target": "s3"}, "no target named 's3'; known: local"),
+        ({"source": "events_pg", "into": "x", "point_in_time": "yesterday"}, "not an ISO-8601 time"),
+        ({"backup_id": "b", "into": "x", "overwrite": "yes"}, "'overwrite' must be true or false"),
+    ],
+)
+def test_bad_params_are_refused_with_the_param_named(params, message):
+    with pytest.raises(RestoreRefused, match=message.replace("(", r"\(")):
+        parse(**params)
+
+
+def test_future_point_in_time_is_refused():
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with pytest.raises(RestoreRefused, match="in the future"):
+        parse(source="events_pg", into="x", point_in_time=later)
