@@ -61,7 +61,10 @@ def load(client, docs: int, ncoll: int) -> None:
         if batch:
             coll.insert_many(batch, ordered=False)
         coll.create_index("email", name="email_1")
-    print(f"loaded {per * ncoll} documents in {ncoll} collections in {time.perf_counter() - t:.1f} s", flush=True)
+    print(
+        f"loaded {per * ncoll} documents in {ncoll} collections in {time.perf_counter() - t:.1f} s",
+        flush=True,
+    )
 
 
 def baseline(client) -> tuple[float, int]:
@@ -70,7 +73,7 @@ def baseline(client) -> tuple[float, int]:
     n = 0
     with open(os.devnull, "wb") as null:
         for name in sorted(db.list_collection_names()):
-            for doc in db[name].find(batch_size=1000):
+            for _doc in db[name].find(batch_size=1000):
                 n += 1
             null.write(b"")
     return time.perf_counter() - t, n
@@ -129,7 +132,11 @@ def main() -> None:
             base_t.append(bt)
             ours_t.append(ot)
             z_t.append(zt)
-            print(f"run {r + 1}: baseline {bt:.2f} s, ours {ot:.2f} s, ours+zstd {zt:.2f} s ({on} docs, {raw / 1e6:.1f} MB)", flush=True)
+            print(
+                f"run {r + 1}: baseline {bt:.2f} s, ours {ot:.2f} s, ours+zstd {zt:.2f} s "
+                f"({on} docs, {raw / 1e6:.1f} MB)",
+                flush=True,
+            )
         b, o, z = (statistics.median(x) for x in (base_t, ours_t, z_t))
         n = args.docs // args.collections * args.collections
         print(f"\ndocuments: {n}, payload {raw / 1e6:.1f} MB")

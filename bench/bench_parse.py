@@ -44,7 +44,8 @@ def write_config(path: Path, n: int) -> None:
     for i in range(n):
         src, typ = ("pg", "FULL") if i % 2 else ("files", "INCREMENTAL")
         lines.append(
-            f"  - {{name: s{i:04d}, source: {src}, type: {typ}, cron: '{i % 60} * * * *', targets: [local, nas]}}"
+            f"  - {{name: s{i:04d}, source: {src}, type: {typ}, "
+            f"cron: '{i % 60} * * * *', targets: [local, nas]}}"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -57,7 +58,11 @@ def measure(config: Path, repeat: int) -> tuple[int, float, float]:
     n = 0
     for _ in range(repeat):
         stdout = subprocess.run(
-            [sys.executable, "-c", CHILD, str(ROOT / "dags")], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", CHILD, str(ROOT / "dags")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
         _, count, imp_s, bag_s = line.split()

@@ -58,7 +58,7 @@ def main() -> None:
         base_t: list[float] = []
         our_t: list[float] = []
         raw = 0
-        for i in range(args.repeat):
+        for _ in range(args.repeat):
             base_t.append(baseline(pg, Path(tmp) / "base.zst"))
             t, raw = ours(pg, Path(tmp) / "ours.zst")
             our_t.append(t)

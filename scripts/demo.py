@@ -97,9 +97,12 @@ sources:
     paths: [{files_root}/uploads, {files_root}/documents]
     exclude: ["*.tmp", "*.log", "node_modules/"]
 schedules:
-  - {{name: demo_pg_full, source: demo_pg, type: FULL, cron: "0 2 * * *", targets: [local, offsite], retention: {{daily: 7, weekly: 4, monthly: 12, yearly: 7}}}}
-  - {{name: demo_files_full, source: demo_files, type: FULL, cron: "0 1 * * *", targets: [local, offsite], retention_days: 30}}
-  - {{name: demo_files_incr, source: demo_files, type: INCREMENTAL, cron: "0 */6 * * *", targets: [local, offsite], retention_days: 7}}
+  - {{name: demo_pg_full, source: demo_pg, type: FULL, cron: "0 2 * * *", targets: [local, offsite],
+     retention: {{daily: 7, weekly: 4, monthly: 12, yearly: 7}}}}
+  - {{name: demo_files_full, source: demo_files, type: FULL, cron: "0 1 * * *", targets: [local, offsite],
+     retention_days: 30}}
+  - {{name: demo_files_incr, source: demo_files, type: INCREMENTAL, cron: "0 */6 * * *",
+     targets: [local, offsite], retention_days: 7}}
 """
 
 
@@ -177,7 +180,10 @@ def main() -> int:
             run([str(BIN / "airflow"), "dags", "test", dag_id], env)
             timings[dag_id] = time.monotonic() - t
         change_files(files_root)
-        step("changed the files (1 edited, 1 new, 1 deleted, 1 dir removed); airflow dags test backup__demo_files_incr")
+        step(
+            "changed the files (1 edited, 1 new, 1 deleted, 1 dir removed); "
+            "airflow dags test backup__demo_files_incr"
+        )
         t = time.monotonic()
         run([str(BIN / "airflow"), "dags", "test", "backup__demo_files_incr"], env)
         timings["backup__demo_files_incr"] = time.monotonic() - t
@@ -192,7 +198,9 @@ def main() -> int:
 
         step("restoring PostgreSQL into a new database 'events_restored'")
         pg_id = str(by_schedule["demo_pg_full"]["backup_id"])
-        out = run([str(BIN / "python"), "-m", "include.backup", "restore", pg_id, "--into", "events_restored"], env)
+        out = run(
+            [str(BIN / "python"), "-m", "include.backup", "restore", pg_id, "--into", "events_restored"], env
+        )
         pg_restore = json.loads(out.stdout)
         before, after = db_fingerprint(pg, "events"), db_fingerprint(pg, "events_restored")
         if before != after:
@@ -228,14 +236,22 @@ def print_summary(
         raw, stored = int(b["raw_size"]), int(b["stored_size"])  # type: ignore[call-overload]
         ratio = raw / stored if stored else 0
         secs = timings.get(f"backup__{b['schedule']}", 0)
-        print(f"{b['backup_id']!s:<44} {b['type']!s:<12} {raw:>10} {stored:>10} {ratio:>5.1f}x {secs:>7.1f}s  {b['verified']}")
+        print(
+            f"{b['backup_id']!s:<44} {b['type']!s:<12} {raw:>10} {stored:>10} "
+            f"{ratio:>5.1f}x {secs:>7.1f}s  {b['verified']}"
+        )
     rows = sum(int(t["rows"]) for t in fingerprint.values())  # type: ignore[call-overload]
     print(f"\nPostgreSQL: {len(fingerprint)} tables, {rows} rows restored into 'events_restored' in "
           f"{pg_restore['seconds']} s — row counts and content checksums match")
-    print(f"Files: chain {files_restore['chain']} restored by the restore DAG in {files_restore['seconds']} s — "
-          f"{n_entries} entries, tree, modes and bytes match")
-    print(f"Backups are in {DEMO / 'backups'} and {DEMO / 'offsite'} "
-          f"(list them: BACKUP_CONFIG={DEMO / 'backup_config.yaml'} python -m include.backup list --target local)")
+    print(
+        f"Files: chain {files_restore['chain']} restored by the restore DAG in "
+        f"{files_restore['seconds']} s — {n_entries} entries, tree, modes and bytes match"
+    )
+    print(
+        f"Backups are in {DEMO / 'backups'} and {DEMO / 'offsite'} "
+        f"(list them: BACKUP_CONFIG={DEMO / 'backup_config.yaml'} "
+        "python -m include.backup list --target local)"
+    )
     print(f"Demo took {total:.0f} s")
 
 

@@ -37,6 +37,12 @@ apt_install() {
     fi
 }
 
+# --- Chromium: renders the DR Management page in the browser test (headless, as root) ---
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "install-test-services: installing chromium (DR page browser test)"
+    apt_install chromium
+fi
+
 # --- SFTP: OpenSSH server (the tests run it with their own config, never as a service) ---
 if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
     echo "install-test-services: installing openssh-server"

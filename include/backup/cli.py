@@ -22,7 +22,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -124,7 +125,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         except ObjectNotFound:
             continue
         found += 1
-        problems = [d for ok, d in (verify_object(target, manifest, o.name) for o in manifest.objects) if not ok]
+        problems = [
+            d for ok, d in (verify_object(target, manifest, o.name) for o in manifest.objects) if not ok
+        ]
         if args.deep and not problems:
             if args.key_file:
                 os.environ["BACKUP_KEY_FILE"] = args.key_file
@@ -218,12 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)")
-    common.add_argument("--key-file", help="JSON key file (default: $BACKUP_KEY_FILE, else the Airflow connection)")
+    common.add_argument(
+        "--config", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)"
+    )
+    common.add_argument(
+        "--key-file", help="JSON key file (default: $BACKUP_KEY_FILE, else the Airflow connection)"
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("validate", help="check a config file without Airflow running")
-    p.add_argument("path", nargs="?", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)")
+    p.add_argument(
+        "path", nargs="?", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)"
+    )
     p.set_defaults(handler=_cmd_validate)
 
     p = sub.add_parser("list", parents=[common], help="list the backups a target holds")
@@ -240,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", parents=[common], help="restore a backup and its chain")
     p.add_argument("backup_id", nargs="?", help="backup to restore (optional with --source)")
-    p.add_argument("--into", required=True, help="directory (files) or database name / conn:<conn_id> (postgres)")
+    p.add_argument(
+        "--into", required=True, help="directory (files) or database name / conn:<conn_id> (postgres)"
+    )
     p.add_argument("--source", help="source name: without BACKUP_ID, restore its newest backup or --until")
     p.add_argument("--until", help="point in time (ISO-8601, UTC if no offset): replay logs up to it")
     p.add_argument("--target", help="target to restore from (default: the first that holds it)")

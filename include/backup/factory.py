@@ -6,7 +6,7 @@ parse time: the config file is the only thing read.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }
-START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _doc_md(config: BackupConfig, schedule: Schedule, config_path: Path) -> str:
@@ -119,14 +119,16 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
         def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
             from include.backup import tasks
 
-            get_current_context()["target_name"] = target_name  # type: ignore[index]
+            # An extra context key for map_index_template, as Airflow documents.
+            get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.run_upload(meta, target_name)
 
         @task(task_id="verify", map_index_template="{{ target_name }}")
         def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
             from include.backup import tasks
 
-            get_current_context()["target_name"] = target_name  # type: ignore[index]
+            # An extra context key for map_index_template, as Airflow documents.
+            get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.run_verify(meta, target_name)
 
         @task(task_id="cleanup")
@@ -135,11 +137,12 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
             return tasks.run_cleanup(meta, schedule_name)
 
-        meta = checksum(encrypt(dump(schedule.name)))
+        # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
+        meta = checksum(encrypt(dump(schedule.name)))  # type: ignore[arg-type]
         uploaded = upload.partial(meta=meta).expand(target_name=list(schedule.targets))
         verified = verify.partial(meta=meta).expand(target_name=list(schedule.targets))
         uploaded >> verified
-        verified >> cleanup(meta, schedule.name)
+        verified >> cleanup(meta, schedule.name)  # type: ignore[arg-type]  # XComArg, as above
     return dag
 
 

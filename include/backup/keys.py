@@ -23,7 +23,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ class KeyRingError(BackupError, ValueError):
 
 
 def _today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def _decode_key(key_id: str, value: Any, where: str) -> bytes:
     if not isinstance(value, str) or not value.strip():
         raise KeyRingError(
-            f"{where}: key {key_id!r} must be a base64 string of {KEY_SIZE} bytes "
-            f"(generate one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\")"
+            f"{where}: key {key_id!r} must be a base64 string of {KEY_SIZE} bytes (generate "
+            "one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')"
         )
     try:
         raw = base64.b64decode(value.strip(), validate=True)
@@ -67,9 +67,7 @@ def _parse_date(key_id: str, value: Any, where: str) -> date:
     try:
         return date.fromisoformat(str(value))
     except ValueError:
-        raise KeyRingError(
-            f"{where}: created date {value!r} of key {key_id!r} is not YYYY-MM-DD"
-        ) from None
+        raise KeyRingError(f"{where}: created date {value!r} of key {key_id!r} is not YYYY-MM-DD") from None
 
 
 def _check_id(key_id: Any, where: str) -> str:
@@ -252,14 +250,11 @@ class KeyRing:
         unknown = set(data) - {"keys", "active", "created"}
         if unknown:
             raise KeyRingError(
-                f"{source}: unknown field(s) {', '.join(sorted(unknown))}; "
-                "allowed: keys, active, created"
+                f"{source}: unknown field(s) {', '.join(sorted(unknown))}; allowed: keys, active, created"
             )
         raw_keys = data.get("keys")
         if not isinstance(raw_keys, Mapping) or not raw_keys:
-            raise KeyRingError(
-                f"{source}: 'keys' must be a non-empty object mapping key id to base64 key"
-            )
+            raise KeyRingError(f"{source}: 'keys' must be a non-empty object mapping key id to base64 key")
         keys = {_check_id(k, source): _decode_key(k, v, source) for k, v in raw_keys.items()}
         active = data.get("active")
         if active is None:
@@ -334,7 +329,7 @@ class KeyRing:
             )
         else:
             raise KeyRingError(
-                f"{source} has no keys: put {{\"keys\": {{id: base64}}, \"active\": id}} in its "
+                f'{source} has no keys: put {{"keys": {{id: base64}}, "active": id}} in its '
                 "extra, or set login = key id and password = base64 of a 32-byte key"
             )
         _mask(ring)

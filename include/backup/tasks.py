@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
@@ -53,7 +53,7 @@ def load_config() -> BackupConfig:
 def make_backup_id(schedule: str, when: datetime, run_id: str) -> str:
     """Deterministic per DAG run, so a retried task finds the same staging directory and
     overwrites the same objects instead of leaving an orphan beside them."""
-    stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     suffix = hashlib.sha256(run_id.encode()).hexdigest()[:6]
     return f"{schedule}-{stamp}-{suffix}"
 
@@ -144,7 +144,8 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
     with open(partial, "wb") as raw_out:
         with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
             counter = CountingWriter(zout)
-            result = source.dump(schedule.type.value, counter, parent)
+            # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
+            result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
         raw_out.flush()
         os.fsync(raw_out.fileno())
     os.replace(partial, stage / DUMP_NAME)
@@ -270,7 +271,9 @@ def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> di
     stored.verification[target_name] = result
     write_manifest(target, stored)
     if problems:
-        raise BackupError(f"verification of {stored.backup_id} at target {target_name!r} failed: {result.detail}")
+        raise BackupError(
+            f"verification of {stored.backup_id} at target {target_name!r} failed: {result.detail}"
+        )
     log.info("verified %s at target %s: %s", stored.backup_id, target_name, result.detail)
     return {"backup_id": stored.backup_id, "target": target_name, "ok": True, "deep": deep}
 
@@ -296,8 +299,8 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest) -> list[s
 def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False) -> dict[str, Any]:
     """Remove this run's staging, stale staging of earlier failed runs, and apply the
     schedule's retention at every target."""
-    from include.backup.retention import apply_retention, plan_retention
     from include.backup.catalog.catalog import list_backups
+    from include.backup.retention import apply_retention, plan_retention
 
     config = load_config()
     schedule = config.schedule(schedule_name)

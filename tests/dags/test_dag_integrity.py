@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import textwrap
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def _config(tmp_path: Path, schedules: str) -> Path:
 GOOD = """
 - {name: daily_full, source: events_pg, type: FULL, cron: "0 2 * * *", targets: [local, nas]}
 - {name: weekly_schema, source: events_pg, type: SCHEMA, cron: "0 3 * * 0", targets: [local]}
-- {name: files_6h, source: uploads, type: INCREMENTAL, cron: "0 */6 * * *", targets: [nas], retention_days: 14}
+- {name: files_6h, source: uploads, type: INCREMENTAL, cron: "0 */6 * * *", targets: [nas],
+   retention_days: 14}
 - {name: paused, source: uploads, type: FULL, cron: "@daily", targets: [local], active: false}
 """
 
@@ -58,18 +60,26 @@ def test_example_config_parses_without_errors(monkeypatch, tmp_path):
     assert bag.dag_ids, "the example config generates no DAG"
     backups = [d for d in bag.dag_ids if d.startswith("backup__")]
     assert backups, "the example config generates no backup DAG"
-    assert set(bag.dag_ids) - set(backups) == {"restore"}
+    assert set(bag.dag_ids) - set(backups) == {"restore", "dr_test", "failover", "dr_monitor"}
 
 
 def test_one_dag_per_active_schedule_with_tasks_in_order(monkeypatch, tmp_path):
     bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["backup__daily_full", "backup__files_6h", "backup__weekly_schema", "restore"]
+    assert sorted(bag.dag_ids) == [
+        "backup__daily_full",
+        "backup__files_6h",
+        "backup__weekly_schema",
+        "dr_monitor",
+        "dr_test",
+        "failover",
+        "restore",
+    ]
 
     dag = bag.dags["backup__daily_full"]
     assert set(dag.task_ids) == {"dump", "encrypt", "checksum", "upload", "verify", "cleanup"}
     order = ["dump", "encrypt", "checksum", "upload", "verify", "cleanup"]
-    for up, down in zip(order, order[1:]):
+    for up, down in pairwise(order):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} → {down} missing"
     # upload and verify fan out per target
     assert dag.get_task("upload").is_mapped and dag.get_task("verify").is_mapped
@@ -127,7 +137,8 @@ def test_restore_dag_is_manual_with_validated_params(monkeypatch, tmp_path):
     bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
     dag = bag.dags["restore"]
     assert type(dag.timetable).__name__ == "NullTimetable"  # triggered by hand only
-    assert {"source", "backup_id", "point_in_time", "into", "target", "tables", "overwrite"} <= set(dag.params)
+    expected = {"source", "backup_id", "point_in_time", "into", "target", "tables", "overwrite"}
+    assert expected <= set(dag.params)
     assert dag.params["overwrite"] is False  # never over a non-empty destination unless told
     assert "validate_params" in dag.get_task("restore").upstream_task_ids
     assert dag.get_task("restore").retries == 0  # a half-done restore is not retried blindly

@@ -32,6 +32,6 @@ def pg_cluster() -> Iterator[PgCluster]:
 
 # Real storage servers (moto, Azurite, a GCS emulator, OpenSSH sshd, pyftpdlib), started
 # on 127.0.0.1 by session fixtures and stopped at the end.
-from tests.integration.services import *  # noqa: E402, F403
 from tests.integration.mongo_service import mongo_server  # noqa: E402, F401
+from tests.integration.services import *  # noqa: E402, F403
 from tests.integration.smtp_service import smtp_server  # noqa: E402, F401  (aiosmtpd on 127.0.0.1)

@@ -10,7 +10,6 @@ Install it with::
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -48,7 +48,7 @@ def env(tmp_path, monkeypatch):
 
 
 def run_schedule(name: str, run_id: str) -> dict:
-    meta = tasks.run_dump(name, run_id, datetime.now(timezone.utc))
+    meta = tasks.run_dump(name, run_id, datetime.now(UTC))
     meta = tasks.run_encrypt(meta)
     meta = tasks.run_checksum(meta)
     config = load_config().config
@@ -85,15 +85,17 @@ def test_full_then_incremental_restores_latest_tree(env):
 
 def test_retry_of_a_step_is_idempotent(env):
     tmp, data = env
-    meta = tasks.run_dump("docs_full", "run1", datetime(2026, 1, 1, tzinfo=timezone.utc))
-    again = tasks.run_dump("docs_full", "run1", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    meta = tasks.run_dump("docs_full", "run1", datetime(2026, 1, 1, tzinfo=UTC))
+    again = tasks.run_dump("docs_full", "run1", datetime(2026, 1, 1, tzinfo=UTC))
     assert again["backup_id"] == meta["backup_id"]
     meta = tasks.run_checksum(tasks.run_encrypt(again))
     tasks.run_upload(meta, "disk1")
     tasks.run_upload(meta, "disk1")  # retried upload overwrites, still one backup
     tasks.run_verify(meta, "disk1")
     config = load_config().config
-    assert [b.backup_id for b in list_backups(build_target("disk1", config.targets["disk1"]))] == [meta["backup_id"]]
+    assert [b.backup_id for b in list_backups(build_target("disk1", config.targets["disk1"]))] == [
+        meta["backup_id"]
+    ]
 
 
 def test_corrupt_payload_fails_verify_and_restore_refuses(env):

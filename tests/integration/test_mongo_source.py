@@ -10,7 +10,7 @@ import tarfile
 import textwrap
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
@@ -81,7 +81,9 @@ def snapshot(db) -> dict[str, list[dict]]:
 
 
 def index_specs(coll) -> list[dict]:
-    return sorted(({k: v for k, v in ix.items() if k != "ns"} for ix in coll.list_indexes()), key=lambda i: i["name"])
+    return sorted(
+        ({k: v for k, v in ix.items() if k != "ns"} for ix in coll.list_indexes()), key=lambda i: i["name"]
+    )
 
 
 def options(db) -> dict[str, dict]:
@@ -91,17 +93,31 @@ def options(db) -> dict[str, dict]:
 def sample_data(db) -> None:
     db.create_collection("users", validator={"$jsonSchema": {"bsonType": "object", "required": ["email"]}})
     db.create_collection("capped_log", capped=True, size=1 << 20, max=1000)
-    db.users.insert_many([
-        {"email": f"u{i}@example.com", "name": "Zoë Ångström 日本語 ✓", "age": i, "big": Int64(i),
-         "balance": Decimal128("12345.6789"), "joined": datetime(2024, 1, 2, 3, 4, 5, 123000),
-         "avatar": Binary(b"\x00\xff\x10" * 10), "blob": Binary(b"\x01" * 16, 4),
-         "ref": ObjectId(), "address": {"city": "Zürich", "geo": {"lat": 47.37, "lng": 8.54}, "tags": ["a", "b"]},
-         "nested": [{"k": i, "v": [1, 2, {"deep": None}]}]}
-        for i in range(300)
-    ])
+    db.users.insert_many(
+        [
+            {
+                "email": f"u{i}@example.com",
+                "name": "Zoë Ångström 日本語 ✓",
+                "age": i,
+                "big": Int64(i),
+                "balance": Decimal128("12345.6789"),
+                "joined": datetime(2024, 1, 2, 3, 4, 5, 123000),
+                "avatar": Binary(b"\x00\xff\x10" * 10),
+                "blob": Binary(b"\x01" * 16, 4),
+                "ref": ObjectId(),
+                "address": {"city": "Zürich", "geo": {"lat": 47.37, "lng": 8.54}, "tags": ["a", "b"]},
+                "nested": [{"k": i, "v": [1, 2, {"deep": None}]}],
+            }
+            for i in range(300)
+        ]
+    )
     db.users.create_index([("email", 1)], unique=True, name="email_unique")
-    db.users.create_index([("age", -1), ("name", 1)], name="age_name", partialFilterExpression={"age": {"$gt": 10}})
-    db.events.insert_many([{"_id": i, "title": f"event {i}", "when": datetime(2025, 6, 1)} for i in range(250)])
+    db.users.create_index(
+        [("age", -1), ("name", 1)], name="age_name", partialFilterExpression={"age": {"$gt": 10}}
+    )
+    db.events.insert_many(
+        [{"_id": i, "title": f"event {i}", "when": datetime(2025, 6, 1)} for i in range(250)]
+    )
     db.events.create_index("title", name="title_sparse", sparse=True)
     db.capped_log.insert_many([{"line": i} for i in range(20)])
 
@@ -130,7 +146,7 @@ def pipeline(tmp_path, monkeypatch, dbname):
 
 
 def run_schedule(name: str, run_id: str) -> dict:
-    meta = tasks.run_dump(name, run_id, datetime.now(timezone.utc))
+    meta = tasks.run_dump(name, run_id, datetime.now(UTC))
     meta = tasks.run_checksum(tasks.run_encrypt(meta))
     config = load_config().config
     for t in config.schedule(name).targets:
@@ -325,7 +341,7 @@ def test_point_in_time_recovery_through_the_pipeline(pipeline, client, dbname):
     db.events.insert_many([{"_id": 200 + i, "title": "before T too"} for i in range(5)])
     time.sleep(0.05)
     expected = snapshot(db)
-    until = datetime.now(timezone.utc)
+    until = datetime.now(UTC)
     time.sleep(0.05)
     db.events.insert_many([{"_id": 300 + i, "title": "after T"} for i in range(20)])
     db.events.delete_many({"_id": {"$lt": 50}})
@@ -351,7 +367,7 @@ def test_point_in_time_recovery_through_the_pipeline(pipeline, client, dbname):
         # before the FULL: refused, naming the window
         with pytest.raises(RestoreRefused, match="reachable window"):
             restore_backup(config, None, _name("x"), keys=keys, source_name="events_mongo",
-                           until=datetime(2000, 1, 1, tzinfo=timezone.utc))
+                           until=datetime(2000, 1, 1, tzinfo=UTC))
     finally:
         client.drop_database(into)
 

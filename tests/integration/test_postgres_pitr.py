@@ -41,17 +41,20 @@ def env(tmp_path, monkeypatch, tmp_path_factory):
         )
         monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", pg.uri("shop"))
         config = tmp_path / "backup_config.yaml"
-        config.write_text(textwrap.dedent(f"""
+        config.write_text(
+            textwrap.dedent(f"""
             staging_dir: {tmp_path}/staging
             targets:
               disk: {{type: local, path: {tmp_path}/t1}}
             sources:
-              shop: {{type: postgres, conn_id: {CONN}, method: physical, wal_archive_dir: {pg.wal_archive_dir}}}
+              shop: {{type: postgres, conn_id: {CONN}, method: physical,
+                      wal_archive_dir: {pg.wal_archive_dir}}}
             schedules:
               - {{name: shop_base, source: shop, type: FULL, cron: "@daily", targets: [disk]}}
               - {{name: shop_wal, source: shop, type: TRANSACTION_LOG, cron: "*/15 * * * *", targets: [disk]}}
               - {{name: shop_inc, source: shop, type: INCREMENTAL, cron: "@hourly", targets: [disk]}}
-        """))
+        """)
+        )
         monkeypatch.setenv("BACKUP_CONFIG", str(config))
         KeyRing.generate(tmp_path / "keys.json", "k1")
         monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp_path / "keys.json"))
@@ -79,7 +82,9 @@ def run_schedule(name: str, run_id: str) -> dict:
 
 
 def server_now(pg: PgCluster) -> datetime:
-    return datetime.fromisoformat(pg.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')") + "+00:00")
+    return datetime.fromisoformat(
+        pg.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')") + "+00:00"
+    )
 
 
 def query(port: int, sql: str, db: str = "shop") -> list[tuple]:
@@ -143,22 +148,32 @@ def test_pitr_to_a_time_between_two_log_backups(env):
 
     # Outside the window: refused before anything is touched, naming the window.
     with pytest.raises(RestoreRefused, match=r"outside the reachable window .*Z – .*Z for source shop"):
-        restore_backup(config, None, f"{pg.base_dir}-x", keys=keys, until=T + timedelta(days=1), source_name="shop")
+        restore_backup(
+            config, None, f"{pg.base_dir}-x", keys=keys, until=T + timedelta(days=1), source_name="shop"
+        )
     with pytest.raises(RestoreRefused, match="outside the reachable window"):
-        restore_backup(config, None, f"{pg.base_dir}-x", keys=keys, until=T - timedelta(days=1), source_name="shop")
+        restore_backup(
+            config, None, f"{pg.base_dir}-x", keys=keys, until=T - timedelta(days=1), source_name="shop"
+        )
 
     # A gap between the two log backups (a segment in neither): a clear IntegrityError.
     broken = held[log2["backup_id"]]
     from include.backup.sources.postgres_physical import next_segment
 
-    l2 = broken.model_copy(update={"position": {**broken.position, "wal_first": next_segment(broken.position["wal_first"])}})
+    l2 = broken.model_copy(
+        update={"position": {**broken.position, "wal_first": next_segment(broken.position["wal_first"])}}
+    )
     target.put_bytes(manifest_key("shop", l2.backup_id), l2.to_json())
     late = datetime.fromisoformat(l2.position["end_time"].replace("Z", "+00:00"))
     with pytest.raises(IntegrityError) as exc:
         restore_backup(config, None, f"{pg.base_dir}-x", keys=keys, until=late, source_name="shop")
     text = str(exc.value)
     assert log1["backup_id"] in text and l2.backup_id in text and broken.position["wal_first"] in text
-    print(json.dumps({"base_backup_s": round(base_s, 2), "log_backup_s": round(log_s, 2), "pitr_s": round(pitr_s, 2)}))
+    print(
+        json.dumps(
+            {"base_backup_s": round(base_s, 2), "log_backup_s": round(log_s, 2), "pitr_s": round(pitr_s, 2)}
+        )
+    )
 
 
 def test_missing_segment_in_spool_is_a_clear_dump_error(env):

@@ -134,7 +134,9 @@ def test_full_dump_restores_identical_data(pg_cluster: PgCluster, full_dump: Dum
     assert stats["tables"] == result.stats["tables"]
     assert db_fingerprint(pg_cluster, "events_restored") == db_fingerprint(pg_cluster, PG_SAMPLE_DB)
     # Not only tables: the view, the standalone sequence and the indexes came back too.
-    assert pg_cluster.psql("SELECT count(*) FROM upcoming_events", "events_restored") == str(PG_SAMPLE_ROWS // 4)
+    assert pg_cluster.psql("SELECT count(*) FROM upcoming_events", "events_restored") == str(
+        PG_SAMPLE_ROWS // 4
+    )
     assert pg_cluster.psql("SELECT last_value FROM invoice_number_seq", "events_restored") == str(
         100000 + PG_SAMPLE_ROWS
     )
@@ -163,10 +165,15 @@ def test_schema_dump_restores_tables_without_rows(pg_cluster: PgCluster, dump_di
     assert table_names(pg_cluster, "events_schema") == SAMPLE_TABLES
     fingerprint = db_fingerprint(pg_cluster, "events_schema")
     assert {t: v["rows"] for t, v in fingerprint.items()} == {t: 0 for t in SAMPLE_TABLES}
-    assert pg_cluster.psql("SELECT count(*) FROM pg_views WHERE viewname = 'upcoming_events'", "events_schema") == "1"
+    assert (
+        pg_cluster.psql("SELECT count(*) FROM pg_views WHERE viewname = 'upcoming_events'", "events_schema")
+        == "1"
+    )
 
 
-def test_restore_into_another_connection(pg_cluster: PgCluster, full_dump: Dump, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_restore_into_another_connection(
+    pg_cluster: PgCluster, full_dump: Dump, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_STAGING_PG", pg_cluster.uri("events_staging"))
 
     full_dump.restore(make_source(), "conn:staging_pg")
@@ -185,16 +192,21 @@ def test_partial_restore_of_one_table(pg_cluster: PgCluster, full_dump: Dump) ->
     source_users = db_fingerprint(pg_cluster, PG_SAMPLE_DB)["users"]
     assert db_fingerprint(pg_cluster, "events_users_only") == {"users": source_users}
     # The table comes back whole, not bare: primary key, unique index, serial default.
-    constraints = pg_cluster.psql("SELECT conname FROM pg_constraint WHERE conrelid = 'users'::regclass", "events_users_only")
+    constraints = pg_cluster.psql(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'users'::regclass", "events_users_only"
+    )
     assert set(constraints.split()) == {"users_pkey", "users_email_key"}
     new_id = pg_cluster.psql(
-        "INSERT INTO users (email, full_name, country, created_at) VALUES ('n@x', 'n', 'FR', now()) RETURNING id",
+        "INSERT INTO users (email, full_name, country, created_at) "
+        "VALUES ('n@x', 'n', 'FR', now()) RETURNING id",
         "events_users_only",
     )
     assert new_id == str(PG_SAMPLE_ROWS + 1)
 
 
-def test_partial_restore_keeps_links_between_restored_tables_only(pg_cluster: PgCluster, full_dump: Dump) -> None:
+def test_partial_restore_keeps_links_between_restored_tables_only(
+    pg_cluster: PgCluster, full_dump: Dump
+) -> None:
     stats = full_dump.restore(make_source(), "events_partial_pair", only=["guests", "public.transactions"])
 
     assert stats["tables"] == {"guests": PG_SAMPLE_ROWS, "transactions": PG_SAMPLE_ROWS}
@@ -212,7 +224,9 @@ def test_partial_restore_keeps_links_between_restored_tables_only(pg_cluster: Pg
 
 
 def test_partial_restore_of_a_table_not_in_the_backup(pg_cluster: PgCluster, full_dump: Dump) -> None:
-    with pytest.raises(RestoreRefused, match=r"'attendees' is not in this backup; its tables: events, guests"):
+    with pytest.raises(
+        RestoreRefused, match=r"'attendees' is not in this backup; its tables: events, guests"
+    ):
         full_dump.restore(make_source(), "events_no_such_table", only=["attendees"])
 
     assert not pg_cluster.database_exists("events_no_such_table")
@@ -222,7 +236,9 @@ def test_partial_restore_over_existing_tables(pg_cluster: PgCluster, dump_dir: P
     source = make_source(format="directory", jobs=2)
     dump = take_dump(source, "FULL", dump_dir)
     dump.restore(source, "events_dir_partial")
-    pg_cluster.psql("UPDATE events SET title = 'changed'; DELETE FROM transactions WHERE id > 10", "events_dir_partial")
+    pg_cluster.psql(
+        "UPDATE events SET title = 'changed'; DELETE FROM transactions WHERE id > 10", "events_dir_partial"
+    )
     fk_sql = "SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
     fks = pg_cluster.psql(fk_sql, PG_SAMPLE_DB)
 
@@ -241,11 +257,14 @@ def test_partial_restore_of_a_referenced_table_is_refused_by_the_server_atomical
     before = db_fingerprint(pg_cluster, "events_referenced")
 
     # guests has a foreign key to events: events cannot be dropped and re-created alone.
-    with pytest.raises(SourceError, match=r"(?s)other objects depend on it.*must include what depends on them"):
+    with pytest.raises(
+        SourceError, match=r"(?s)other objects depend on it.*must include what depends on them"
+    ):
         full_dump.restore(make_source(), "events_referenced", only=["events"], overwrite=True)
 
     assert db_fingerprint(pg_cluster, "events_referenced") == before
-    assert len(pg_cluster.psql("SELECT conname FROM pg_constraint WHERE contype = 'f'", "events_referenced").split()) == 4
+    fks = pg_cluster.psql("SELECT conname FROM pg_constraint WHERE contype = 'f'", "events_referenced")
+    assert len(fks.split()) == 4
 
 
 def test_restore_refuses_non_empty_database_without_overwrite(pg_cluster: PgCluster, full_dump: Dump) -> None:
@@ -354,7 +373,10 @@ def test_password_only_reaches_the_environment(
 
 
 def test_wrong_password_fails_without_revealing_it(
-    pg_cluster: PgCluster, password_conn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pg_cluster: PgCluster,
+    password_conn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     wrong = "not-the-Right-0ne"
     monkeypatch.setenv("AIRFLOW_CONN_EVENTS_PG_BAD", f"postgres://backup_user:{wrong}@127.0.0.1:{pg_cluster.port}/events")
@@ -443,7 +465,9 @@ def test_server_going_away_mid_dump(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "connection" in str(excinfo.value).lower() or "server" in str(excinfo.value).lower()
 
 
-def test_restore_into_a_connection_without_database(pg_cluster: PgCluster, full_dump: Dump, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_restore_into_a_connection_without_database(
+    pg_cluster: PgCluster, full_dump: Dump, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_NO_DB_PG", f"postgres://postgres@127.0.0.1:{pg_cluster.port}")
 
     with pytest.raises(RestoreRefused, match=r"'conn:no_db_pg'.*names no database"):

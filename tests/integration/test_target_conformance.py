@@ -389,7 +389,9 @@ def test_put_of_missing_source_file(target: Target, tmp_path: Path) -> None:
     assert list(target.list()) == []
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/abs", "/etc/passwd", "", "a//b", "./a", "a/./b", "a/.."])
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/abs", "/etc/passwd", "", "a//b", "./a", "a/./b", "a/.."]
+)
 def test_invalid_keys_are_rejected(target: Target, key: str) -> None:
     for call in (
         lambda: target.put_bytes(key, b"x"),
@@ -515,9 +517,15 @@ def test_find_backup_searches_all_sources(target: Target) -> None:
 def test_latest(target: Target) -> None:
     assert latest(target, "events_pg") is None
     _store_backup(target, "full1", started=T0, verified={target.name: True})
-    _store_backup(target, "full2", started=T0 + timedelta(days=1), verified={target.name: False, "other": True})
-    _store_backup(target, "inc1", started=T0 + timedelta(days=1, hours=1), backup_type="INCREMENTAL", parent_id="full2")
-    _store_backup(target, "schema1", started=T0 + timedelta(days=2), backup_type="SCHEMA", verified={"other": True})
+    _store_backup(
+        target, "full2", started=T0 + timedelta(days=1), verified={target.name: False, "other": True}
+    )
+    _store_backup(
+        target, "inc1", started=T0 + timedelta(days=1, hours=1), backup_type="INCREMENTAL", parent_id="full2"
+    )
+    _store_backup(
+        target, "schema1", started=T0 + timedelta(days=2), backup_type="SCHEMA", verified={"other": True}
+    )
     assert latest(target, "events_pg").backup_id == "schema1"  # type: ignore[union-attr]
     assert latest(target, "events_pg", types=["FULL"]).backup_id == "full2"  # type: ignore[union-attr]
     assert latest(target, "events_pg", types=["FULL", "INCREMENTAL"]).backup_id == "inc1"  # type: ignore[union-attr]
@@ -529,8 +537,12 @@ def test_latest(target: Target) -> None:
 
 def test_chain_for(target: Target) -> None:
     full = _store_backup(target, "full", started=T0)
-    inc1 = _store_backup(target, "inc1", started=T0 + timedelta(hours=1), backup_type="INCREMENTAL", parent_id="full")
-    inc2 = _store_backup(target, "inc2", started=T0 + timedelta(hours=2), backup_type="INCREMENTAL", parent_id="inc1")
+    inc1 = _store_backup(
+        target, "inc1", started=T0 + timedelta(hours=1), backup_type="INCREMENTAL", parent_id="full"
+    )
+    inc2 = _store_backup(
+        target, "inc2", started=T0 + timedelta(hours=2), backup_type="INCREMENTAL", parent_id="inc1"
+    )
     assert [m.backup_id for m in chain_for(target, inc2)] == ["full", "inc1", "inc2"]
     assert [m.backup_id for m in chain_for(target, full)] == ["full"]
     known = {m.backup_id: m for m in (full, inc1)}
@@ -539,8 +551,12 @@ def test_chain_for(target: Target) -> None:
 
 def test_chain_for_missing_parent(target: Target) -> None:
     _store_backup(target, "full", started=T0)
-    inc1 = _store_backup(target, "inc1", started=T0 + timedelta(hours=1), backup_type="INCREMENTAL", parent_id="full")
-    inc2 = _store_backup(target, "inc2", started=T0 + timedelta(hours=2), backup_type="INCREMENTAL", parent_id="inc1")
+    inc1 = _store_backup(
+        target, "inc1", started=T0 + timedelta(hours=1), backup_type="INCREMENTAL", parent_id="full"
+    )
+    inc2 = _store_backup(
+        target, "inc2", started=T0 + timedelta(hours=2), backup_type="INCREMENTAL", parent_id="inc1"
+    )
     target.delete(f"events_pg/inc1/{MANIFEST_NAME}")
     with pytest.raises(IntegrityError) as exc:
         chain_for(target, inc2)

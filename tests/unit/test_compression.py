@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 import zstandard
@@ -115,9 +116,9 @@ def test_trailing_garbage_raises(algo: str) -> None:
 
 
 def test_unknown_algorithm() -> None:
-    with pytest.raises(ValueError, match="unknown compression algorithm 'lz4': use one of zstd, gzip, none"):
-        with compress_writer(io.BytesIO(), "lz4"):
-            pass
+    expected = "unknown compression algorithm 'lz4': use one of zstd, gzip, none"
+    with pytest.raises(ValueError, match=expected), compress_writer(io.BytesIO(), "lz4"):
+        pass
     with pytest.raises(ValueError, match="zstd, gzip, none"):
         decompress_reader(io.BytesIO(), "brotli")
 
@@ -132,10 +133,9 @@ def test_invalid_levels() -> None:
 @pytest.mark.parametrize("algo", ["zstd", "gzip"])
 def test_exception_inside_writer_leaves_frame_unfinished(algo: str) -> None:
     out = io.BytesIO()
-    with pytest.raises(RuntimeError):
-        with compress_writer(out, algo) as w:
-            w.write(os.urandom(300_000))
-            raise RuntimeError("source failed")
+    with pytest.raises(RuntimeError), compress_writer(out, algo) as w:
+        w.write(os.urandom(300_000))
+        raise RuntimeError("source failed")
     with pytest.raises(IntegrityError, match="truncated|corrupt"):
         decompress_reader(io.BytesIO(out.getvalue()), algo).read()
     assert not out.closed
@@ -267,7 +267,7 @@ class FailingSource(io.RawIOBase):
 def test_failed_seal_leaves_output_that_does_not_open(algo: str) -> None:
     out = io.BytesIO()
     with pytest.raises(OSError, match="lost"):
-        seal(FailingSource(3 << 20), out, kek=KEK, key_id=KEY_ID, algo=algo, chunk_size=CHUNK)
+        seal(cast(BinaryIO, FailingSource(3 << 20)), out, kek=KEK, key_id=KEY_ID, algo=algo, chunk_size=CHUNK)
     with pytest.raises(IntegrityError, match="final chunk missing"):
         open_sealed(io.BytesIO(out.getvalue()), keys, algo).read()
 
@@ -275,7 +275,7 @@ def test_failed_seal_leaves_output_that_does_not_open(algo: str) -> None:
 def test_open_sealed_errors() -> None:
     stored, result = do_seal(text(10_000), "zstd")
     with pytest.raises(KeyNotFoundError):
-        open_sealed(io.BytesIO(stored), {}.__getitem__, "zstd")
+        open_sealed(io.BytesIO(stored), {"other": KEK}.__getitem__, "zstd")
     bad = bytearray(stored)
     bad[-30] ^= 1
     with pytest.raises(IntegrityError, match="failed authentication"):
@@ -300,21 +300,56 @@ def test_seal_to_real_file(tmp_path: Path) -> None:
 # -- adaptive zstd threading and pipeline failure handling ------------------------------------
 
 
-def test_zstd_switches_threads_for_incompressible_stretches(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("store", [False, True])
+def test_zstd_adapts_to_incompressible_stretches(monkeypatch: pytest.MonkeyPatch, store: bool) -> None:
     from include.backup.pipeline import compression
 
     monkeypatch.setattr(compression, "_PROBE", 1 << 20)
-    data = os.urandom(6 << 20) + text(12 << 20) + os.urandom(6 << 20)
+    data = os.urandom(20 << 20) + text(12 << 20) + os.urandom(20 << 20) + b"tail"
     out = io.BytesIO()
-    writer = compression.open_compress_writer(out, "zstd", 3, threads=2)
+    writer = compression.open_compress_writer(out, "zstd", 3, threads=2, store_incompressible=store)
+    modes: list[str] = []
     for i in range(0, len(data), 1 << 20):
         writer.write(data[i : i + (1 << 20)])
+        if not modes or modes[-1] != writer.mode:  # type: ignore[attr-defined]
+            modes.append(writer.mode)  # type: ignore[attr-defined]
     writer.close()
-    assert writer.frames >= 3  # type: ignore[attr-defined]  # MT -> single -> MT -> single
-    assert decompress_reader(io.BytesIO(out.getvalue()), "zstd").read() == data
+    quiet = "store" if store else "st"
+    # Worker threads report progress in 8 MiB jobs, so when exactly a switch happens
+    # depends on timing; the order of modes does not.
+    assert modes[:3] == ["mt", quiet, "mt"]
+    assert writer.frames == len(modes)  # type: ignore[attr-defined]
+    packed = out.getvalue()
+    assert decompress_reader(io.BytesIO(packed), "zstd").read() == data
+    assert (
+        zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed), read_across_frames=True).read() == data
+    )
     if shutil.which("zstd"):
-        res = subprocess.run(["zstd", "-dc"], input=out.getvalue(), capture_output=True, check=True)
+        res = subprocess.run(["zstd", "-dc"], input=packed, capture_output=True, check=True)
         assert res.stdout == data
+
+
+RAW_CASES = [
+    (size, piece)
+    for size in (0, 1, 131071, 131072, 131073, 3 * 131072 + 5)
+    for piece in (1000, 131072, 1 << 20)
+]
+
+
+@pytest.mark.parametrize("size, piece", RAW_CASES + [(0, 1), (1, 1), (999, 1)])
+def test_raw_frame_writer_block_boundaries(size: int, piece: int) -> None:
+    from include.backup.pipeline.compression import _RawFrameWriter
+
+    data = os.urandom(size)
+    out = io.BytesIO()
+    w = _RawFrameWriter(out)
+    for i in range(0, size, piece):
+        w.write(data[i : i + piece])
+    w.close()
+    n_blocks = max(1, -(-size // 131072))
+    assert len(out.getvalue()) == 6 + 3 * n_blocks + size
+    assert decompress_reader(io.BytesIO(out.getvalue()), "zstd").read() == data
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(out.getvalue()) == data
 
 
 def test_seal_single_threaded_zstd() -> None:
@@ -348,7 +383,7 @@ class FullDisk(io.RawIOBase):
 def test_seal_reports_write_errors_and_stops_its_threads() -> None:
     dst = FullDisk(room=2 << 20)
     with pytest.raises(OSError, match="No space left"):
-        seal(io.BytesIO(os.urandom(8 << 20)), dst, kek=KEK, key_id=KEY_ID, chunk_size=CHUNK)
+        seal(io.BytesIO(os.urandom(8 << 20)), cast(BinaryIO, dst), kek=KEK, key_id=KEY_ID, chunk_size=CHUNK)
     assert pipeline_threads() == set()
     with pytest.raises(IntegrityError):
         open_sealed(io.BytesIO(bytes(dst.data)), keys, "zstd").read()
@@ -364,5 +399,5 @@ def test_seal_rejects_bad_parameters_before_starting_threads() -> None:
 
 def test_seal_source_error_stops_threads() -> None:
     with pytest.raises(OSError, match="lost"):
-        seal(FailingSource(5 << 20), io.BytesIO(), kek=KEK, key_id=KEY_ID)
+        seal(cast(BinaryIO, FailingSource(5 << 20)), io.BytesIO(), kek=KEK, key_id=KEY_ID)
     assert pipeline_threads() == set()

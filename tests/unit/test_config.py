@@ -233,7 +233,7 @@ def test_unknown_key_in_dr_is_fatal(tmp_path: Path) -> None:
     assert issue == (
         "dr.rto: unknown key; did you mean 'rto_hours'? allowed keys: rto_hours, rpo_hours, "
         "backup_retention_days, test_frequency_days, auto_failover, notification_emails, "
-        "smtp_conn_id, storage_min_free_gb"
+        "smtp_conn_id, storage_min_free_gb, failover"
     )
 
 
@@ -777,7 +777,8 @@ def test_config_error_message_names_the_file(tmp_path: Path) -> None:
         load_config(path)
     assert caught.value.source == str(path)
     assert str(caught.value) == (
-        f"invalid backup config {path}:\n  - dr.rto_hours: 100 is out of range; must be between 0.5 and 72 hours"
+        f"invalid backup config {path}:\n"
+        "  - dr.rto_hours: 100 is out of range; must be between 0.5 and 72 hours"
     )
 
 
@@ -844,7 +845,7 @@ def test_broken_schedules_get_no_warnings(tmp_path: Path) -> None:
 def test_default_path_is_the_example_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BACKUP_CONFIG", raising=False)
     assert config_path() == REPO / "include" / "backup_config.yaml"
-    assert DEFAULT_PATH == config_path()
+    assert config_path() == DEFAULT_PATH
 
 
 def test_backup_config_env_var_is_honoured(

@@ -230,9 +230,7 @@ def test_key_id_tampered_to_a_known_id_fails_at_unwrap(blob: bytes) -> None:
 def test_wrong_kek(blob: bytes, tmp_path: Path) -> None:
     with pytest.raises(IntegrityError) as exc:
         decrypt(blob, lambda _id: OTHER_KEK)
-    assert str(exc.value).startswith(
-        "wrong key-encryption key for key id 'k1': cannot unwrap the data key"
-    )
+    assert str(exc.value).startswith("wrong key-encryption key for key id 'k1': cannot unwrap the data key")
     assert KEK.hex() not in str(exc.value) and OTHER_KEK.hex() not in str(exc.value)
     src = tmp_path / "p.enc"
     src.write_bytes(blob)
@@ -252,7 +250,9 @@ def test_wrong_kek_detected_before_reading_body() -> None:
     "lookup",
     [
         pytest.param({}.__getitem__, id="dict-KeyError"),
-        pytest.param(lambda kid: (_ for _ in ()).throw(KeyNotFoundError(f"no key {kid!r}")), id="KeyNotFoundError"),
+        pytest.param(
+            lambda kid: (_ for _ in ()).throw(KeyNotFoundError(f"no key {kid!r}")), id="KeyNotFoundError"
+        ),
     ],
 )
 def test_unknown_key_id(blob: bytes, tmp_path: Path, lookup) -> None:
@@ -282,7 +282,10 @@ TRUNCATIONS = {
     "header_only": (H, "truncated: final chunk missing (the container ends after its header"),
     "inside_first_chunk": (H + 40, "failed authentication at chunk 0"),
     "shorter_than_a_tag": (H + 8, f"chunk 0 at byte offset {H} is only 8 bytes"),
-    "at_chunk_boundary": (chunk_offset(3), "truncated: final chunk missing (chunk 2 is a valid non-final chunk"),
+    "at_chunk_boundary": (
+        chunk_offset(3),
+        "truncated: final chunk missing (chunk 2 is a valid non-final chunk",
+    ),
     "before_last_chunk": (chunk_offset(8), "truncated: final chunk missing"),
     "mid_chunk": (chunk_offset(5) + 40, "failed authentication at chunk 5"),
     "inside_tag_of_last": (chunk_offset(8) + 3, "chunk 8 at byte offset"),
@@ -371,10 +374,9 @@ def test_plaintext_is_only_released_after_its_chunk_authenticates(blob: bytes) -
 
 def test_aborted_writer_output_does_not_decrypt() -> None:
     out = io.BytesIO()
-    with pytest.raises(RuntimeError):
-        with EncryptingWriter(out, KEK, KEY_ID, CHUNK) as w:
-            w.write(os.urandom(5 * CHUNK + 3))
-            raise RuntimeError("source disappeared")
+    with pytest.raises(RuntimeError), EncryptingWriter(out, KEK, KEY_ID, CHUNK) as w:
+        w.write(os.urandom(5 * CHUNK + 3))
+        raise RuntimeError("source disappeared")
     with pytest.raises(IntegrityError, match="final chunk missing"):
         decrypt(out.getvalue())
 
@@ -471,7 +473,11 @@ def test_doc_test_vector_matches_code() -> None:
     assert "`test-key`" in DOC.read_text() and "| chunk size     | 16" in DOC.read_text()
     assert len(VECTOR_PLAINTEXT) == 40
     kek = bytes.fromhex(inputs["KEK"])
-    fixed = (bytes.fromhex(inputs["data key"]), bytes.fromhex(inputs["wrap nonce"]), bytes.fromhex(inputs["nonce prefix"]))
+    fixed = (
+        bytes.fromhex(inputs["data key"]),
+        bytes.fromhex(inputs["wrap nonce"]),
+        bytes.fromhex(inputs["nonce prefix"]),
+    )
     out = io.BytesIO()
     result = encrypt_stream(io.BytesIO(VECTOR_PLAINTEXT), out, kek, "test-key", 16, _fixed=fixed)
     assert out.getvalue() == container

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import pickle
 import stat
 from datetime import date
@@ -70,7 +69,10 @@ def test_unknown_key_id_lists_known_ids_but_no_key() -> None:
     "data, fragment",
     [
         (ring_json(keys={"k1": "not base64!!", "k2": B2}), "key 'k1' is not valid base64"),
-        (ring_json(keys={"k1": base64.b64encode(b"short").decode(), "k2": B2}), "key 'k1' decodes to 5 bytes, expected exactly 32"),
+        (
+            ring_json(keys={"k1": base64.b64encode(b"short").decode(), "k2": B2}),
+            "key 'k1' decodes to 5 bytes, expected exactly 32",
+        ),
         (ring_json(keys={"k1": base64.b64encode(bytes(33)).decode(), "k2": B2}), "decodes to 33 bytes"),
         (ring_json(keys={"k1": 12345, "k2": B2}), "key 'k1' must be a base64 string"),
         ({"keys": {"k1": B1, "k2": B2}}, "'active' is missing"),
@@ -192,7 +194,13 @@ def test_from_connection_login_password(monkeypatch: pytest.MonkeyPatch) -> None
         ({"conn_type": "generic"}, "has no keys"),
         ({"conn_type": "generic", "login": "kx", "password": "bad base64!"}, "key 'kx' is not valid base64"),
         ({"conn_type": "generic", "extra": {"keys": {"k1": B1, "k2": B2}}}, "'active' is missing"),
-        ({"conn_type": "generic", "extra": {"keys": {"k1": base64.b64encode(bytes(16)).decode()}, "active": "k1"}}, "16 bytes"),
+        (
+            {
+                "conn_type": "generic",
+                "extra": {"keys": {"k1": base64.b64encode(bytes(16)).decode()}, "active": "k1"},
+            },
+            "16 bytes",
+        ),
     ],
 )
 def test_from_connection_errors(monkeypatch: pytest.MonkeyPatch, conn: dict, fragment: str) -> None:

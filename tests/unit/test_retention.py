@@ -91,9 +91,16 @@ def test_seed_policy_over_eight_years_of_daily_backups() -> None:
     # restic's count: 7 daily + 3 new weekly + 11 new monthly + 6 new yearly.
     assert len(plan.keep) == 27
     assert len(plan.delete) == len(backups) - 27
-    assert plan.keep["full-2023-12-31"][:4] == ["daily 2023-12-31", "weekly 2023-W52", "monthly 2023-12", "yearly 2023"]
+    assert plan.keep["full-2023-12-31"][:4] == [
+        "daily 2023-12-31",
+        "weekly 2023-W52",
+        "monthly 2023-12",
+        "yearly 2023",
+    ]
     assert plan.keep["full-2017-12-31"] == ["yearly 2017"]
-    assert "not kept by any GFS tier (7 daily, 4 weekly, 12 monthly, 7 yearly)" in plan.delete["full-2016-12-31"]
+    assert (
+        "not kept by any GFS tier (7 daily, 4 weekly, 12 monthly, 7 yearly)" in plan.delete["full-2016-12-31"]
+    )
 
 
 def test_daily_counts_days_that_have_backups_not_calendar_days() -> None:
@@ -115,7 +122,13 @@ def test_newest_backup_of_a_day_week_month_is_the_one_kept() -> None:
         backups, gfs=GFSRetention(daily=5, weekly=5, monthly=5, yearly=0), retention_days=None,
         now=datetime(2024, 6, 1, tzinfo=UTC),
     )
-    assert plan.keep["monday"] == ["daily 2024-05-13", "weekly 2024-W20", "monthly 2024-05", "newest backup", "newest verified backup"]
+    assert plan.keep["monday"] == [
+        "daily 2024-05-13",
+        "weekly 2024-W20",
+        "monthly 2024-05",
+        "newest backup",
+        "newest verified backup",
+    ]
     assert plan.keep["evening"] == ["daily 2024-05-06", "weekly 2024-W19"]
     assert list(plan.delete) == ["morning"]
 
@@ -210,7 +223,12 @@ def test_newest_verified_backup_survives_everything() -> None:
     )
     assert plan.keep == {"good": ["newest verified backup"], "bad2": ["daily 2024-01-03", "newest backup"]}
     none_verified = [make("only", t0, verified=False)]
-    plan = plan_retention(none_verified, gfs=GFSRetention(daily=0, weekly=0, monthly=0, yearly=0), retention_days=None, now=t0 + timedelta(days=400))
+    plan = plan_retention(
+        none_verified,
+        gfs=GFSRetention(daily=0, weekly=0, monthly=0, yearly=0),
+        retention_days=None,
+        now=t0 + timedelta(days=400),
+    )
     assert plan.keep == {"only": ["newest backup"]}
 
 
@@ -353,7 +371,8 @@ def reference_tier(group: list[Manifest], tier: str, count: int) -> set[str]:
     newest: dict[str, Manifest] = {}
     for m in group:
         period = bucket(tier, m.started_at)
-        if period not in newest or (m.started_at, m.backup_id) > (newest[period].started_at, newest[period].backup_id):
+        held = newest.get(period)
+        if held is None or (m.started_at, m.backup_id) > (held.started_at, held.backup_id):
             newest[period] = m
     return {newest[p].backup_id for p in sorted(newest, reverse=True)[:count]}
 
@@ -396,25 +415,53 @@ def check_plan(seed: int, backups: list[Manifest], now: datetime, policy: dict) 
     # reference set when no age cap trims daily/weekly keeps.
     gfs = policy["gfs"] or (None if policy["retention_days"] is not None else SEED_GFS)
     if gfs is not None:
-        for kind in {m.backup_type for m in governed} - DEPENDENT_TYPES:
-            group = [m for m in governed if m.backup_type == kind]
-            for tier in TIERS:
-                by_tier = {b for b in plan.keep if by_id[b].backup_type == kind and any(r.startswith(tier + " ") for r in plan.keep[b])}
-                assert len(by_tier) <= getattr(gfs, tier), ctx
-                periods = [bucket(tier, by_id[b].started_at) for b in by_tier]
-                assert len(periods) == len(set(periods)), ctx
-                expected = reference_tier(group, tier, getattr(gfs, tier))
-                if policy["full_max_age_days"] is None or tier in ("monthly", "yearly"):
-                    assert by_tier == expected, f"{ctx}: {kind} {tier}"
-                else:
-                    assert by_tier <= expected, ctx
+        check_gfs_tiers(plan, governed, by_id, gfs, policy, ctx)
     else:
         # retention_days alone: standalone backups outside the window go (unless needed).
         for m in governed:
             if m.backup_type not in DEPENDENT_TYPES and m.backup_id in kept:
-                assert any(not r.startswith(("daily", "weekly", "monthly", "yearly")) for r in plan.keep[m.backup_id]), ctx
+                reasons = plan.keep[m.backup_id]
+                assert any(not r.startswith(("daily", "weekly", "monthly", "yearly")) for r in reasons), ctx
 
-    # An old incremental nobody needs is deleted.
+    check_old_incrementals_go(plan, backups, governed, now, policy, ctx)
+
+
+def check_gfs_tiers(
+    plan: RetentionPlan,
+    governed: list[Manifest],
+    by_id: dict[str, Manifest],
+    gfs: GFSRetention,
+    policy: dict,
+    ctx: str,
+) -> None:
+    for kind in {m.backup_type for m in governed} - DEPENDENT_TYPES:
+        group = [m for m in governed if m.backup_type == kind]
+        for tier in TIERS:
+            by_tier = {
+                b
+                for b in plan.keep
+                if by_id[b].backup_type == kind and any(r.startswith(tier + " ") for r in plan.keep[b])
+            }
+            assert len(by_tier) <= getattr(gfs, tier), ctx
+            periods = [bucket(tier, by_id[b].started_at) for b in by_tier]
+            assert len(periods) == len(set(periods)), ctx
+            expected = reference_tier(group, tier, getattr(gfs, tier))
+            if policy["full_max_age_days"] is None or tier in ("monthly", "yearly"):
+                assert by_tier == expected, f"{ctx}: {kind} {tier}"
+            else:
+                assert by_tier <= expected, ctx
+
+
+def check_old_incrementals_go(
+    plan: RetentionPlan,
+    backups: list[Manifest],
+    governed: list[Manifest],
+    now: datetime,
+    policy: dict,
+    ctx: str,
+) -> None:
+    """An old incremental nobody needs is deleted."""
+    kept, deleted = set(plan.keep), set(plan.delete)
     below = descendants(backups)
     newest_ids = {r for r in kept if {"newest backup", "newest verified backup"} & set(plan.keep[r])}
     inc_limit = timedelta(days=policy["incremental_max_age_days"])
@@ -422,7 +469,8 @@ def check_plan(seed: int, backups: list[Manifest], now: datetime, policy: dict) 
         if m.backup_type not in DEPENDENT_TYPES or m.backup_id in newest_ids:
             continue
         age = now - m.started_at
-        if age < inc_limit or (policy["retention_days"] is not None and age < timedelta(days=policy["retention_days"])):
+        window = policy["retention_days"]
+        if age < inc_limit or (window is not None and age < timedelta(days=window)):
             continue
         if all(d in deleted for d in below[m.backup_id]):
             assert m.backup_id in deleted, f"{ctx}: {m.backup_id} should go"
@@ -443,7 +491,8 @@ class RecordingTarget(LocalTarget):
 
 def store(target: LocalTarget, m: Manifest) -> Manifest:
     payload = m.backup_id.encode() * 10
-    m = m.model_copy(update={"objects": [StoredObject(name=PAYLOAD_NAME, size=len(payload), sha256=hashlib.sha256(payload).hexdigest())]})
+    obj = StoredObject(name=PAYLOAD_NAME, size=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+    m = m.model_copy(update={"objects": [obj]})
     target.put_bytes(f"{backup_prefix(m.source, m.backup_id)}/{PAYLOAD_NAME}", payload)
     write_manifest(target, m)
     return m
@@ -455,7 +504,9 @@ def stocked(tmp_path: Path) -> RecordingTarget:
     t0 = datetime(2024, 1, 1, 2, tzinfo=UTC)
     for i in range(5):
         store(target, make(f"full{i}", t0 + timedelta(days=i)))
-    store(target, make("inc", t0 + timedelta(days=4, hours=1), "INCREMENTAL", "full4", schedule="hourly_incr"))
+    store(
+        target, make("inc", t0 + timedelta(days=4, hours=1), "INCREMENTAL", "full4", schedule="hourly_incr")
+    )
     store(target, make("other-src", t0, source="uploads"))
     return target
 
@@ -464,7 +515,9 @@ NOW = datetime(2024, 3, 1, tzinfo=UTC)
 ONE_DAILY = GFSRetention(daily=1, weekly=0, monthly=0, yearly=0)
 
 
-def test_apply_deletes_manifest_first_then_objects(stocked: RecordingTarget, caplog: pytest.LogCaptureFixture) -> None:
+def test_apply_deletes_manifest_first_then_objects(
+    stocked: RecordingTarget, caplog: pytest.LogCaptureFixture
+) -> None:
     backups = list_backups(stocked, "events_pg")
     plan = plan_retention(backups, gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full")
     assert set(plan.delete) == {"full0", "full1", "full2", "full3"}
@@ -478,7 +531,9 @@ def test_apply_deletes_manifest_first_then_objects(stocked: RecordingTarget, cap
 
 
 def test_apply_dry_run_deletes_nothing(stocked: RecordingTarget, caplog: pytest.LogCaptureFixture) -> None:
-    plan = plan_retention(list_backups(stocked, "events_pg"), gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full")
+    plan = plan_retention(
+        list_backups(stocked, "events_pg"), gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full"
+    )
     with caplog.at_level(logging.INFO):
         would = apply_retention(stocked, "events_pg", "daily_full", plan, dry_run=True)
     assert would == ["full3", "full2", "full1", "full0"]
@@ -493,7 +548,9 @@ def test_apply_only_touches_its_schedule(stocked: RecordingTarget) -> None:
     assert "inc" in {m.backup_id for m in list_backups(stocked)}
 
 
-def test_apply_rechecks_dependencies_at_the_target(stocked: RecordingTarget, caplog: pytest.LogCaptureFixture) -> None:
+def test_apply_rechecks_dependencies_at_the_target(
+    stocked: RecordingTarget, caplog: pytest.LogCaptureFixture
+) -> None:
     # A plan made without the other schedule's incremental (or before it was written)
     # condemns the full it depends on; the target's listing says otherwise.
     plan = RetentionPlan(delete={"full4": "stale plan", "full3": "stale plan"})
@@ -511,6 +568,8 @@ def test_apply_never_empties_a_schedule(stocked: RecordingTarget) -> None:
 
 
 def test_apply_is_idempotent(stocked: RecordingTarget) -> None:
-    plan = plan_retention(list_backups(stocked, "events_pg"), gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full")
+    plan = plan_retention(
+        list_backups(stocked, "events_pg"), gfs=ONE_DAILY, retention_days=None, now=NOW, schedule="daily_full"
+    )
     apply_retention(stocked, "events_pg", "daily_full", plan)
     assert apply_retention(stocked, "events_pg", "daily_full", plan) == []

@@ -227,7 +227,12 @@ def _interval(schedule: Any, now: datetime | None = None) -> timedelta:
 
 
 def _alert(kind: AlertKind, interval: timedelta, kwargs: dict[str, Any]) -> Any:
-    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+    # Exported by airflow.sdk at run time but missing from its __init__.pyi (task-sdk 1.3.2).
+    from airflow.sdk import (  # type: ignore[attr-defined]
+        AsyncCallback,
+        DeadlineAlert,
+        DeadlineReference,
+    )
 
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,

@@ -7,7 +7,7 @@ everything needed to verify and restore the backup from that target alone.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ FORMAT_VERSION = 1
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class StoredObject(BaseModel):
@@ -72,7 +72,7 @@ class Manifest(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Manifest":
+    def from_json(cls, data: bytes | str) -> Manifest:
         return cls.model_validate_json(data)
 
     def object(self, name: str) -> StoredObject:

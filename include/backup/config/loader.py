@@ -154,7 +154,7 @@ def _read_document(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), [issue]) from None
     try:
         # A SafeLoader subclass: same safety as yaml.safe_load, plus duplicate-key detection.
-        document = yaml.load(text, Loader=_UniqueKeyLoader)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [_yaml_issue(exc)]) from None
     if not isinstance(document, dict):
@@ -390,7 +390,8 @@ def _on_tag(e: _Err) -> str:
 def _on_choice(e: _Err) -> str:
     is_backup_type = e.where.owner is Schedule and e.where.key == "type"
     noun = "a backup type" if is_backup_type else "an allowed value"
-    return f"{e.where.path}: {_show(e.value)} is not {noun}; use one of {_quoted_choices(e.ctx.get('expected', ''))}"
+    choices = _quoted_choices(e.ctx.get("expected", ""))
+    return f"{e.where.path}: {_show(e.value)} is not {noun}; use one of {choices}"
 
 
 def _on_pattern(e: _Err) -> str:
@@ -424,7 +425,9 @@ def _on_value_error(e: _Err) -> str:
     msg = e.msg.removeprefix("Value error, ")
     if msg.startswith("value is not a valid email address"):
         reason = e.ctx.get("reason", "")
-        return f"{e.where.path}: {_show(e.value)} is not a valid email address ({reason}); use name@domain.tld"
+        return (
+            f"{e.where.path}: {_show(e.value)} is not a valid email address ({reason}); use name@domain.tld"
+        )
     return f"{e.where.path}: {msg}"
 
 

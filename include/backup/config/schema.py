@@ -27,11 +27,56 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BackupType(str, Enum):
+class BackupType(str, Enum):  # noqa: UP042 - StrEnum would change str() of the members
     FULL = "FULL"
     INCREMENTAL = "INCREMENTAL"
     TRANSACTION_LOG = "TRANSACTION_LOG"
     SCHEMA = "SCHEMA"
+
+
+class FailoverSwitch(Strict):
+    """What "switch to the secondary" does for one source (docs/dr.md):
+
+    - ``command``: run ``command`` (a list: no shell) with BACKUP_FAILOVER_SOURCE,
+      BACKUP_FAILOVER_SECONDARY and BACKUP_FAILOVER_BACKUP_ID in its environment, e.g.
+      ``[/usr/bin/ssh, standby, pg_ctl, promote, -D, /var/lib/postgresql/data]``.
+    - ``airflow_variable``: set the Airflow Variable ``variable`` to ``value`` (default:
+      the secondary, e.g. ``conn:events_pg_standby``).
+    - ``airflow_connection``: record that connection ``conn_id`` is now the one to use, in
+      the Airflow Variable ``backup_failover__<source>`` (a task cannot write connections
+      through Airflow 3's Task SDK; readers use ``Variable.get`` with the primary's id as
+      the default).
+    """
+
+    kind: Literal["command", "airflow_variable", "airflow_connection"]
+    command: list[str] | None = None
+    timeout_seconds: int = Field(default=600, ge=1, le=86400)
+    variable: str | None = None
+    value: str | None = None
+    conn_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> FailoverSwitch:
+        if self.kind == "command" and not self.command:
+            raise ValueError("switch kind command needs command: [program, arg, ...] (no shell)")
+        if self.kind == "airflow_variable" and not self.variable:
+            raise ValueError("switch kind airflow_variable needs variable: <Variable key>")
+        if self.kind == "airflow_connection" and not self.conn_id:
+            raise ValueError(
+                "switch kind airflow_connection needs conn_id: the connection to use from now on"
+            )
+        return self
+
+
+class FailoverSettings(Strict):
+    """Failover of one source (``dr.failover.<source>``): where its latest backup is
+    restored (``secondary``: a database name, ``conn:<conn_id>``, or a directory), the
+    switch action, and the environment FAILOVER_TEST DR tests rehearse against."""
+
+    secondary: str | None = None
+    switch: FailoverSwitch | None = None
+    target: str | None = None  # restore from this target (default: the first holding it)
+    test_environment: str | None = None  # default target_environment of FAILOVER_TEST
 
 
 class DRSettings(Strict):
@@ -47,6 +92,8 @@ class DRSettings(Strict):
     # target holds when that is bigger (room for two more backups).
     smtp_conn_id: str = "smtp_default"
     storage_min_free_gb: float = Field(default=10, ge=0, description="STORAGE_LOW below this, GiB")
+    # Per source: how the failover DAG switches to the secondary (docs/dr.md).
+    failover: dict[str, FailoverSettings] = Field(default_factory=dict)
 
 
 class EncryptionSettings(Strict):

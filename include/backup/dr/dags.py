@@ -1,4 +1,5 @@
-"""The manual DR DAGs, triggered from the UI or the REST API with a JSON ``conf``.
+"""The DR DAGs: ``restore``, ``dr_test``, ``failover`` (manual, triggered from the UI or
+the REST API with a JSON ``conf``) and ``dr_monitor`` (every 15 minutes). docs/dr.md.
 
 ``restore``: params ``source``, ``backup_id`` or ``point_in_time``, ``into``, ``target``,
 ``tables`` / ``collections`` / ``paths``, ``overwrite``. The params are validated before
@@ -9,14 +10,14 @@ and mails on-call when it overran ``dr.rto_hours``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from include.backup.config.schema import BackupConfig
 
 log = logging.getLogger(__name__)
 
-START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 RESTORE_DOC = """### Restore a backup
 Trigger with a config (UI: *Trigger DAG w/ config*; REST API:
@@ -34,7 +35,7 @@ Trigger with a config (UI: *Trigger DAG w/ config*; REST API:
 
 Every object of the chain is re-hashed against its manifest before anything is written.
 The `restore` task's XCom holds the measured RTO (`seconds`) against `dr.rto_hours`.
-"""
+"""  # noqa: E501 - markdown table rows cannot be wrapped
 
 
 def _restore_params(config: BackupConfig) -> dict[str, Any]:
@@ -45,11 +46,15 @@ def _restore_params(config: BackupConfig) -> dict[str, Any]:
     nullable_text = ["null", "string"]
     return {
         "source": Param(None, type=nullable_text, description=f"source name: {sources}"),
-        "backup_id": Param(None, type=nullable_text, description="a backup id (python -m include.backup list)"),
+        "backup_id": Param(
+            None, type=nullable_text, description="a backup id (python -m include.backup list)"
+        ),
         "point_in_time": Param(None, type=nullable_text, description="ISO-8601, e.g. 2026-11-22T14:05:00Z"),
         "into": Param("", type="string", description="where to restore: database, conn:<id>, or directory"),
         "target": Param(None, type=nullable_text, description=f"target name: {targets}"),
-        "tables": Param(None, type=["null", "array", "string"], description="only these tables / collections / paths"),
+        "tables": Param(
+            None, type=["null", "array", "string"], description="only these tables / collections / paths"
+        ),
         "overwrite": Param(False, type="boolean", description="restore over a non-empty destination"),
     }
 
@@ -84,7 +89,13 @@ def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
         "rto_met": result.seconds <= rto_seconds,
         "stats": result.stats,
     }
-    log.info("restored %s into %s in %.1f s (RTO %s h)", result.backup_id, result.into, result.seconds, config.dr.rto_hours)
+    log.info(
+        "restored %s into %s in %.1f s (RTO %s h)",
+        result.backup_id,
+        result.into,
+        result.seconds,
+        config.dr.rto_hours,
+    )
     if not summary["rto_met"]:
         _mail_rto_missed(config, summary)
     return summary
@@ -98,7 +109,11 @@ def _mail_rto_missed(config: BackupConfig, summary: dict[str, Any]) -> None:
         kind=AlertKind.RTO_MISSED,
         subject=f"restore of {summary['backup_id']}",
         summary=f"restore took {summary['seconds'] / 3600:.2f} h, RTO {summary['rto_hours']} h",
-        facts={"backup": str(summary["backup_id"]), "into": str(summary["into"]), "seconds": str(summary["seconds"])},
+        facts={
+            "backup": str(summary["backup_id"]),
+            "into": str(summary["into"]),
+            "seconds": str(summary["seconds"]),
+        },
     )
     try:
         send([alert], config.dr.notification_emails, config.dr.smtp_conn_id)
@@ -138,7 +153,327 @@ def build_restore_dag(config: BackupConfig) -> Any:
         def restore(request: dict[str, Any]) -> dict[str, Any]:
             return run_restore(request)
 
-        restore(validate_params())
+        # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
+        restore(validate_params())  # type: ignore[arg-type]
+    return dag
+
+
+DR_TEST_DOC = """### DR test
+Trigger with a config (REST: `POST /api/v2/dags/dr_test/dagRuns {"logical_date": null, "conf": {...}}`).
+
+| param | meaning |
+|---|---|
+| `test_type` | BACKUP_VERIFICATION, RESTORE_TEST, FAILOVER_TEST or RECOVERY_TIME_TEST |
+| `source` | the source to test (BACKUP_VERIFICATION: default every scheduled source) |
+| `target_environment` | where to restore: `conn:<conn_id>` (or a connection id), a new database name, a directory |
+| `smoke_queries` | PostgreSQL: SQL that must return at least one row after the restore |
+| `target` | restore from this target (default: the first holding the backup) |
+| `overwrite` | restore over a non-empty target environment (default false) |
+| `notify_on_completion` | mail the result (DR_TEST_RESULT) |
+| `participants`, `notes` | kept in the report |
+
+The report (success, measured RTO and RPO, issues) is written next to the backups at every
+target of the source (`_dr_tests/<source>/`), returned as XCom by `run_test`, recorded as an
+asset event on `dr_test://<source>`; the `result` task fails when the test failed.
+See docs/dr.md.
+"""  # noqa: E501
+
+FAILOVER_DOC = """### Failover
+assess → switch → restore → verify → notify (DR_ACTIVATED). Set `confirm` to the source
+name (refused otherwise, before anything is touched). `dry_run`: the switch is only
+described; the restore into the secondary is real. See docs/dr.md.
+
+| param | meaning |
+|---|---|
+| `source` | the source to fail over |
+| `confirm` | the source name again |
+| `secondary` | where to restore (default `dr.failover.<source>.secondary`) |
+| `target` | restore from this target |
+| `dry_run` | do not run the switch action |
+| `overwrite` | restore over a non-empty secondary |
+"""
+
+DR_MONITOR_DOC = """### DR monitor
+Every 15 minutes: newest verified backup per source against the RPO, late schedules,
+overdue DR tests, key rotation, free space and reachability of the targets. Mails each
+violation once until it clears (docs/alerts.md). XCom: the report's metadata.
+"""
+
+
+def _dr_test_params(config: BackupConfig) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    from include.backup.dr.reports import TEST_TYPES
+
+    sources = ", ".join(config.sources) or "none configured"
+    nullable_text = ["null", "string"]
+    return {
+        "test_type": Param("RESTORE_TEST", type="string", enum=list(TEST_TYPES), description="what to test"),
+        "source": Param(None, type=nullable_text, description=f"source name: {sources}"),
+        "target_environment": Param(
+            None, type=nullable_text, description="conn:<conn_id>, a new database name, or a directory"
+        ),
+        "smoke_queries": Param([], type=["null", "array"], description="PostgreSQL: SQL returning >= 1 row"),
+        "target": Param(None, type=nullable_text, description="restore from this target"),
+        "overwrite": Param(False, type="boolean", description="restore over a non-empty environment"),
+        "notify_on_completion": Param(True, type="boolean", description="mail the result"),
+        "participants": Param([], type=["null", "array", "string"], description="who took part"),
+        "notes": Param("", type=["null", "string"], description="free text kept in the report"),
+    }
+
+
+def _failover_params(config: BackupConfig) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    sources = ", ".join(config.sources) or "none configured"
+    nullable_text = ["null", "string"]
+    return {
+        "source": Param(None, type=nullable_text, description=f"source to fail over: {sources}"),
+        "confirm": Param(None, type=nullable_text, description="type the source name to confirm"),
+        "secondary": Param(
+            None, type=nullable_text, description="conn:<conn_id>, database or directory (default: config)"
+        ),
+        "target": Param(None, type=nullable_text, description="restore from this target"),
+        "dry_run": Param(False, type="boolean", description="describe the switch instead of doing it"),
+        "overwrite": Param(False, type="boolean", description="restore over a non-empty secondary"),
+        "notes": Param("", type=["null", "string"], description="free text for the notification"),
+    }
+
+
+DR_TEST_ALIAS = "dr_test"
+
+
+def run_dr_test_task(request_data: dict[str, Any], dag_run_id: str | None = None) -> dict[str, Any]:
+    """The run_test task: run the test, write the report(s) at the targets. Does not fail
+    for a failed test (the report says so; the result task fails)."""
+    from include.backup import tasks
+    from include.backup.dr.drtest import DRTestRequest, run_dr_test, store_reports, summary
+
+    config = tasks.load_config()
+    request = DRTestRequest.from_xcom(request_data)
+    reports = run_dr_test(request, config, dag_run_id=dag_run_id)
+    written = store_reports(config, reports)
+    for r in reports:
+        log.info("DR test %s of %s: %s, RTO %s s, RPO %s s, issues: %s", r.test_type, r.source,
+                 "PASSED" if r.success else "FAILED", r.measured_rto_seconds,
+                 r.measured_rpo_seconds, r.issues or "none")
+    return {
+        "success": all(r.success for r in reports),
+        "reports": [summary(r) for r in reports],
+        "written": written,
+        "notify_on_completion": request.notify_on_completion,
+    }
+
+
+def publish_dr_test(result: dict[str, Any], *, dag_id: str | None = None, run_id: str | None = None,
+                    outlet_events: Any = None) -> dict[str, Any]:
+    """Asset event per report (dr_test://<source>) and the DR_TEST_RESULT mail."""
+    from include.backup import tasks
+    from include.backup.dr.drtest import mail_reports
+    from include.backup.dr.reports import DRTestReport
+
+    if outlet_events is not None:
+        from airflow.sdk import Asset, AssetAlias
+
+        for s in result["reports"]:
+            extra = {k: s[k] for k in ("test_id", "test_type", "success", "measured_rto_seconds",
+                                       "measured_rpo_seconds", "backup_id", "target_environment")}
+            extra["issues"] = len(s["issues"])
+            outlet_events[AssetAlias(DR_TEST_ALIAS)].add(Asset(f"dr_test://{s['source']}"), extra=extra)
+    mailed = 0
+    if result.get("notify_on_completion"):
+        config = tasks.load_config()
+        reports = [DRTestReport.model_validate(s) for s in result["reports"]]
+        try:
+            mailed = mail_reports(config, reports, dag_id=dag_id, run_id=run_id)
+        except Exception:  # noqa: BLE001 - the report is written; the mail is best effort
+            log.exception("could not mail the DR test result")
+    return {**result, "mailed": mailed}
+
+
+def check_dr_test_result(result: dict[str, Any]) -> dict[str, Any]:
+    from include.backup.errors import BackupError
+
+    if not result["success"]:
+        failed = [
+            f"{s['source']}: {'; '.join(s['issues']) or 'failed'}"
+            for s in result["reports"]
+            if not s["success"]
+        ]
+        raise BackupError("DR test failed: " + " | ".join(failed))
+    return {"success": True, "tests": [s["test_id"] for s in result["reports"]]}
+
+
+def build_dr_test_dag(config: BackupConfig) -> Any:
+    from airflow.sdk import DAG, AssetAlias, get_current_context, task
+
+    from include.backup.alerts.callbacks import on_backup_failure
+
+    with DAG(
+        dag_id="dr_test",
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        params=_dr_test_params(config),
+        tags=["backup", "dr", "dr_test"],
+        doc_md=DR_TEST_DOC,
+        description="DR test: verify backups, restore into staging, rehearse failover, measure RTO",
+        default_args={"owner": "backup", "retries": 0, "on_failure_callback": on_backup_failure},
+        render_template_as_native_obj=True,
+    ) as dag:
+
+        @task(task_id="validate_params")
+        def validate_params() -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr.drtest import parse_dr_test_params
+
+            return parse_dr_test_params(get_current_context()["params"], tasks.load_config()).to_xcom()
+
+        @task(task_id="run_test")
+        def run_test(request: dict[str, Any]) -> dict[str, Any]:
+            return run_dr_test_task(request, get_current_context().get("run_id"))
+
+        @task(task_id="publish", outlets=[AssetAlias(DR_TEST_ALIAS)])
+        def publish(result: dict[str, Any]) -> dict[str, Any]:
+            ctx = get_current_context()
+            return publish_dr_test(result, dag_id="dr_test", run_id=ctx.get("run_id"),
+                                   outlet_events=ctx.get("outlet_events"))
+
+        @task(task_id="result")
+        def result(published: dict[str, Any]) -> dict[str, Any]:
+            return check_dr_test_result(published)
+
+        result(publish(run_test(validate_params())))
+    return dag
+
+
+def build_failover_dag(config: BackupConfig) -> Any:
+    from airflow.sdk import DAG, get_current_context, task
+
+    from include.backup.alerts.callbacks import on_backup_failure, rto_deadline_for
+    from include.backup.factory import deadline_alerts_enabled
+
+    with DAG(
+        dag_id="failover",
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        params=_failover_params(config),
+        tags=["backup", "dr", "failover"],
+        doc_md=FAILOVER_DOC,
+        description="Fail over a source: assess, switch, restore the latest backup, verify, notify",
+        default_args={"owner": "backup", "retries": 0, "on_failure_callback": on_backup_failure},
+        deadline=rto_deadline_for(config, "failover") if deadline_alerts_enabled() else None,
+        render_template_as_native_obj=True,
+    ) as dag:
+
+        @task(task_id="validate_params")
+        def validate_params() -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr.failover import parse_failover_params
+
+            return parse_failover_params(get_current_context()["params"], tasks.load_config()).to_xcom()
+
+        @task(task_id="assess")
+        def assess(request: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr import failover
+
+            req = failover.FailoverRequest.from_xcom(request)
+            return failover.assess(tasks.load_config(), req.source, req.target)
+
+        @task(task_id="switch")
+        def switch(request: dict[str, Any], assessed: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr import failover
+
+            req = failover.FailoverRequest.from_xcom(request)
+            return failover.switch(tasks.load_config(), req.source, req.secondary,
+                                   backup_id=assessed["backup_id"], dry_run=req.dry_run)
+
+        @task(task_id="restore")
+        def restore(
+            request: dict[str, Any], assessed: dict[str, Any], switched: dict[str, Any]
+        ) -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr import failover
+
+            req = failover.FailoverRequest.from_xcom(request)
+            return failover.restore_secondary(tasks.load_config(), req.source, req.secondary,
+                                              backup_id=assessed["backup_id"], target=assessed["target"],
+                                              overwrite=req.overwrite)
+
+        @task(task_id="verify")
+        def verify(restored: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr import failover
+
+            return failover.verify_secondary(tasks.load_config(), restored)
+
+        @task(task_id="notify", trigger_rule="all_done")
+        def notify(request: dict[str, Any] | None) -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.alerts.notify import send
+            from include.backup.dr import failover
+            from include.backup.errors import BackupError
+
+            ctx = get_current_context()
+            if request is None:  # validate_params refused: nothing was touched, nothing to announce
+                raise BackupError("failover refused by validate_params (see its log); nothing was done")
+            ti = ctx["ti"]
+            outcomes = {step: ti.xcom_pull(task_ids=step) for step in failover.STEPS}
+            req = failover.FailoverRequest.from_xcom(request)
+            config = tasks.load_config()
+            alert = failover.activated_alert(req, outcomes, dag_id="failover", run_id=ctx.get("run_id"))
+            for step in failover.STEPS:
+                log.info("failover step %s: %s", step, alert.facts.get(step))
+            try:
+                send([alert], list(config.dr.notification_emails), config.dr.smtp_conn_id)
+            except Exception:  # noqa: BLE001 - report the steps' outcome regardless
+                log.exception("could not mail the DR_ACTIVATED notification")
+            if any(outcomes[s] is None for s in failover.STEPS):
+                raise BackupError("failover incomplete: " + "; ".join(
+                    f"{s}: {alert.facts[s]}" for s in failover.STEPS))
+            return {"source": req.source, "dry_run": req.dry_run, "steps": alert.facts}
+
+        request = validate_params()
+        assessed = assess(request)
+        switched = switch(request, assessed)
+        restored = restore(request, assessed, switched)
+        verified = verify(restored)
+        notify(request).set_upstream(verified)
+    return dag
+
+
+def build_dr_monitor_dag(config: BackupConfig) -> Any:
+    from airflow.sdk import DAG, task
+
+    with DAG(
+        dag_id="dr_monitor",
+        schedule="*/15 * * * *",
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["backup", "dr", "monitor"],
+        doc_md=DR_MONITOR_DOC,
+        description="RPO, late backups, overdue DR tests, key rotation, storage: mail on-call",
+        default_args={"owner": "backup", "retries": 1},
+    ) as dag:
+
+        @task(task_id="monitor")
+        def monitor() -> dict[str, Any]:
+            from include.backup import tasks
+            from include.backup.dr.monitor import notify_report, run_monitor
+
+            config = tasks.load_config()
+            report = run_monitor(config)
+            sent = notify_report(report, config)
+            log.info("monitor: %d alert(s), %d issue(s), %d mail(s) sent",
+                     len(report.alerts), len(report.issues), sent)
+            return report.to_json()
+
+        monitor()
     return dag
 
 
@@ -146,5 +481,6 @@ def register_dr_dags(namespace: dict[str, Any]) -> None:
     from include.backup.factory import _load
 
     config = _load(None).config
-    dag = build_restore_dag(config)
-    namespace[dag.dag_id] = dag
+    for build in (build_restore_dag, build_dr_test_dag, build_failover_dag, build_dr_monitor_dag):
+        dag = build(config)
+        namespace[dag.dag_id] = dag

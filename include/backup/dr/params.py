@@ -7,9 +7,10 @@ turn the params into typed requests. Every error names the param and says what t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Mapping
+from typing import Any
 
 from include.backup.config.schema import BackupConfig
 from include.backup.errors import RestoreRefused

@@ -19,7 +19,7 @@ import io
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -48,9 +48,7 @@ class _Writable(Protocol):
 
 def _check_algo(algo: str) -> str:
     if algo not in ALGORITHMS:
-        raise ValueError(
-            f"unknown compression algorithm {algo!r}: use one of {', '.join(ALGORITHMS)}"
-        )
+        raise ValueError(f"unknown compression algorithm {algo!r}: use one of {', '.join(ALGORITHMS)}")
     return algo
 
 
@@ -128,36 +126,103 @@ class _PassThroughWriter(io.RawIOBase):
 # Adaptive threading: every _PROBE input bytes the ratio of what zstd compressed since the
 # last probe is checked. Incompressible data (already compressed uploads, encrypted files)
 # gains nothing from worker threads but costs their overhead (measured: ~1.8x the CPU of one
-# thread on random bytes), so such stretches are compressed on the calling thread. The
-# switch ends the current zstd frame and starts a new one: concatenated frames are standard
-# zstd and every decoder (ours, `zstd -d`) reads them as one stream.
+# thread on random bytes), so such stretches are compressed on the calling thread, or, with
+# ``store_incompressible``, stored as raw zstd blocks without compressing at all (zstd
+# itself emits raw blocks for data it cannot shrink; skipping the futile match search
+# saves ~0.3 CPU-s per GiB). A switch ends the current zstd frame and starts a new one:
+# concatenated frames are standard zstd, read as one stream by every decoder (ours,
+# `zstd -d`).
 _PROBE = 32 << 20
-_INCOMPRESSIBLE = 0.97  # above this (out/in) switch to one thread
-_COMPRESSIBLE = 0.90  # below this switch back to worker threads
+_INCOMPRESSIBLE = 0.97  # above this (out/in) leave multi-threaded compression
+_COMPRESSIBLE = 0.90  # below this go back to it
+_SAMPLE = 1 << 20  # in store mode, this much of the input is test-compressed at each probe
+
+# A zstd frame of raw blocks (RFC 8878): magic, Frame_Header_Descriptor 0x00 (no content
+# size, no checksum, no dictionary, not single-segment), Window_Descriptor 0x38 (128 KiB
+# window = the maximum block size), then blocks with a 3-byte little-endian header
+# (size << 3 | type << 1 | last; type 0 = raw). Raw frames carry no checksum, which is why
+# only callers whose output is authenticated anyway (seal: AES-GCM) enable them.
+_RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00\x38"
+_RAW_BLOCK = 128 << 10
+
+
+class _RawFrameWriter:
+    """Writes its input as one zstd frame of raw (stored) blocks."""
+
+    def __init__(self, dst: _Writable) -> None:
+        self._dst = dst
+        self._parts: list[bytes | memoryview] = [_RAW_FRAME_HEADER]
+        self._size = len(_RAW_FRAME_HEADER)
+        self._pending = b""  # the last block is held back: only close() knows it is last
+
+    def _block(self, data: bytes | memoryview, last: bool) -> None:
+        self._parts.append(((len(data) << 3) | int(last)).to_bytes(3, "little"))
+        self._parts.append(data)
+        self._size += 3 + len(data)
+        if self._size >= _OUT_PIECE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._parts:
+            # One join = the only copy; it also detaches us from the caller's buffer.
+            self._dst.write(b"".join(self._parts))
+            self._parts, self._size = [], 0
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:
+        mv = memoryview(b).cast("B")
+        n = len(mv)
+        if self._pending:
+            need = _RAW_BLOCK - len(self._pending)
+            if n <= need:
+                self._pending += bytes(mv)
+                return n
+            self._block(self._pending + bytes(mv[:need]), last=False)
+            mv = mv[need:]
+        while len(mv) > _RAW_BLOCK:
+            self._block(mv[:_RAW_BLOCK], last=False)
+            mv = mv[_RAW_BLOCK:]
+        self._pending = bytes(mv)
+        self._flush()
+        return n
+
+    def close(self) -> None:
+        self._block(self._pending, last=True)  # may be an empty last block: still valid
+        self._pending = b""
+        self._flush()
 
 
 class _AdaptiveZstdWriter(io.RawIOBase):
-    """zstd stream writer using ``threads`` workers while data compresses, none otherwise."""
+    """zstd writer: ``threads`` workers while data compresses; for incompressible stretches
+    one thread, or raw blocks when ``store_incompressible``."""
 
-    def __init__(self, dst: _Writable, level: int, threads: int) -> None:
+    def __init__(self, dst: _Writable, level: int, threads: int, store_incompressible: bool) -> None:
         super().__init__()
         self._dst = dst
         self._level = level
         self._threads = threads
+        self._store = store_incompressible
         self._since_probe = 0
         self.frames = 0
-        self._open(multithreaded=True)
+        self._sampler: zstandard.ZstdCompressor | None = None
+        self._open("mt")
 
-    def _open(self, multithreaded: bool) -> None:
-        self._mt = multithreaded
+    def _open(self, mode: str) -> None:
+        self.mode = mode  # "mt" (workers), "st" (calling thread) or "store" (raw blocks)
+        self.frames += 1
+        self._seen = (0, 0)  # (consumed, produced) at the last probe
+        if mode == "store":
+            self._w: object = _RawFrameWriter(self._dst)
+            return
         self._cctx = zstandard.ZstdCompressor(
-            level=self._level, threads=self._threads if multithreaded else 0, write_checksum=True
+            level=self._level, threads=self._threads if mode == "mt" else 0, write_checksum=True
         )
         self._w = self._cctx.stream_writer(
-            self._dst, write_size=_OUT_PIECE, closefd=False, write_return_read=True
+            cast(BinaryIO, self._dst), write_size=_OUT_PIECE, closefd=False, write_return_read=True
         )
-        self._seen = (0, 0)  # (consumed, produced) at the last probe
-        self.frames += 1
+
+    def _switch(self, mode: str) -> None:
+        self._w.close()  # type: ignore[attr-defined]  # ends the frame; dst stays open
+        self._open(mode)
 
     def writable(self) -> bool:
         return True
@@ -165,12 +230,22 @@ class _AdaptiveZstdWriter(io.RawIOBase):
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self.closed:
             raise ValueError("write to a finished zstd stream")
-        n = self._w.write(b)
+        n = len(b) if type(b) is bytes else memoryview(b).nbytes
         self._since_probe += n
         if self._since_probe >= _PROBE:
             self._since_probe = 0
+            if self.mode == "store" and self._sample_ratio(b) < _COMPRESSIBLE:
+                self._switch("mt")
+        self._w.write(b)  # type: ignore[attr-defined]
+        if self._since_probe == 0 and self.mode != "store":
             self._probe()
         return n
+
+    def _sample_ratio(self, b: bytes | bytearray | memoryview) -> float:
+        sample = memoryview(b).cast("B")[:_SAMPLE]
+        if self._sampler is None:
+            self._sampler = zstandard.ZstdCompressor(level=1)
+        return len(self._sampler.compress(sample)) / max(1, len(sample))
 
     def _probe(self) -> None:
         _, consumed, produced = self._cctx.frame_progression()
@@ -179,13 +254,14 @@ class _AdaptiveZstdWriter(io.RawIOBase):
         if done < _PROBE // 2:
             return  # workers are still behind: too little evidence either way
         ratio = out / done
-        if self._mt and ratio > _INCOMPRESSIBLE or not self._mt and ratio < _COMPRESSIBLE:
-            self._w.close()  # ends the frame (and waits for workers); dst stays open
-            self._open(multithreaded=not self._mt)
+        if self.mode == "mt" and ratio > _INCOMPRESSIBLE:
+            self._switch("store" if self._store else "st")
+        elif self.mode == "st" and ratio < _COMPRESSIBLE:
+            self._switch("mt")
 
     def close(self) -> None:
         if not self.closed:
-            self._w.close()
+            self._w.close()  # type: ignore[attr-defined]
         super().close()
 
     def __del__(self) -> None:
@@ -193,10 +269,20 @@ class _AdaptiveZstdWriter(io.RawIOBase):
 
 
 def open_compress_writer(
-    dst: _Writable, algo: str = "zstd", level: int = 3, *, threads: int = DEFAULT_ZSTD_THREADS
+    dst: _Writable,
+    algo: str = "zstd",
+    level: int = 3,
+    *,
+    threads: int = DEFAULT_ZSTD_THREADS,
+    store_incompressible: bool = False,
 ) -> BinaryIO:
     """Return a writable stream compressing into ``dst``. ``close()`` finishes the frame
-    (and does not close ``dst``); dropping it without ``close()`` leaves it unfinished."""
+    (and does not close ``dst``); dropping it without ``close()`` leaves it unfinished.
+
+    With zstd and ``threads > 0``, stretches of incompressible input are compressed on the
+    calling thread, or stored as raw zstd blocks when ``store_incompressible`` (raw frames
+    have no checksum: use it only when the output is authenticated, as seal() does).
+    """
     _check_algo(algo)
     if algo == "none":
         return _PassThroughWriter(dst)  # type: ignore[return-value]
@@ -204,10 +290,10 @@ def open_compress_writer(
     if algo == "gzip":
         return _GzipWriter(dst, level)  # type: ignore[return-value]
     if threads > 0:
-        return _AdaptiveZstdWriter(dst, level, threads)  # type: ignore[return-value]
+        return _AdaptiveZstdWriter(dst, level, threads, store_incompressible)  # type: ignore[return-value]
     cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     return cctx.stream_writer(  # type: ignore[return-value]
-        dst, write_size=_OUT_PIECE, closefd=False, write_return_read=True
+        cast(BinaryIO, dst), write_size=_OUT_PIECE, closefd=False, write_return_read=True
     )
 
 

@@ -153,7 +153,11 @@ def seal(
         hasher = HashingWriter(writer)  # type: ignore[arg-type]
         enc = EncryptingWriter(hasher, kek, key_id, chunk_size)  # type: ignore[arg-type]
         encrypter = _BackgroundWriter(enc, "seal-encrypt")
-        comp = open_compress_writer(encrypter, algo, level, threads=threads)  # type: ignore[arg-type]
+        # Raw (stored) zstd blocks for incompressible stretches are safe here: the container
+        # authenticates every byte, so the missing zstd checksum costs nothing.
+        comp = open_compress_writer(  # type: ignore[call-overload]
+            encrypter, algo, level, threads=threads, store_incompressible=True
+        )
         buf = bytearray(READ_BLOCK)
         mv = memoryview(buf)
         while n := _readinto(src, mv):

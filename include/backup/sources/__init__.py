@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from include.backup.sources.base import Source
 
 
-def build_source(name: str, cfg: "SourceConfig") -> "Source":
+def build_source(name: str, cfg: SourceConfig) -> Source:
     if cfg.type == "files":
         from include.backup.sources.files import FilesSource
 

@@ -5,9 +5,10 @@ Sources write an uncompressed stream; the pipeline compresses, encrypts and hash
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, Iterable, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from include.backup.catalog.manifest import Manifest
 

@@ -45,15 +45,15 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
 import struct
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, BinaryIO
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import IO, Any, BinaryIO
 
 from include.backup.catalog.manifest import Manifest
 from include.backup.config import schema
@@ -93,14 +93,14 @@ def _pos_to_ts(pos: Any) -> Any:
 def _pos_text(pos: Any) -> str:
     if not isinstance(pos, dict):
         return "(none)"
-    moment = datetime.fromtimestamp(int(pos.get("t", 0)), timezone.utc)
+    moment = datetime.fromtimestamp(int(pos.get("t", 0)), UTC)
     return f"ts({pos.get('t')}, {pos.get('i')}) ~{_iso(moment)}"
 
 
 def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _parse_iso(value: Any) -> datetime | None:
@@ -111,11 +111,11 @@ def _parse_iso(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def continuity(prev: Manifest, cur: Manifest) -> str | None:
@@ -169,16 +169,14 @@ class _Conn:
         self.client = self.hook.get_conn()
 
     def close(self) -> None:
-        try:
+        with suppress(Exception):  # closing must not hide the real error
             self.client.close()
-        except Exception:  # noqa: BLE001 - closing must not hide the real error
-            pass
 
 
 # --- BSON streams ------------------------------------------------------------------------
 
 
-def _iter_bson(stream: BinaryIO) -> Iterator[bytes]:
+def _iter_bson(stream: IO[bytes]) -> Iterator[bytes]:
     """The documents of a concatenated-BSON stream, as raw bytes, one at a time."""
     while True:
         head = _read_exact(stream, 4)
@@ -195,7 +193,7 @@ def _iter_bson(stream: BinaryIO) -> Iterator[bytes]:
         yield head + body
 
 
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
     parts = []
     left = n
     while left:
@@ -338,7 +336,7 @@ class MongoSource:
             local = None
         if isinstance(local, datetime):
             return _utc(local)
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def _collection_infos(self, db: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """listCollections of the database (configured ones only), system.* skipped,
@@ -381,7 +379,9 @@ class MongoSource:
             return True
         return self._wanted(db_name, ns)
 
-    def _write_oplog(self, client: Any, db_name: str, after: Any, upto: Any, spool: BinaryIO) -> dict[str, Any]:
+    def _write_oplog(
+        self, client: Any, db_name: str, after: Any, upto: Any, spool: BinaryIO
+    ) -> dict[str, Any]:
         """Entries of the database with after < ts <= upto into ``spool``; their counts."""
         import re
 
@@ -412,7 +412,11 @@ class MongoSource:
             if isinstance(wall, datetime):
                 first_wall = first_wall or wall
                 last_wall = wall
-        stats: dict[str, Any] = {"oplog_entries": total, "oplog_ops": counts, "oplog_collections": collections}
+        stats: dict[str, Any] = {
+            "oplog_entries": total,
+            "oplog_ops": counts,
+            "oplog_collections": collections,
+        }
         if first_wall is not None:
             stats["oplog_first_wall"] = _iso(first_wall)
             stats["oplog_last_wall"] = _iso(last_wall)  # type: ignore[arg-type]
@@ -526,12 +530,14 @@ class MongoSource:
         start_time = parent.position.get("end_time")
         end_time = self._server_time(client)
         end = self._edge_ts(client, -1)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            with _spool() as spool:
-                stats = self._write_oplog(client, db_name, after, end, spool)
-                # Pruned while we read? Then entries may be missing from the slice.
-                self._check_not_rolled_over(client, after, parent)
-                _add_spool(tar, OPLOG_NAME, spool)
+        with (
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+            _spool() as spool,
+        ):
+            stats = self._write_oplog(client, db_name, after, end, spool)
+            # Pruned while we read? Then entries may be missing from the slice.
+            self._check_not_rolled_over(client, after, parent)
+            _add_spool(tar, OPLOG_NAME, spool)
         stats["database"] = db_name
         stats["collections"] = dict(stats.get("oplog_collections", {}))
         return DumpResult(
@@ -635,12 +641,24 @@ class MongoSource:
         """Validate the whole chain before anything is written; return the part to apply."""
         if not manifests:
             raise RestoreRefused("nothing to restore: the chain is empty")
+        self._check_formats(manifests)
+        self._check_links(manifests)
+        if until is None:
+            return items
+        return self._until_slice(manifests, items, until)
+
+    @staticmethod
+    def _check_formats(manifests: list[Manifest]) -> None:
         for m in manifests:
             if m.source_type != SOURCE_TYPE or m.payload_format != PAYLOAD_FORMAT:
                 raise RestoreRefused(
                     f"backup {m.backup_id} is a {m.source_type} backup in format "
                     f"{m.payload_format!r}; the mongo source restores {PAYLOAD_FORMAT!r} only"
                 )
+
+    @staticmethod
+    def _check_links(manifests: list[Manifest]) -> None:
+        """One FULL (or SCHEMA) then log/incremental backups, each continuing the last."""
         base = manifests[0]
         if base.backup_type not in ("FULL", "SCHEMA"):
             raise IntegrityError(
@@ -652,7 +670,7 @@ class MongoSource:
                 f"backup chain broken: {manifests[1].backup_id} continues the SCHEMA backup "
                 f"{base.backup_id}, which holds no data; restore from a FULL"
             )
-        for prev, cur in zip(manifests, manifests[1:]):
+        for prev, cur in pairwise(manifests):
             if cur.backup_type not in LOG_TYPES:
                 raise IntegrityError(
                     f"backup chain broken: {cur.backup_id} ({cur.backup_type}) cannot follow "
@@ -670,14 +688,23 @@ class MongoSource:
                     f"{problem}; restore to a point before {prev.position.get('end_time')} or "
                     "from a newer FULL backup"
                 )
-        if until is None:
-            return items
+
+    @staticmethod
+    def _until_slice(
+        manifests: list[Manifest], items: list[tuple[Manifest, BinaryIO]], until: datetime
+    ) -> list[tuple[Manifest, BinaryIO]]:
+        """For a point-in-time restore: check ``until`` is in reach; drop logs after it."""
+        base = manifests[0]
         if base.backup_type != "FULL":
-            raise RestoreRefused("a point-in-time restore needs a FULL backup; this chain starts with a SCHEMA")
+            raise RestoreRefused(
+                "a point-in-time restore needs a FULL backup; this chain starts with a SCHEMA"
+            )
         lo = _parse_iso(base.position.get("end_time"))
         hi = _parse_iso(manifests[-1].position.get("end_time"))
         if lo is None or hi is None:
-            raise RestoreRefused("the chain's manifests record no end_time; a point-in-time restore is not possible")
+            raise RestoreRefused(
+                "the chain's manifests record no end_time; a point-in-time restore is not possible"
+            )
         if not lo <= until <= hi:
             raise RestoreRefused(
                 f"point in time {_iso(until)} is outside the window this chain reaches: "
@@ -724,7 +751,7 @@ class MongoSource:
             log.info("overwrite: dropping %s.%s before the restore", db_name, name)
             db.drop_collection(name)
 
-    def _restore_one(self, manifest: Manifest, stream: BinaryIO, state: "_RestoreState") -> None:
+    def _restore_one(self, manifest: Manifest, stream: BinaryIO, state: _RestoreState) -> None:
         with tarfile.open(fileobj=stream, mode="r|", format=tarfile.PAX_FORMAT) as tar:
             for member in tar:
                 if not member.isfile():
@@ -832,10 +859,7 @@ class _RestoreState:
         if self.until is None:
             return False
         wall = entry.get("wall")
-        if isinstance(wall, datetime):
-            moment = _utc(wall)
-        else:
-            moment = datetime.fromtimestamp(entry["ts"].time, timezone.utc)
+        moment = _utc(wall) if isinstance(wall, datetime) else datetime.fromtimestamp(entry["ts"].time, UTC)
         return moment > self.until
 
     def replay(self, entries: Iterator[bytes]) -> None:
@@ -888,27 +912,36 @@ class _RestoreState:
     def _command(self, o: dict[str, Any]) -> None:
         coll = _command_collection(o)
         if coll is None:
-            if "dropDatabase" in o:
-                for name in self.db.list_collection_names():
-                    if not name.startswith("system.") and self.wanted(name):
-                        self.db.drop_collection(name)
-                self.applied += 1
-            else:
-                log.warning("oplog replay: ignoring command %s", next(iter(o), "?"))
-            return
-        if "renameCollection" in o:
-            to = str(o.get("to", "")).partition(".")[2]
-            if not (self.wanted(coll) or self.wanted(to)):
-                return
-            if coll in self.db.list_collection_names(filter={"name": coll}):
-                if o.get("dropTarget"):
-                    self.db.drop_collection(to)
-                self.db[coll].rename(to)
-            self.touched.add(to)
+            self._database_command(o)
+        elif "renameCollection" in o:
+            self._rename(coll, o)
+        elif self.wanted(coll):
+            self._collection_command(coll, o)
             self.applied += 1
+
+    def _database_command(self, o: dict[str, Any]) -> None:
+        """A command on the database itself: only dropDatabase is replayed."""
+        if "dropDatabase" in o:
+            for name in self.db.list_collection_names():
+                if not name.startswith("system.") and self.wanted(name):
+                    self.db.drop_collection(name)
+            self.applied += 1
+        else:
+            log.warning("oplog replay: ignoring command %s", next(iter(o), "?"))
+
+    def _rename(self, coll: str, o: dict[str, Any]) -> None:
+        to = str(o.get("to", "")).partition(".")[2]
+        if not (self.wanted(coll) or self.wanted(to)):
             return
-        if not self.wanted(coll):
-            return
+        if coll in self.db.list_collection_names(filter={"name": coll}):
+            if o.get("dropTarget"):
+                self.db.drop_collection(to)
+            self.db[coll].rename(to)
+        self.touched.add(to)
+        self.applied += 1
+
+    def _collection_command(self, coll: str, o: dict[str, Any]) -> None:
+        """create / drop / createIndexes / dropIndexes / collMod on a wanted collection."""
         names = set(self.db.list_collection_names())
         if "create" in o:
             if coll not in names:
@@ -919,11 +952,7 @@ class _RestoreState:
             if coll in names:
                 self.db.drop_collection(coll)
         elif "createIndexes" in o:
-            if "indexes" in o:
-                specs = [{k: v for k, v in ix.items() if k not in ("ns", "entryFormat")} for ix in o["indexes"]]
-            else:  # mongod's form: one index per entry, the spec beside the collection name
-                specs = [{k: v for k, v in o.items() if k not in ("createIndexes", "ns")}]
-            self.db.command({"createIndexes": coll, "indexes": specs})
+            self.db.command({"createIndexes": coll, "indexes": _index_specs(o)})
         elif "dropIndexes" in o or "deleteIndexes" in o:
             index = o.get("index", "*")
             try:
@@ -935,7 +964,14 @@ class _RestoreState:
                 self.db.command({"collMod": coll, **{k: v for k, v in o.items() if k != "collMod"}})
             except Exception as exc:  # noqa: BLE001 - a collMod the server refuses is not fatal
                 log.warning("oplog replay: collMod on %s not applied: %s", coll, exc)
-        self.applied += 1
+
+
+def _index_specs(o: dict[str, Any]) -> list[dict[str, Any]]:
+    """The index specs of a createIndexes oplog command."""
+    if "indexes" in o:
+        return [{k: v for k, v in ix.items() if k not in ("ns", "entryFormat")} for ix in o["indexes"]]
+    # mongod's form: one index per entry, the spec beside the collection name
+    return [{k: v for k, v in o.items() if k not in ("createIndexes", "ns")}]
 
 
 def _apply_update(coll: Any, ident: Any, o: dict[str, Any]) -> None:
@@ -966,16 +1002,31 @@ def _apply_update(coll: Any, ident: Any, o: dict[str, Any]) -> None:
     coll.replace_one({"_id": ident}, doc, bypass_document_validation=True)
 
 
+
+def _flatten_field_lists(
+    diff: dict[str, Any],
+    prefix: str,
+    sets: dict[str, Any],
+    unsets: dict[str, Any],
+    truncs: list[tuple[str, int]],
+) -> None:
+    """The updatedFields / removedFields / truncatedArrays form of a $v 2 diff."""
+    for k, v in (diff.get("updatedFields") or {}).items():
+        sets[prefix + k] = v
+    for k in diff.get("removedFields") or []:
+        unsets[prefix + k] = ""
+    for t in diff.get("truncatedArrays") or []:
+        truncs.append((prefix + t["field"], int(t["newSize"])))
+
 def _flatten_diff(
-    diff: dict[str, Any], prefix: str, sets: dict[str, Any], unsets: dict[str, Any], truncs: list[tuple[str, int]]
+    diff: dict[str, Any],
+    prefix: str,
+    sets: dict[str, Any],
+    unsets: dict[str, Any],
+    truncs: list[tuple[str, int]],
 ) -> None:
     if "updatedFields" in diff or "removedFields" in diff or "truncatedArrays" in diff:
-        for k, v in (diff.get("updatedFields") or {}).items():
-            sets[prefix + k] = v
-        for k in diff.get("removedFields") or []:
-            unsets[prefix + k] = ""
-        for t in diff.get("truncatedArrays") or []:
-            truncs.append((prefix + t["field"], int(t["newSize"])))
+        _flatten_field_lists(diff, prefix, sets, unsets, truncs)
         return
     is_array = diff.get("a") is True
     for key, value in diff.items():

@@ -26,7 +26,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -203,7 +203,9 @@ def find_client_binary(tool: str, server_major: int | None) -> str:
     if override:
         path = Path(override) / tool
         if not path.is_file():
-            raise SourceError(f"BACKUP_PG_BINDIR={override} has no {tool}; point it at a PostgreSQL bin directory")
+            raise SourceError(
+                f"BACKUP_PG_BINDIR={override} has no {tool}; point it at a PostgreSQL bin directory"
+            )
         return str(path)
     versions = {v: d for v, d in _installed_versions().items() if (d / tool).is_file()}
     if server_major is not None:
@@ -217,7 +219,8 @@ def find_client_binary(tool: str, server_major: int | None) -> str:
         return on_path
     raise SourceError(
         f"{tool} not found (looked in /usr/lib/postgresql/*/bin and PATH); install the "
-        f"PostgreSQL client matching the server (e.g. apt-get install -y postgresql-client-{server_major or 15})"
+        f"PostgreSQL client matching the server "
+        f"(e.g. apt-get install -y postgresql-client-{server_major or 15})"
     )
 
 
@@ -504,7 +507,9 @@ class PostgresSource:
         with self._maintenance(target) as conn, conn.cursor() as cur:
             # template0: a pristine database, so nothing added to template1 clashes with
             # the objects in the dump.
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target.dbname)))
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target.dbname))
+            )
         log.info("created the database to restore into: %s", target.describe())
 
     def _drop_database(self, target: PgParams) -> None:
@@ -512,10 +517,16 @@ class PostgresSource:
 
         try:
             with self._maintenance(target) as conn, conn.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.dbname)))
+                cur.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.dbname))
+                )
             log.info("dropped the partly restored %s", target.describe())
         except Exception as exc:  # noqa: BLE001 - the restore's own error matters more; say what is left
-            log.warning("could not drop the partly restored %s: %s", target.describe(), redact(str(exc), target.password))
+            log.warning(
+                "could not drop the partly restored %s: %s",
+                target.describe(),
+                redact(str(exc), target.password),
+            )
 
     @contextmanager
     def _maintenance(self, target: PgParams) -> Iterator[Any]:
@@ -561,7 +572,9 @@ class PostgresSource:
                 with _pg_process([*args, str(archive.path)], target, self.name, stdout=subprocess.DEVNULL):
                     pass
                 return
-            with _pg_process(args, target, self.name, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as proc:
+            with _pg_process(
+                args, target, self.name, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+            ) as proc:
                 _feed(proc, stream)
         except SourceError as exc:
             if partial and "other objects depend on it" in str(exc):
@@ -624,7 +637,9 @@ def _partial_restore_list(
     selected tables (the referenced tables are expected in the target)."""
     assert archive is not None
     toc = _run_tool([pg_restore, "--list", str(archive)], params, source_name)
-    script = _run_tool([pg_restore, "--verbose", "--schema-only", "--file=-", str(archive)], params, source_name)
+    script = _run_tool(
+        [pg_restore, "--verbose", "--schema-only", "--file=-", str(archive)], params, source_name
+    )
     entries = _parse_script_entries(script)
     tables = [e for e in entries.values() if e.kind == "TABLE"]
     selected: set[int] = set()
@@ -746,7 +761,9 @@ def _pg_process(
     output disk is full), the tool is killed and the body's error propagates.
     """
     tool = Path(args[0]).name
-    log.log(logging.DEBUG if quiet else logging.INFO, "running: %s  [%s]", shlex.join(args), params.describe())
+    log.log(
+        logging.DEBUG if quiet else logging.INFO, "running: %s  [%s]", shlex.join(args), params.describe()
+    )
     # stderr to a file, not a pipe: a chatty tool could otherwise block on a full stderr
     # pipe while we wait on its stdout.
     with tempfile.TemporaryFile() as err:
@@ -763,10 +780,8 @@ def _pg_process(
         finally:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
-                    try:
+                    with suppress(BrokenPipeError):
                         pipe.close()
-                    except BrokenPipeError:
-                        pass
         code = proc.wait()
         err.seek(0)
         detail = redact(err.read().decode("utf-8", "replace").strip(), params.password)
@@ -792,10 +807,8 @@ def _feed(proc: subprocess.Popen[bytes], stream: BinaryIO) -> None:
             proc.stdin.write(block)
         except BrokenPipeError:
             return
-    try:
+    with suppress(BrokenPipeError):
         proc.stdin.close()
-    except BrokenPipeError:
-        pass
 
 
 def _open(params: PgParams, source_name: str) -> Any:
@@ -823,7 +836,9 @@ def _connect(params: PgParams, source_name: str) -> Iterator[Any]:
         yield conn
     except psycopg2.Error as exc:
         detail = redact(str(exc).strip(), params.password)
-        raise SourceError(f"postgres source {source_name!r}: query on {params.describe()} failed: {detail}") from None
+        raise SourceError(
+            f"postgres source {source_name!r}: query on {params.describe()} failed: {detail}"
+        ) from None
     finally:
         conn.close()
 

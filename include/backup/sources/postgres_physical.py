@@ -53,8 +53,9 @@ import tempfile
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from include.backup.catalog.manifest import Manifest
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
@@ -297,7 +298,9 @@ class PhysicalPostgres:
         if backup_type == "INCREMENTAL":
             # WAL since the last base backup (PostgreSQL < 17 has no incremental base backups).
             if not base_id or not base_wal_last:
-                raise SourceError(f"postgres source {self.name!r}: parent {parent.backup_id} names no base backup")
+                raise SourceError(
+                    f"postgres source {self.name!r}: parent {parent.backup_id} names no base backup"
+                )
             parent_id, after, start_from = base_id, base_wal_last, base_end
         else:
             parent_id, after, start_from = parent.backup_id, pos["wal_last"], pos.get("end_time")
@@ -324,7 +327,9 @@ class PhysicalPostgres:
             )
         segments = segment_range(first, wal_last, seg) if first <= wal_last else []
         if not segments:
-            raise SourceError(f"postgres source {self.name!r}: no new WAL after {after} (server at {wal_last})")
+            raise SourceError(
+                f"postgres source {self.name!r}: no new WAL after {after} (server at {wal_last})"
+            )
         # The archiver works in order: once wal_last is there, a missing one is a gap.
         self._wait_archived([wal_last], seg, params)
         if not (spool / segments[0]).is_file():
@@ -386,48 +391,11 @@ class PhysicalPostgres:
     ) -> dict[str, Any]:
         links = list(chain)
         manifests = [m for m, _ in links]
-        if only:
-            raise RestoreRefused(
-                f"postgres source {self.name!r}: a physical backup restores the whole cluster; "
-                "partial restores (only=) need a logical backup (method: logical, pg_dump)"
-            )
-        if not manifests or manifests[0].payload_format != FORMAT_BASE:
-            raise RestoreRefused(
-                "a physical restore starts with a FULL base backup (pg_basebackup-tar); got "
-                + (manifests[0].backup_id if manifests else "nothing")
-            )
-        for m in manifests[1:]:
-            if m.payload_format != FORMAT_WAL:
-                raise RestoreRefused(f"backup {m.backup_id} ({m.payload_format}) is not a WAL backup")
-        for prev, cur in zip(manifests, manifests[1:], strict=False):
-            if cur.parent_id != prev.backup_id:
-                raise IntegrityError(
-                    f"backup chain broken: {cur.backup_id} names parent {cur.parent_id}, not {prev.backup_id}"
-                )
-            problem = continuity(prev, cur)
-            if problem:
-                raise IntegrityError(
-                    f"backup chain broken between {prev.backup_id} and {cur.backup_id}: {problem}"
-                )
+        self._check_chain(manifests, only)
         from include.backup.catalog.chains import end_time, format_time
 
         last_end = end_time(manifests[-1])
-        target_time: datetime | None = None
-        if until is not None:
-            until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
-            if until < end_time(manifests[0]):
-                raise RestoreRefused(
-                    f"point in time {format_time(until)} is before the consistent point of base "
-                    f"backup {manifests[0].backup_id} ({format_time(end_time(manifests[0]))})"
-                )
-            if until > last_end:
-                raise RestoreRefused(
-                    f"point in time {format_time(until)} is outside the reachable window "
-                    f"{format_time(end_time(manifests[0]))} – {format_time(last_end)} of this "
-                    f"chain of source {self.name}"
-                )
-            if until < last_end and len(manifests) > 1:
-                target_time = until
+        target_time = None if until is None else self._target_time(manifests, until)
         data_dir, port = _parse_into(into)
         _check_data_dir(data_dir, overwrite)
         wal_dir = Path(str(data_dir) + ".wal")
@@ -441,14 +409,7 @@ class PhysicalPostgres:
             self._extract_base(links[0][1], data_dir, wal_dir)
             for m, stream in links[1:]:
                 _extract_wal(stream, wal_dir, m.backup_id)
-            seg = int(manifests[0].position.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
-            needed = segment_range(manifests[0].position["wal_first"], manifests[-1].position["wal_last"], seg)
-            for s in needed:
-                if not (wal_dir / s).is_file():
-                    raise IntegrityError(
-                        f"WAL segment {s} is in none of the chain's backups "
-                        f"({', '.join(m.backup_id for m in manifests)}); cannot replay past it"
-                    )
+            _check_wal_complete(wal_dir, manifests)
             port = port or _free_port()
             _write_recovery_conf(data_dir, wal_dir, port, target_time)
             _own(data_dir, wal_dir)
@@ -466,13 +427,63 @@ class PhysicalPostgres:
             raise
         finally:
             shutil.rmtree(wal_dir, ignore_errors=True)
+        recovered_to = format_time(target_time) if target_time else f"end of WAL ({format_time(last_end)})"
         return {
             "data_dir": str(data_dir),
             "port": port,
-            "recovered_to": format_time(target_time) if target_time else f"end of WAL ({format_time(last_end)})",
+            "recovered_to": recovered_to,
             "replay_seconds": round(replay_s, 3),
             "tables": tables,
         }
+
+    def _check_chain(self, manifests: list[Manifest], only: list[str] | None) -> None:
+        """Refuse what a physical restore cannot do; check the chain links up."""
+        if only:
+            raise RestoreRefused(
+                f"postgres source {self.name!r}: a physical backup restores the whole cluster; "
+                "partial restores (only=) need a logical backup (method: logical, pg_dump)"
+            )
+        if not manifests or manifests[0].payload_format != FORMAT_BASE:
+            raise RestoreRefused(
+                "a physical restore starts with a FULL base backup (pg_basebackup-tar); got "
+                + (manifests[0].backup_id if manifests else "nothing")
+            )
+        for m in manifests[1:]:
+            if m.payload_format != FORMAT_WAL:
+                raise RestoreRefused(f"backup {m.backup_id} ({m.payload_format}) is not a WAL backup")
+        for prev, cur in pairwise(manifests):
+            if cur.parent_id != prev.backup_id:
+                raise IntegrityError(
+                    f"backup chain broken: {cur.backup_id} names parent {cur.parent_id}, "
+                    f"not {prev.backup_id}"
+                )
+            problem = continuity(prev, cur)
+            if problem:
+                raise IntegrityError(
+                    f"backup chain broken between {prev.backup_id} and {cur.backup_id}: {problem}"
+                )
+
+    def _target_time(self, manifests: list[Manifest], until: datetime) -> datetime | None:
+        """The recovery_target_time for ``until`` (None: replay all the WAL); refuse a
+        point in time the chain does not reach."""
+        from include.backup.catalog.chains import end_time, format_time
+
+        first_end, last_end = end_time(manifests[0]), end_time(manifests[-1])
+        until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+        if until < first_end:
+            raise RestoreRefused(
+                f"point in time {format_time(until)} is before the consistent point of base "
+                f"backup {manifests[0].backup_id} ({format_time(first_end)})"
+            )
+        if until > last_end:
+            raise RestoreRefused(
+                f"point in time {format_time(until)} is outside the reachable window "
+                f"{format_time(first_end)} – {format_time(last_end)} of this "
+                f"chain of source {self.name}"
+            )
+        if until < last_end and len(manifests) > 1:
+            return until
+        return None
 
     def _extract_base(self, stream: BinaryIO, data_dir: Path, wal_dir: Path) -> None:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK) as outer:
@@ -529,6 +540,18 @@ def _check_data_dir(data_dir: Path, overwrite: bool) -> None:
             )
 
 
+def _check_wal_complete(wal_dir: Path, manifests: list[Manifest]) -> None:
+    """Every segment from the base backup's first to the last backup's last is there."""
+    seg = int(manifests[0].position.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+    needed = segment_range(manifests[0].position["wal_first"], manifests[-1].position["wal_last"], seg)
+    for s in needed:
+        if not (wal_dir / s).is_file():
+            raise IntegrityError(
+                f"WAL segment {s} is in none of the chain's backups "
+                f"({', '.join(m.backup_id for m in manifests)}); cannot replay past it"
+            )
+
+
 def _extract_wal(stream: BinaryIO, wal_dir: Path, backup_id: str) -> None:
     with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK) as tar:
         for member in tar:
@@ -540,7 +563,7 @@ def _extract_wal(stream: BinaryIO, wal_dir: Path, backup_id: str) -> None:
                 _copy_member(f, wal_dir / name)
 
 
-def _copy_member(src: BinaryIO, dest: Path) -> None:
+def _copy_member(src: IO[bytes], dest: Path) -> None:
     with open(dest, "wb") as out:
         shutil.copyfileobj(src, out, BLOCK)
 

@@ -1,0 +1,709 @@
+"""The DR Management page and its JSON metrics API: a FastAPI app, mounted by the Airflow
+plugin (plugins/dr_management.py) at ``/dr`` in the api-server.
+
+Routes (relative to the mount point)::
+
+    GET /                      the DR Management page (server-rendered HTML, no assets)
+    GET /api/metrics           MonitorReport.to_json() + "summary" (+ "period" with dates)
+    GET /api/metrics/violations        the current alerts (RPO/RTO misses, overdue tests...)
+    GET /api/metrics/success-rate      per source: backups, verified, success rate
+    GET /api/backups           backups at the targets; ?source= &type= &latest= &start_date= &end_date=
+    GET /api/health            {"status": "ok"}: the app is up (no target is touched)
+
+Every request that needs figures runs :func:`~include.backup.dr.monitor.run_monitor` on
+the config (``$BACKUP_CONFIG``, via ``include.backup.factory._load``), cached for
+``$BACKUP_DR_PAGE_CACHE_SECONDS`` (default 30) so a page reload does not list every
+target again; ``?refresh=1`` bypasses the cache.
+
+Output is metadata only: source, target, schedule and connection *ids*, backup ids,
+times, sizes and counts. Error texts go through :func:`~include.backup.alerts.notify.redact`.
+
+A config that cannot be loaded, or a target that cannot be listed, does not break the
+page: it renders with an error banner (HTTP 200); the JSON API answers 503 with
+``{"error": ...}`` when there are no figures at all.
+
+Authentication: Airflow 3 mounts plugin FastAPI apps without any auth of its own, so
+``create_app(require_auth=True)`` (what the plugin uses) adds Airflow's own dependency
+(``requires_access_view(AccessView.WEBSITE)``: the JWT from ``Authorization: Bearer`` or
+the UI's ``_token`` cookie, checked by the configured auth manager). ``require_auth=False``
+(the module-level ``app``) is for tests and for serving it behind an authenticating proxy.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from include.backup.alerts.notify import redact
+from include.backup.catalog.catalog import as_utc, list_backups, verified_at
+from include.backup.catalog.manifest import Manifest
+from include.backup.dr.monitor import MonitorReport, fmt_age, fmt_bytes, fmt_time, run_monitor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SECONDS = 30.0
+CACHE_ENV = "BACKUP_DR_PAGE_CACHE_SECONDS"
+
+
+# --- gathering, cached -----------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """One run of the monitor (or the error that prevented it)."""
+
+    taken_at: float  # time.monotonic()
+    generated_at: datetime
+    report: MonitorReport | None = None
+    error: str | None = None  # the config could not be loaded / the monitor crashed
+    config_path: str | None = None
+    config_issues: list[str] = field(default_factory=list)
+    rto_hours: float | None = None
+    rpo_hours: float | None = None
+    test_frequency_days: int | None = None
+
+
+def _cache_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(CACHE_ENV, DEFAULT_CACHE_SECONDS)))
+    except ValueError:
+        return DEFAULT_CACHE_SECONDS
+
+
+def _load_config() -> Any:
+    from include.backup.factory import _load
+
+    return _load(None)
+
+
+class Monitor:
+    """run_monitor on the current config, at most once per ``ttl`` seconds (thread-safe:
+    FastAPI runs sync endpoints in a thread pool)."""
+
+    def __init__(self, ttl: float | None = None, load: Callable[[], Any] = _load_config) -> None:
+        self.ttl = ttl
+        self._load = load
+        self._lock = threading.Lock()
+        self._snap: Snapshot | None = None
+        self._backups: tuple[float, list[dict[str, Any]], list[str]] | None = None
+
+    def _fresh(self, taken_at: float) -> bool:
+        ttl = self.ttl if self.ttl is not None else _cache_seconds()
+        return time.monotonic() - taken_at < ttl
+
+    def clear(self) -> None:
+        with self._lock:
+            self._snap = None
+            self._backups = None
+
+    def snapshot(self, refresh: bool = False) -> Snapshot:
+        with self._lock:
+            if self._snap is not None and not refresh and self._fresh(self._snap.taken_at):
+                return self._snap
+            self._snap = self._take()
+            return self._snap
+
+    def _take(self) -> Snapshot:
+        snap = Snapshot(taken_at=time.monotonic(), generated_at=datetime.now(UTC))
+        try:
+            loaded = self._load()
+        except Exception as exc:  # noqa: BLE001 - the page shows it
+            log.warning("DR page: cannot load the backup config: %s", redact(exc))
+            snap.error = f"cannot load the backup config: {redact(exc)}"
+            return snap
+        snap.config_path = str(loaded.path)
+        snap.config_issues = [redact(i) for i in loaded.issues]
+        dr = loaded.config.dr
+        snap.rto_hours, snap.rpo_hours, snap.test_frequency_days = (
+            dr.rto_hours,
+            dr.rpo_hours,
+            dr.test_frequency_days,
+        )
+        try:
+            snap.report = run_monitor(loaded.config)
+            snap.generated_at = snap.report.generated_at
+        except Exception as exc:  # noqa: BLE001 - run_monitor should not raise; if it does, say so
+            log.exception("DR page: the monitor failed")
+            snap.error = f"the DR monitor failed: {redact(exc)}"
+        return snap
+
+    def backups(self, refresh: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every backup at every target, merged by id: (rows, problems)."""
+        with self._lock:
+            if self._backups is not None and not refresh and self._fresh(self._backups[0]):
+                return self._backups[1], self._backups[2]
+            rows, problems = _scan_backups(self._load().config)
+            self._backups = (time.monotonic(), rows, problems)
+            return rows, problems
+
+
+def _scan_backups(config: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    from include.backup.targets import build_target
+
+    merged: dict[str, tuple[Manifest, list[str], list[str]]] = {}
+    problems: list[str] = []
+    for name, cfg in config.targets.items():
+        try:
+            manifests = list_backups(build_target(name, cfg))
+        except Exception as exc:  # noqa: BLE001 - one bad target must not hide the rest
+            problems.append(f"target '{name}': {redact(exc)}")
+            continue
+        for m in manifests:
+            _, held, ok = merged.setdefault(m.backup_id, (m, [], []))
+            held.append(name)
+            if verified_at(m, name):
+                ok.append(name)
+    rows = [_backup_row(m, held, ok) for m, held, ok in merged.values()]
+    rows.sort(key=lambda r: r["started_at"])
+    return rows, problems
+
+
+def _backup_row(m: Manifest, held: list[str], ok: list[str]) -> dict[str, Any]:
+    """What the API tells about one backup: no encryption block, no file index."""
+    duration = (
+        max(0.0, (as_utc(m.finished_at) - as_utc(m.started_at)).total_seconds()) if m.finished_at else None
+    )
+    return {
+        "backup_id": m.backup_id,
+        "source": m.source,
+        "source_type": m.source_type,
+        "schedule": m.schedule,
+        "type": m.backup_type,
+        "parent_id": m.parent_id,
+        "started_at": as_utc(m.started_at).isoformat(),
+        "finished_at": as_utc(m.finished_at).isoformat() if m.finished_at else None,
+        "duration_seconds": duration,
+        "raw_size": m.raw_size,
+        "stored_size": m.stored_size,
+        "compression": m.compression,
+        "encryption_key_id": m.encryption.key_id if m.encryption else None,
+        "targets": sorted(held),
+        "verified_targets": sorted(ok),
+        "verified": bool(ok),
+    }
+
+
+# --- figures ---------------------------------------------------------------------------
+
+
+def _alert_source(alert: dict[str, Any], report: dict[str, Any]) -> str | None:
+    if alert["kind"] in ("RPO_MISSED", "DR_TEST_OVERDUE"):
+        return alert["subject"]
+    if alert["kind"] == "BACKUP_LATE":
+        sched = report["schedules"].get(alert["subject"])
+        return sched["source"] if sched else alert["facts"].get("source")
+    return alert["facts"].get("source")
+
+
+def rto_violation(source: dict[str, Any], rto_hours: float | None) -> str | None:
+    """The newest DR test of a source measured an RTO above the objective."""
+    test = source.get("last_dr_test") or {}
+    rto = test.get("measured_rto_seconds")
+    if rto_hours is None or rto is None or rto <= rto_hours * 3600:
+        return None
+    return (
+        f"DR test {test.get('test_id')} measured RTO {fmt_age(timedelta(seconds=rto))}, "
+        f"objective {rto_hours:g} h"
+    )
+
+
+def summarise(snap: Snapshot) -> dict[str, Any]:
+    """Totals for the top of the page and the API's "summary"."""
+    assert snap.report is not None
+    data = snap.report.to_json()
+    sources = data["sources"].values()
+    backups = sum(s["backups_count"] for s in sources)
+    verified = sum(s["verified_count"] for s in sources)
+    by_severity: dict[str, int] = {}
+    for a in data["alerts"]:
+        by_severity[a["severity"]] = by_severity.get(a["severity"], 0) + 1
+    rto_violations = {
+        s["source"]: msg for s in sources if (msg := rto_violation(s, snap.rto_hours)) is not None
+    }
+    return {
+        "config_path": snap.config_path,
+        "config_issues": snap.config_issues,
+        "rpo_hours": snap.rpo_hours,
+        "rto_hours": snap.rto_hours,
+        "test_frequency_days": snap.test_frequency_days,
+        "sources": len(data["sources"]),
+        "monitored_sources": sum(1 for s in sources if s["monitored"]),
+        "sources_within_rpo": sorted(s["source"] for s in sources if s["rpo_ok"]),
+        "rpo_violations": sorted({a["subject"] for a in data["alerts"] if a["kind"] == "RPO_MISSED"}),
+        "rto_violations": rto_violations,
+        "dr_tests_overdue": sorted({a["subject"] for a in data["alerts"] if a["kind"] == "DR_TEST_OVERDUE"}),
+        "backups": backups,
+        "verified_backups": verified,
+        "success_rate": round(verified / backups, 4) if backups else None,
+        "stored_bytes": sum(t["stored_bytes"] for t in data["targets"].values()),
+        "targets": len(data["targets"]),
+        "targets_unreachable": sorted(n for n, t in data["targets"].items() if not t["reachable"]),
+        "alerts": len(data["alerts"]),
+        "alerts_by_severity": by_severity,
+        "issues": len(data["issues"]),
+    }
+
+
+def _parse_day(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise HTTPException(422, f"{name}: expected an ISO date or datetime, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _in_range(row: dict[str, Any], start: datetime | None, end: datetime | None, end_is_day: bool) -> bool:
+    started = datetime.fromisoformat(row["started_at"])
+    if start and started < start:
+        return False
+    # a bare date is inclusive of its whole day; a datetime is an inclusive instant
+    return end is None or (started < end + timedelta(days=1) if end_is_day else started <= end)
+
+
+def period_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per source over the given backups: counts, success rate, durations, bytes."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        s = out.setdefault(
+            r["source"],
+            {"backups": 0, "verified": 0, "by_type": {}, "stored_bytes": 0, "_durations": []},
+        )
+        s["backups"] += 1
+        s["verified"] += 1 if r["verified"] else 0
+        s["by_type"][r["type"]] = s["by_type"].get(r["type"], 0) + 1
+        s["stored_bytes"] += r["stored_size"]
+        if r["duration_seconds"] is not None:
+            s["_durations"].append(r["duration_seconds"])
+    for s in out.values():
+        d = s.pop("_durations")
+        s["success_rate"] = round(s["verified"] / s["backups"], 4) if s["backups"] else None
+        s["avg_duration_seconds"] = round(sum(d) / len(d), 1) if d else None
+    return out
+
+
+# --- HTML ------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:18px 24px;
+ color:#1f2933;background:#f7f8fa;font-size:14px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 8px}
+.muted{color:#6b7280;font-size:12px}
+.banner{padding:10px 14px;border-radius:6px;margin:12px 0;border:1px solid}
+.banner.error{background:#fdecec;border-color:#f5a3a3;color:#8a1c1c}
+.banner.warn{background:#fff6e0;border-color:#f3cd6b;color:#7a5200}
+.banner.ok{background:#e8f6ec;border-color:#9fd8ae;color:#1b5e2f}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
+.card{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:10px 14px;min-width:130px}
+.card .v{font-size:20px;font-weight:600} .card .l{font-size:12px;color:#6b7280}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #e2e5ea}
+th,td{padding:6px 9px;border-bottom:1px solid #eef0f3;text-align:left;vertical-align:top}
+th{background:#f0f2f5;font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#4b5563}
+.ok{color:#1b7f3b;font-weight:600} .bad{color:#c0262d;font-weight:600} .warn{color:#a16207;font-weight:600}
+.pill{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+.pill.ok{background:#dcf3e3} .pill.bad{background:#fbdede} .pill.warn{background:#fdf0cc}
+.pill.na{background:#eceff3;color:#4b5563}
+code{font-size:12px;background:#eef0f3;padding:1px 4px;border-radius:3px}
+ul.v{margin:0;padding-left:16px} ul.v li{white-space:nowrap} ul.v li.bad{white-space:normal}
+
+"""
+
+
+def e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _pill(text: str, kind: str) -> str:
+    return f'<span class="pill {kind}">{e(text)}</span>'
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return fmt_age(timedelta(seconds=seconds))
+
+
+def render_page(snap: Snapshot, *, now: datetime | None = None) -> str:  # noqa: C901 - one page, top to bottom
+    now = now or datetime.now(UTC)
+    parts: list[str] = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>DR Management</title><style>{CSS}</style></head><body>",
+        "<h1>DR Management</h1>",
+        f"<div class='muted'>Figures as of {e(fmt_time(snap.generated_at))}"
+        + (f" &middot; config <code>{e(snap.config_path)}</code>" if snap.config_path else "")
+        + " &middot; <a href='?refresh=1'>refresh</a> &middot; <a href='api/metrics'>JSON</a></div>",
+    ]
+    if snap.error:
+        parts.append(f"<div class='banner error' id='error'><b>Error:</b> {e(snap.error)}</div>")
+    for issue in snap.config_issues:
+        parts.append(f"<div class='banner warn'><b>Config:</b> {e(issue)}</div>")
+    if snap.report is None:
+        parts.append("</body></html>")
+        return "".join(parts)
+
+    data = snap.report.to_json()
+    summary = summarise(snap)
+    unreachable = summary["targets_unreachable"]
+    if unreachable:
+        errors = "; ".join(f"{n}: {data['targets'][n]['error']}" for n in unreachable)
+        parts.append(
+            f"<div class='banner error' id='unreachable'><b>Unreachable target(s):</b> {e(errors)}</div>"
+        )
+    if data["ok"] and not summary["rto_violations"]:
+        parts.append("<div class='banner ok'>All objectives met: no violations.</div>")
+
+    rate = summary["success_rate"]
+    cards = [
+        ("RPO", f"{snap.rpo_hours:g} h" if snap.rpo_hours is not None else "-"),
+        ("RTO", f"{snap.rto_hours:g} h" if snap.rto_hours is not None else "-"),
+        ("Sources within RPO", f"{len(summary['sources_within_rpo'])} / {summary['monitored_sources']}"),
+        ("Verified / backups", f"{summary['verified_backups']} / {summary['backups']}"),
+        ("Success rate", f"{rate * 100:.0f}%" if rate is not None else "-"),
+        ("Stored", fmt_bytes(summary["stored_bytes"])),
+        ("Open alerts", str(summary["alerts"])),
+    ]
+    parts.append("<div class='cards'>")
+    for label, value in cards:
+        parts.append(
+            f"<div class='card'><div class='v'>{e(value)}</div><div class='l'>{e(label)}</div></div>"
+        )
+    parts.append("</div>")
+
+    # Sources.
+    alerts_by_source: dict[str, list[dict[str, Any]]] = {}
+    for a in data["alerts"]:
+        src = _alert_source(a, data)
+        if src:
+            alerts_by_source.setdefault(src, []).append(a)
+    parts.append("<h2>Sources</h2><table id='sources'><tr>")
+    for h in (
+        "Source",
+        "Last good backup",
+        "Age vs RPO",
+        "Success",
+        "Avg duration",
+        "Storage per target",
+        "Violations (RPO/RTO, alerts)",
+        "Last DR test",
+        "Next DR test due",
+    ):
+        parts.append(f"<th>{h}</th>")
+    parts.append("</tr>")
+    for name, s in data["sources"].items():
+        parts.append(f"<tr id='source-{e(name)}'>")
+        monitored = "" if s["monitored"] else "<div class='muted'>no active schedule</div>"
+        parts.append(f"<td><b>{e(name)}</b><div class='muted'>{e(s['type'])}</div>{monitored}</td>")
+        if s["last_good_backup_id"]:
+            parts.append(
+                f"<td><code>{e(s['last_good_backup_id'])}</code><div class='muted'>"
+                f"{e(fmt_time(_dt(s['last_good_backup_at'])))} at "
+                f"{e(', '.join(s['last_good_backup_targets']))}</div></td>"
+            )
+            age = timedelta(hours=s["last_good_backup_age_hours"])
+            kind = "ok" if s["rpo_ok"] else "bad"
+            parts.append(
+                f"<td class='rpo {kind}'>{_pill(fmt_age(age), kind)}"
+                f"<div class='muted'>RPO {s['rpo_hours']:g} h</div></td>"
+            )
+        else:
+            parts.append("<td class='muted'>none verified</td>")
+            parts.append(f"<td class='rpo bad'>{_pill('no backup', 'bad')}</td>")
+        rate_s = f"{s['verified_count'] / s['backups_count'] * 100:.0f}%" if s["backups_count"] else "-"
+        parts.append(
+            f"<td>{_pill('OK' if s['success'] else 'FAILING', 'ok' if s['success'] else 'bad')}"
+            f"<div class='muted'>{s['verified_count']} of {s['backups_count']} verified ({rate_s})</div></td>"
+        )
+        parts.append(
+            f"<td>{e(_duration(s['avg_duration_seconds']))}"
+            f"<div class='muted'>last {e(_duration(s['last_backup_duration_seconds']))}</div></td>"
+        )
+        per_target = "".join(
+            f"<li>{e(t)}: {e(fmt_bytes(b))}</li>" for t, b in sorted(s["stored_bytes_per_target"].items())
+        )
+        parts.append(f"<td><ul class='v'>{per_target or '<li>-</li>'}</ul></td>")
+        violations = [f"{a['kind']}: {a['summary']}" for a in alerts_by_source.get(name, [])]
+        if (rto := rto_violation(s, snap.rto_hours)) is not None:
+            violations.append(f"RTO_MISSED: {rto}")
+        if violations:
+            items = "".join(f"<li class='bad'>{e(v)}</li>" for v in violations)
+            parts.append(f"<td class='violations'><ul class='v'>{items}</ul></td>")
+        else:
+            parts.append(f"<td class='violations'>{_pill('none', 'ok')}</td>")
+        test = s["last_dr_test"]
+        if test:
+            outcome = _pill("passed", "ok") if test["success"] else _pill("FAILED", "bad")
+            rto_s = test.get("measured_rto_seconds")
+            parts.append(
+                f"<td>{outcome} {e(test['test_type'])}<div class='muted'>"
+                f"{e(fmt_time(_dt(test['finished_at'] or test['started_at'])))}"
+                + (f", RTO {e(_duration(rto_s))}" if rto_s is not None else "")
+                + "</div></td>"
+            )
+        else:
+            parts.append(f"<td>{_pill('never', 'na')}</td>")
+        due = _dt(s["next_dr_test_due"])
+        if s["dr_test_overdue"]:
+            parts.append(f"<td>{_pill('OVERDUE', 'bad' if s['monitored'] else 'na')}</td>")
+        elif due:
+            parts.append(f"<td>{e(fmt_time(due))}<div class='muted'>in {e(fmt_age(due - now))}</div></td>")
+        else:
+            parts.append("<td>-</td>")
+        parts.append("</tr>")
+    parts.append("</table>")
+
+    # Targets.
+    parts.append("<h2>Targets</h2><table id='targets'><tr>")
+    for h in ("Target", "Type", "Reachable", "Free space", "Stored", "Backups", "DR test reports"):
+        parts.append(f"<th>{h}</th>")
+    parts.append("</tr>")
+    for name, t in data["targets"].items():
+        reach = _pill("yes", "ok") if t["reachable"] else _pill("NO", "bad")
+        err = f"<div class='muted'>{e(t['error'])}</div>" if t["error"] else ""
+        if t["free_bytes"] is None:
+            free = "<span class='muted'>not reported</span>"
+        else:
+            low = t["min_free_bytes"] is not None and t["free_bytes"] < t["min_free_bytes"]
+            free = (
+                f"<span class='{'bad' if low else 'ok'}'>{e(fmt_bytes(t['free_bytes']))}</span>"
+                f"<div class='muted'>threshold {e(fmt_bytes(t['min_free_bytes']))}</div>"
+            )
+        parts.append(
+            f"<tr id='target-{e(name)}'><td><b>{e(name)}</b></td><td>{e(t['type'])}</td>"
+            f"<td>{reach}{err}</td><td>{free}</td><td>{e(fmt_bytes(t['stored_bytes']))}</td>"
+            f"<td>{t['backups']}</td><td>{t['dr_test_reports']}</td></tr>"
+        )
+    parts.append("</table>")
+
+    # Schedules.
+    if data["schedules"]:
+        parts.append("<h2>Schedules</h2><table id='schedules'><tr>")
+        for h in ("Schedule", "DAG", "Source", "Type", "Cron", "Last backup", "State"):
+            parts.append(f"<th>{h}</th>")
+        parts.append("</tr>")
+        for name, sc in data["schedules"].items():
+            last = (
+                f"<code>{e(sc['last_backup_id'])}</code>"
+                f"<div class='muted'>{e(fmt_time(_dt(sc['last_backup_at'])))}</div>"
+                if sc["last_backup_id"]
+                else "<span class='muted'>none</span>"
+            )
+            state = _pill("LATE", "warn") if sc["late"] else _pill("on time", "ok")
+            parts.append(
+                f"<tr><td>{e(name)}</td><td><code>{e(sc['dag_id'])}</code></td><td>{e(sc['source'])}</td>"
+                f"<td>{e(sc['type'])}</td><td><code>{e(sc['cron'])}</code></td><td>{last}</td><td>{state}</td></tr>"
+            )
+        parts.append("</table>")
+
+    # Alerts, key, issues.
+    parts.append("<h2>Open alerts</h2>")
+    if data["alerts"]:
+        parts.append(
+            "<table id='alerts'><tr><th>Severity</th><th>Kind</th><th>Subject</th><th>Summary</th></tr>"
+        )
+        for a in data["alerts"]:
+            kind = "bad" if a["severity"] == "critical" else "warn"
+            parts.append(
+                f"<tr><td>{_pill(a['severity'], kind)}</td><td>{e(a['kind'])}</td>"
+                f"<td>{e(a['subject'])}</td><td>{e(a['summary'])}</td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append("<p class='ok'>None.</p>")
+    keys = data["keys"]
+    if keys:
+        if keys["error"]:
+            key_line = f"<span class='bad'>cannot load: {e(keys['error'])}</span>"
+        else:
+            state = _pill("rotation due", "warn") if keys["rotation_due"] else _pill("ok", "ok")
+            key_line = (
+                f"active key <code>{e(keys['active_key_id'])}</code>, {e(keys['age_days'])} days old, "
+                f"rotate every {e(keys['rotation_days'])} days "
+                f"(next {e(keys['next_rotation_due'] or '-')}) {state}"
+            )
+        parts.append(
+            "<h2>Encryption key</h2>"
+            f"<p id='keys'>connection <code>{e(keys['conn_id'])}</code>: {key_line}</p>"
+        )
+    if data["issues"]:
+        items = "".join(f"<li>{e(i)}</li>" for i in data["issues"])
+        parts.append(f"<h2>Could not check</h2><ul id='issues'>{items}</ul>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+# --- the app ---------------------------------------------------------------------------
+
+
+def airflow_auth() -> Any:
+    """Airflow's own API auth as a FastAPI dependency: a valid JWT (Bearer header or the
+    UI's ``_token`` cookie) for a user the auth manager lets see the installation's
+    read-only views (AccessView.WEBSITE: every role that can log in)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import requires_access_view
+
+    return Depends(requires_access_view(AccessView.WEBSITE))
+
+
+def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) -> FastAPI:  # noqa: C901
+    """The DR Management app. ``require_auth`` adds Airflow's auth dependency to every
+    route except ``/api/health``; it needs the api-server's auth manager."""
+    mon = monitor or Monitor()
+    deps = [airflow_auth()] if require_auth else []
+    app = FastAPI(
+        title="DR Management",
+        description="Backup and disaster-recovery figures: RPO/RTO, success rates, storage, DR tests.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.monitor = mon
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Any:
+        wants_html = "/api/" not in request.url.path and "text/html" in request.headers.get("accept", "")
+        if wants_html and exc.status_code in (401, 403):
+            body = (
+                f"<!doctype html><html><head><meta charset='utf-8'><title>DR Management</title>"
+                f"<style>{CSS}</style></head><body><h1>DR Management</h1><div class='banner error'>"
+                f"{e(exc.detail)}: log in to the Airflow UI first, then open this page from its menu."
+                "</div></body></html>"
+            )
+            return HTMLResponse(body, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    def _report_or_503(refresh: bool) -> Snapshot:
+        snap = mon.snapshot(refresh=refresh)
+        if snap.report is None:
+            raise HTTPException(503, snap.error or "no figures")
+        return snap
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, dependencies=deps)
+    def page(refresh: bool = False) -> HTMLResponse:
+        return HTMLResponse(render_page(mon.snapshot(refresh=refresh)), headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/metrics", dependencies=deps)
+    def metrics(
+        refresh: bool = False,
+        start_date: str | None = Query(None, description="ISO date/datetime: adds a 'period' section"),
+        end_date: str | None = Query(None, description="ISO date (inclusive) or datetime"),
+    ) -> JSONResponse:
+        snap = mon.snapshot(refresh=refresh)
+        if snap.report is None:
+            return JSONResponse({"error": snap.error or "no figures"}, status_code=503)
+        body = snap.report.to_json()
+        body["summary"] = summarise(snap)
+        if start_date or end_date:
+            start, end = _parse_day(start_date, "start_date"), _parse_day(end_date, "end_date")
+            rows, problems = mon.backups(refresh=refresh)
+            day_end = end_date is not None and len(end_date) == 10
+            chosen = [r for r in rows if _in_range(r, start, end, day_end)]
+            body["period"] = {
+                "start_date": start_date,
+                "end_date": end_date,
+                "sources": period_metrics(chosen),
+                "problems": problems,
+            }
+        return JSONResponse(body)
+
+    @app.get("/api/metrics/violations", dependencies=deps)
+    def violations(refresh: bool = False) -> JSONResponse:
+        try:
+            snap = _report_or_503(refresh)
+        except HTTPException as exc:
+            return JSONResponse({"error": exc.detail}, status_code=503)
+        data = snap.report.to_json()  # type: ignore[union-attr]
+        summary = summarise(snap)
+        return JSONResponse(
+            {
+                "generated_at": data["generated_at"],
+                "alerts": data["alerts"],
+                "rpo_violations": summary["rpo_violations"],
+                "rto_violations": summary["rto_violations"],
+                "issues": data["issues"],
+            }
+        )
+
+    @app.get("/api/metrics/success-rate", dependencies=deps)
+    def success_rate(refresh: bool = False) -> JSONResponse:
+        try:
+            snap = _report_or_503(refresh)
+        except HTTPException as exc:
+            return JSONResponse({"error": exc.detail}, status_code=503)
+        data = snap.report.to_json()  # type: ignore[union-attr]
+        per = {
+            n: {
+                "backups": s["backups_count"],
+                "verified": s["verified_count"],
+                "success_rate": round(s["verified_count"] / s["backups_count"], 4)
+                if s["backups_count"]
+                else None,
+                "last_good_backup_id": s["last_good_backup_id"],
+                "rpo_ok": s["rpo_ok"],
+            }
+            for n, s in data["sources"].items()
+        }
+        summary = summarise(snap)
+        return JSONResponse(
+            {"generated_at": data["generated_at"], "success_rate": summary["success_rate"], "sources": per}
+        )
+
+    @app.get("/api/backups", dependencies=deps)
+    def backups(
+        source: str | None = None,
+        type: str | None = Query(None, description="FULL | INCREMENTAL | TRANSACTION_LOG | SCHEMA"),  # noqa: A002
+        latest: bool = False,
+        verified: bool | None = None,
+        start_date: str | None = None,
+        end_date: str | None = None,
+        refresh: bool = False,
+    ) -> JSONResponse:
+        try:
+            rows, problems = mon.backups(refresh=refresh)
+        except Exception as exc:  # noqa: BLE001 - config cannot be loaded
+            return JSONResponse({"error": f"cannot list backups: {redact(exc)}"}, status_code=503)
+        start, end = _parse_day(start_date, "start_date"), _parse_day(end_date, "end_date")
+        day_end = end_date is not None and len(end_date) == 10
+        chosen = [
+            r
+            for r in rows
+            if (source is None or r["source"] == source)
+            and (type is None or r["type"] == type.upper())
+            and (verified is None or r["verified"] == verified)
+            and _in_range(r, start, end, day_end)
+        ]
+        if latest:
+            newest: dict[str, dict[str, Any]] = {}
+            for r in chosen:  # sorted oldest first: the last one per source wins
+                newest[r["source"]] = r
+            chosen = sorted(newest.values(), key=lambda r: r["started_at"])
+        return JSONResponse({"backups": chosen, "count": len(chosen), "problems": problems})
+
+    return app
+
+
+# For tests, ``uvicorn include.backup.dr.web:app``, and serving behind an authenticating
+# proxy. The Airflow plugin builds its own with require_auth=True.
+app = create_app()

@@ -1,0 +1,268 @@
+"""DR tests and failover end to end without Airflow's scheduler: real backups (the same
+step functions the backup DAGs call), real restores into the session's PostgreSQL cluster
+and into directories, reports written at real (local) targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from datetime import UTC, datetime
+
+import pytest
+
+from include.backup import tasks
+from include.backup.catalog.manifest import PAYLOAD_NAME
+from include.backup.config.loader import load_config
+from include.backup.dr import failover
+from include.backup.dr.dags import check_dr_test_result, publish_dr_test, run_dr_test_task
+from include.backup.dr.drtest import parse_dr_test_params
+from include.backup.dr.reports import list_reports
+from include.backup.errors import BackupError, RestoreRefused
+from include.backup.keys import KeyRing
+from include.backup.targets import build_target
+
+pytestmark = pytest.mark.integration
+
+
+def run_schedule(name: str, run_id: str) -> dict:
+    meta = tasks.run_checksum(tasks.run_encrypt(tasks.run_dump(name, run_id, datetime.now(UTC))))
+    config = load_config().config
+    for t in config.schedule(name).targets:
+        tasks.run_upload(meta, t)
+    for t in config.schedule(name).targets:
+        tasks.run_verify(meta, t)
+    tasks.run_cleanup(meta, name)
+    return meta
+
+
+def _setup(tmp_path, monkeypatch, body: str) -> None:
+    config = tmp_path / "backup_config.yaml"
+    config.write_text(textwrap.dedent(body))
+    monkeypatch.setenv("BACKUP_CONFIG", str(config))
+    KeyRing.generate(tmp_path / "keys.json", "k1")
+    monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("BACKUP_ALERTS_STATE_DIR", str(tmp_path / "alert-state"))
+
+
+@pytest.fixture
+def pg_env(pg_cluster, tmp_path, monkeypatch):
+    _setup(
+        tmp_path,
+        monkeypatch,
+        f"""
+        staging_dir: {tmp_path}/staging
+        targets:
+          disk1: {{type: local, path: {tmp_path}/t1}}
+        sources:
+          events_pg: {{type: postgres, conn_id: events_pg}}
+        schedules:
+          - {{name: pg_full, source: events_pg, type: FULL, cron: "@daily", targets: [disk1]}}
+    """,
+    )
+    return tmp_path, pg_cluster
+
+
+@pytest.fixture
+def files_env(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "docs/sub").mkdir(parents=True)
+    (data / "docs/a.txt").write_text("alpha\n" * 1000)
+    (data / "docs/sub/b.bin").write_bytes(os.urandom(200_000))
+    _setup(
+        tmp_path,
+        monkeypatch,
+        f"""
+        staging_dir: {tmp_path}/staging
+        dr:
+          failover:
+            docs:
+              secondary: {tmp_path}/secondary
+              switch: {{kind: airflow_variable, variable: docs_location, value: secondary}}
+        targets:
+          disk1: {{type: local, path: {tmp_path}/t1}}
+          disk2: {{type: local, path: {tmp_path}/t2, offsite: true}}
+        sources:
+          docs: {{type: files, paths: [{data}/docs]}}
+        schedules:
+          - {{name: docs_full, source: docs, type: FULL, cron: "@daily", targets: [disk1, disk2]}}
+    """,
+    )
+    return tmp_path
+
+
+def _dr_test(params: dict) -> dict:
+    request = parse_dr_test_params(params, load_config().config)
+    return run_dr_test_task(request.to_xcom(), "manual__test")
+
+
+def test_restore_test_against_postgres_records_rto_and_report(pg_env):
+    tmp, cluster = pg_env
+    meta = run_schedule("pg_full", "run1")
+    result = _dr_test(
+        {
+            "test_type": "RESTORE_TEST",
+            "source": "events_pg",
+            "target_environment": "dr_restore_check",
+            "smoke_queries": [
+                "SELECT 1 FROM users LIMIT 1",
+                "SELECT count(*) FROM events HAVING count(*) > 0",
+            ],
+            "participants": ["alice@example.com"],
+            "notes": "quarterly",
+            "notify_on_completion": False,
+        }
+    )
+    (report,) = result["reports"]
+    assert result["success"] is True, report["issues"]
+    assert report["backup_id"] == meta["backup_id"]
+    assert report["measured_rto_seconds"] > 0
+    assert report["measured_rpo_seconds"] >= 0
+    assert report["participants"] == ["alice@example.com"] and "quarterly" in report["notes"]
+    config = load_config().config
+    stored = list_reports(build_target("disk1", config.targets["disk1"]), "events_pg")
+    assert [r.test_id for r in stored] == [report["test_id"]]
+    assert stored[0].success and stored[0].measured_rto_seconds == report["measured_rto_seconds"]
+    assert list((tmp / "t1" / "_dr_tests" / "events_pg").glob("*.json"))
+    assert check_dr_test_result(publish_dr_test(result))["success"] is True
+
+    # A smoke query that finds nothing fails the test (into a second new database).
+    bad = _dr_test(
+        {
+            "test_type": "RECOVERY_TIME_TEST",
+            "source": "events_pg",
+            "target_environment": "dr_restore_check2",
+            "smoke_queries": ["SELECT 1 FROM users WHERE false"],
+            "notify_on_completion": False,
+        }
+    )
+    assert bad["success"] is False
+    assert any("returned no row" in i for i in bad["reports"][0]["issues"])
+    # The restored database is not overwritten by a second test unless asked.
+    again = _dr_test(
+        {
+            "test_type": "RESTORE_TEST",
+            "source": "events_pg",
+            "target_environment": "dr_restore_check",
+            "notify_on_completion": False,
+        }
+    )
+    assert again["success"] is False and "restore failed" in again["reports"][0]["issues"][0]
+
+
+def test_restore_test_refuses_the_production_database(pg_env):
+    run_schedule("pg_full", "run1")
+    result = _dr_test(
+        {
+            "test_type": "RESTORE_TEST",
+            "source": "events_pg",
+            "target_environment": "events",
+            "overwrite": True,
+            "notify_on_completion": False,
+        }
+    )
+    assert result["success"] is False
+    assert "production database" in result["reports"][0]["issues"][0]
+
+
+def test_corrupt_backup_fails_the_restore_test(pg_env):
+    tmp, _ = pg_env
+    meta = run_schedule("pg_full", "run1")
+    payload = next((tmp / "t1").rglob(PAYLOAD_NAME))
+    raw = bytearray(payload.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    payload.write_bytes(bytes(raw))
+    result = _dr_test(
+        {
+            "test_type": "RESTORE_TEST",
+            "source": "events_pg",
+            "target_environment": "dr_restore_corrupt",
+            "notify_on_completion": False,
+        }
+    )
+    (report,) = result["reports"]
+    assert result["success"] is False and report["success"] is False
+    assert any(meta["backup_id"] in i and "does not match its manifest" in i for i in report["issues"])
+    stored = json.loads(next((tmp / "t1" / "_dr_tests" / "events_pg").glob("*.json")).read_text())
+    assert stored["success"] is False and stored["issues"] == report["issues"]
+    with pytest.raises(BackupError, match="does not match"):
+        check_dr_test_result(publish_dr_test(result))
+
+
+def test_backup_verification_of_files_at_every_target(files_env):
+    tmp = files_env
+    meta = run_schedule("docs_full", "run1")
+    ok = _dr_test({"test_type": "BACKUP_VERIFICATION", "source": "docs", "notify_on_completion": False})
+    (report,) = ok["reports"]
+    assert ok["success"] is True, report["issues"]
+    assert report["backup_id"] == meta["backup_id"] and report["measured_rpo_seconds"] >= 0
+    assert "disk1=" in report["notes"] and "disk2=" in report["notes"]
+    assert set(ok["written"]) == {"disk1", "disk2"}
+
+    payload = next((tmp / "t2").rglob(PAYLOAD_NAME))
+    raw = bytearray(payload.read_bytes())
+    raw[-40] ^= 0x01
+    payload.write_bytes(bytes(raw))
+    bad = _dr_test({"test_type": "BACKUP_VERIFICATION", "notify_on_completion": False})
+    (report,) = bad["reports"]
+    assert bad["success"] is False
+    assert len(report["issues"]) == 1 and report["issues"][0].startswith("target disk2:")
+    assert len(list((tmp / "t1" / "_dr_tests" / "docs").glob("*.json"))) == 2
+
+
+def test_failover_refuses_without_confirmation(files_env):
+    run_schedule("docs_full", "run1")
+    config = load_config().config
+    with pytest.raises(RestoreRefused, match="confirm"):
+        failover.parse_failover_params({"source": "docs"}, config)
+    with pytest.raises(RestoreRefused, match="confirm"):
+        failover.parse_failover_params({"source": "docs", "confirm": "yes"}, config)
+    assert not (files_env / "secondary").exists()
+
+
+def test_failover_dry_run_restores_but_does_not_switch(files_env, monkeypatch):
+    tmp = files_env
+    meta = run_schedule("docs_full", "run1")
+    config = load_config().config
+    request = failover.parse_failover_params(
+        {"source": "docs", "confirm": "docs", "dry_run": True, "secondary": str(tmp / "staging_env")}, config
+    )
+    assessed = failover.assess(config, request.source, request.target)
+    assert assessed["backup_id"] == meta["backup_id"] and assessed["rpo_ok"]
+
+    def no_variables(*a, **k):  # the dry run must not reach Airflow's Variables
+        raise AssertionError("Variable.set called in a dry run")
+
+    monkeypatch.setattr("airflow.sdk.Variable.set", no_variables)
+    switched = failover.switch(
+        config, request.source, request.secondary, backup_id=assessed["backup_id"], dry_run=request.dry_run
+    )
+    assert switched["done"] is False and "would set Variable 'docs_location'" in switched["detail"]
+    restored = failover.restore_secondary(
+        config, request.source, request.secondary, backup_id=assessed["backup_id"], target=assessed["target"]
+    )
+    assert restored["stats"]["files"] == 2
+    assert (tmp / "staging_env" / str(tmp / "data/docs/a.txt").lstrip("/")).read_text() == "alpha\n" * 1000
+    verified = failover.verify_secondary(config, restored)
+    assert verified["ok"]
+    alert = failover.activated_alert(
+        request,
+        {"assess": assessed, "switch": switched, "restore": restored, "verify": verified},
+        run_id="r1",
+    )
+    assert alert.kind == "DR_ACTIVATED" and "dry-run" in alert.summary and "completed" in alert.summary
+    assert not (tmp / "secondary").exists()  # the configured (production) secondary untouched
+
+    # FAILOVER_TEST: the same steps through a DR test, switch in dry run.
+    result = _dr_test(
+        {
+            "test_type": "FAILOVER_TEST",
+            "source": "docs",
+            "target_environment": str(tmp / "rehearsal"),
+            "notify_on_completion": False,
+        }
+    )
+    (report,) = result["reports"]
+    assert result["success"] is True, report["issues"]
+    assert "dry run: would set Variable" in report["notes"] and report["measured_rto_seconds"] > 0
+    assert (tmp / "rehearsal").exists()
