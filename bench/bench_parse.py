@@ -84,9 +84,9 @@ def main() -> None:
         n1, _, t1 = measure(one, args.repeat)
         n, imp, tn = measure(many, args.repeat)
     print(f"airflow import (not part of DAG parsing): {imp:.2f} s")
-    print(f"DagBag over dags/ with {n1} schedule:    {t1:.3f} s (baseline)")
-    print(f"DagBag over dags/ with {n} schedules: {tn:.3f} s  ({tn / t1:.1f}x baseline, "
-          f"{(tn - t1) / max(n - 1, 1) * 1000:.2f} ms per extra schedule; target < 2 s)")
+    print(f"DagBag over dags/, 1 schedule ({n1} DAGs with the DR ones): {t1:.3f} s (baseline)")
+    print(f"DagBag over dags/, {args.schedules} schedules ({n} DAGs): {tn:.3f} s  ({tn / t1:.1f}x baseline, "
+          f"{(tn - t1) / max(args.schedules - 1, 1) * 1000:.2f} ms per extra schedule; target < 2 s)")
 
 
 if __name__ == "__main__":

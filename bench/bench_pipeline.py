@@ -561,6 +561,9 @@ def main() -> int:
     if restic:
         restic["best"] = restic["median"] = restic["seconds"]
         print(row(f"restic backup ({restic['version']})", restic) + "   (1 run, repo size)")
+        seal_text = results["seal (text)"]
+        print(f"  seal vs restic on the same file: {restic['seconds'] / seal_text['median']:.2f}x "
+              "(median seal time; target >= 2)")
     else:
         print("restic: not installed" if not args.skip_restic else "restic: skipped")
 

@@ -8,6 +8,7 @@ Verbs:
                                         re-read and re-hash a backup at its targets
   restore [BACKUP_ID] --into DEST [--source S] [--until ISO] [--target NAME] [--only A,B] [--overwrite]
                                         restore a backup (and its chain)
+  prune --schedule NAME [--dry-run]     apply a schedule's retention (the plan, with --dry-run)
   decrypt IN OUT [--decompress zstd|gzip]
                                         decrypt a payload container to a file
 
@@ -191,6 +192,26 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    """Apply a schedule's retention now; with --dry-run, only print the plan."""
+    import logging
+
+    from include.backup.errors import BackupError
+    from include.backup.tasks import apply_schedule_retention
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    config = _config(args)
+    try:
+        schedule = config.schedule(args.schedule)
+    except KeyError as exc:
+        raise BackupError(str(exc.args[0])) from None
+    deleted = apply_schedule_retention(config, schedule, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for target, ids in deleted.items():
+        print(f"{target}: {verb} {len(ids)} backup(s)" + (": " + ", ".join(ids) if ids else ""))
+    return 0
+
+
 def _cmd_decrypt(args: argparse.Namespace) -> int:
     from include.backup.pipeline.compression import decompress_reader
     from include.backup.pipeline.crypto import DecryptingReader
@@ -258,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated tables or paths to restore")
     p.add_argument("--overwrite", action="store_true", help="restore over a non-empty destination")
     p.set_defaults(handler=_cmd_restore)
+
+    p = sub.add_parser("prune", parents=[common], help="apply a schedule's retention (GFS) now")
+    p.add_argument("--schedule", required=True, help="schedule name from the config")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
+    p.set_defaults(handler=_cmd_prune)
 
     p = sub.add_parser("decrypt", parents=[common], help="decrypt a payload container to a file")
     p.add_argument("input", help="the encrypted payload (as stored at a target)")

@@ -299,15 +299,24 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest) -> list[s
 def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False) -> dict[str, Any]:
     """Remove this run's staging, stale staging of earlier failed runs, and apply the
     schedule's retention at every target."""
-    from include.backup.catalog.catalog import list_backups
-    from include.backup.retention import apply_retention, plan_retention
-
     config = load_config()
     schedule = config.schedule(schedule_name)
     stage = Path(meta["staging"])
     if not dry_run:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_stale_staging(stage.parent, schedule.name)
+    deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
+    return {"backup_id": meta["backup_id"], "deleted": deleted}
+
+
+def apply_schedule_retention(
+    config: BackupConfig, schedule: Schedule, *, dry_run: bool = False
+) -> dict[str, list[str]]:
+    """The schedule's retention at each of its targets; returns the ids deleted (or that
+    would be, with ``dry_run``) per target. Each decision is logged with its reason."""
+    from include.backup.catalog.catalog import list_backups
+    from include.backup.retention import apply_retention, plan_retention
+
     deleted: dict[str, list[str]] = {}
     for name, target in _targets(config, schedule).items():
         # The whole source's listing, not just this schedule's: an incremental of another
@@ -320,7 +329,7 @@ def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False)
             schedule=schedule.name,
         )
         deleted[name] = apply_retention(target, schedule.source, schedule.name, plan, dry_run=dry_run)
-    return {"backup_id": meta["backup_id"], "deleted": deleted}
+    return deleted
 
 
 def _remove_stale_staging(root: Path, schedule_name: str) -> None:

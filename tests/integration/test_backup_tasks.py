@@ -47,7 +47,7 @@ def env(tmp_path, monkeypatch):
     return tmp_path, data
 
 
-def run_schedule(name: str, run_id: str) -> dict:
+def run_schedule(name: str, run_id: str, cleanup: bool = True) -> dict:
     meta = tasks.run_dump(name, run_id, datetime.now(UTC))
     meta = tasks.run_encrypt(meta)
     meta = tasks.run_checksum(meta)
@@ -56,7 +56,8 @@ def run_schedule(name: str, run_id: str) -> dict:
         tasks.run_upload(meta, t)
     for t in config.schedule(name).targets:
         tasks.run_verify(meta, t)
-    tasks.run_cleanup(meta, name)
+    if cleanup:
+        tasks.run_cleanup(meta, name)
     return meta
 
 
@@ -155,3 +156,33 @@ def test_unknown_backup_id_names_the_targets(env):
     config = load_config().config
     with pytest.raises(RestoreRefused, match="not found at any target"):
         restore_backup(config, "nope", "/tmp/x", keys=None)
+
+
+def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
+    from include.backup.cli import main
+
+    tmp, data = env
+    # Without the cleanup step, so that retention is applied by prune only.
+    old = run_schedule("docs_full", "run-old", cleanup=False)
+    new = run_schedule("docs_full", "run-new", cleanup=False)
+    # At disk1, age the first backup to 2024: GFS keeps it as that year's yearly. At disk2
+    # both are from today: the daily tier keeps only the newest of the day.
+    manifest_path = next((tmp / "t1").rglob(f"{old['backup_id']}/{MANIFEST_NAME}"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["started_at"] = "2024-06-01T00:00:00Z"
+    manifest_path.write_text(json.dumps(manifest))
+
+    assert main(["prune", "--schedule", "docs_full", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "disk1: would delete 0 backup(s)" in out
+    assert f"disk2: would delete 1 backup(s): {old['backup_id']}" in out
+    assert len(list((tmp / "t2").rglob(MANIFEST_NAME))) == 2  # dry run deleted nothing
+
+    assert main(["prune", "--schedule", "docs_full"]) == 0
+    assert f"disk2: deleted 1 backup(s): {old['backup_id']}" in capsys.readouterr().out
+    config = load_config().config
+    held = {
+        name: sorted(b.backup_id for b in list_backups(build_target(name, config.targets[name])))
+        for name in ("disk1", "disk2")
+    }
+    assert held == {"disk1": sorted([old["backup_id"], new["backup_id"]]), "disk2": [new["backup_id"]]}
