@@ -101,7 +101,10 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
             from include.backup import tasks
 
             ctx = get_current_context()
-            return tasks.run_dump(schedule_name, ctx["run_id"], ctx.get("logical_date"))
+            # Runs triggered through the REST API with "logical_date": null have none; the
+            # run's run_after is fixed for the run, so every retry gets the same backup id.
+            when = ctx.get("logical_date") or getattr(ctx.get("dag_run"), "run_after", None)
+            return tasks.run_dump(schedule_name, ctx["run_id"], when)
 
         @task(task_id="encrypt")
         def encrypt(meta: dict[str, Any]) -> dict[str, Any]:

@@ -141,13 +141,18 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
 
     algo = config.pipeline.compression
     partial = stage / (DUMP_NAME + ".partial")
-    with open(partial, "wb") as raw_out:
-        with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
-            counter = CountingWriter(zout)
-            # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
-            result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
-        raw_out.flush()
-        os.fsync(raw_out.fileno())
+    try:
+        with open(partial, "wb") as raw_out:
+            with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
+                counter = CountingWriter(zout)
+                # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
+                result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
+            raw_out.flush()
+            os.fsync(raw_out.fileno())
+    except BaseException:
+        # A failed dump leaves nothing behind (a retry starts again from nothing anyway).
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     os.replace(partial, stage / DUMP_NAME)
 
     manifest = Manifest(

@@ -186,3 +186,13 @@ def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
         for name in ("disk1", "disk2")
     }
     assert held == {"disk1": sorted([old["backup_id"], new["backup_id"]]), "disk2": [new["backup_id"]]}
+
+
+def test_failed_dump_leaves_no_staging(env):
+    tmp, data = env
+    import shutil
+
+    shutil.rmtree(data / "docs")  # the source's path is gone
+    with pytest.raises(BackupError, match="docs"):
+        tasks.run_dump("docs_full", "run-x", datetime.now(UTC))
+    assert not (tmp / "staging").exists() or not any((tmp / "staging").iterdir())
