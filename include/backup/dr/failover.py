@@ -221,6 +221,8 @@ def switch(
         from airflow.sdk import Variable
 
         if action.kind == "airflow_variable":
+            if not action.variable:  # the config schema requires it; say so if it slipped
+                raise BackupError("failover switch: kind airflow_variable needs `variable:` in the config")
             Variable.set(action.variable, action.value or secondary)
         else:
             Variable.set(
