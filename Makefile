@@ -25,6 +25,7 @@ bench: venv system-deps test-services ## run the benchmarks (on demand; figures 
 	$(PY) bench/bench_parse.py
 	$(PY) bench/bench_pg_dump.py
 	$(PY) bench/bench_pg_restore.py
+	$(PY) bench/bench_pitr.py
 	$(PY) bench/bench_targets.py
 	$(PY) bench/bench_mongo.py --docs 200000
 
