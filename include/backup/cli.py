@@ -130,9 +130,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             d for ok, d in (verify_object(target, manifest, o.name) for o in manifest.objects) if not ok
         ]
         if args.deep and not problems:
-            if args.key_file:
-                os.environ["BACKUP_KEY_FILE"] = args.key_file
-            problems = deep_verify(config, target, manifest)
+            problems = deep_verify(config, target, manifest, _keys(args, config))
         status = "FAILED: " + "; ".join(problems) if problems else "ok" + (" (deep)" if args.deep else "")
         print(f"{name}: {args.backup_id}: {status}")
         failed += bool(problems)

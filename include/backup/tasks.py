@@ -283,11 +283,12 @@ def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> di
     return {"backup_id": stored.backup_id, "target": target_name, "ok": True, "deep": deep}
 
 
-def deep_verify(config: BackupConfig, target: Any, manifest: Manifest) -> list[str]:
-    """Decrypt and decompress the payload to the end (authenticates every chunk)."""
+def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any = None) -> list[str]:
+    """Decrypt and decompress the payload to the end (authenticates every chunk). ``keys``
+    defaults to the configured key ring."""
     from include.backup.pipeline.stream import open_sealed
 
-    keys = load_keys(config)
+    keys = keys if keys is not None else load_keys(config)
     try:
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
             plain = open_sealed(raw, keys, manifest.compression)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.backup.config.schema import BackupConfig
+from include.backup.dr.params import text_param
 from include.backup.dr.reports import TEST_TYPES, DRTestReport, write_report
 from include.backup.errors import BackupError, RestoreRefused
 
@@ -75,13 +76,7 @@ class DRTestRequest:
         return cls(**dict(data))
 
 
-def _text(params: Mapping[str, Any], name: str) -> str | None:
-    value = params.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if not isinstance(value, str):
-        raise RestoreRefused(f"param {name!r} must be a string, got {type(value).__name__}")
-    return value.strip()
+_text = text_param  # one string-param rule for every manual DAG (dr/params.py)
 
 
 def _bool(params: Mapping[str, Any], name: str, default: bool) -> bool:

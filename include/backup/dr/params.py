@@ -37,7 +37,7 @@ class RestoreRequest:
         return cls(**{**data, "point_in_time": datetime.fromisoformat(pit) if pit else None})
 
 
-def _text(params: Mapping[str, Any], name: str) -> str | None:
+def text_param(params: Mapping[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -73,11 +73,11 @@ def _when(text: str | None) -> datetime | None:
 
 
 def parse_restore_params(params: Mapping[str, Any], config: BackupConfig) -> RestoreRequest:
-    source = _text(params, "source")
-    backup_id = _text(params, "backup_id")
-    into = _text(params, "into")
-    target = _text(params, "target")
-    point_in_time = _when(_text(params, "point_in_time"))
+    source = text_param(params, "source")
+    backup_id = text_param(params, "backup_id")
+    into = text_param(params, "into")
+    target = text_param(params, "target")
+    point_in_time = _when(text_param(params, "point_in_time"))
     if into is None:
         raise RestoreRefused(
             "param 'into' is required: a database name or conn:<conn_id> for databases, "

@@ -24,6 +24,7 @@ from typing import BinaryIO, Protocol, cast
 import zstandard
 
 from include.backup.errors import IntegrityError
+from include.backup.pipeline._io import BlockReader
 
 ALGORITHMS = ("zstd", "gzip", "none")
 
@@ -349,7 +350,7 @@ def copy_compress(
     return raw, counted.count
 
 
-class _DecompressingReader(io.RawIOBase):
+class _DecompressingReader(BlockReader):
     """Pull-based decompressor with bounded memory and truncation detection.
 
     Subclasses supply ``_new()`` (start a fresh frame/member), ``_step(data) -> bytes``,
@@ -449,18 +450,6 @@ class _DecompressingReader(io.RawIOBase):
         out = self._out[self._pos : self._pos + size]
         self._pos += len(out)
         return out
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        mv = memoryview(b).cast("B")
-        data = self.read(len(mv))
-        mv[: len(data)] = data
-        return len(data)
-
-    def readall(self) -> bytes:
-        parts = []
-        while data := self.read(1 << 30):
-            parts.append(data)
-        return b"".join(parts)
 
 
 class _ZstdReader(_DecompressingReader):

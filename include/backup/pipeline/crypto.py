@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from include.backup.errors import IntegrityError, KeyNotFoundError
+from include.backup.pipeline._io import BlockReader
 
 MAGIC = b"AFBK-ENC"
 VERSION = 1
@@ -388,7 +389,7 @@ def unwrap_data_key(header: Header, kek: bytes) -> bytes:
         ) from None
 
 
-class DecryptingReader(io.RawIOBase):
+class DecryptingReader(BlockReader):
     """Readable plaintext stream over a container, decrypting one chunk at a time.
 
     The header is read and the data key unwrapped in the constructor, so a wrong or unknown
@@ -481,18 +482,6 @@ class DecryptingReader(io.RawIOBase):
         out = self._chunk[self._pos : self._pos + size]
         self._pos += len(out)
         return out
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        mv = memoryview(b).cast("B")
-        data = self.read(len(mv))
-        mv[: len(data)] = data
-        return len(data)
-
-    def readall(self) -> bytes:
-        parts = []
-        while data := self.read(1 << 30):
-            parts.append(data)
-        return b"".join(parts)
 
     @property
     def finished(self) -> bool:
