@@ -46,9 +46,17 @@ class FailoverSwitch(Strict):
       the Airflow Variable ``backup_failover__<source>`` (a task cannot write connections
       through Airflow 3's Task SDK; readers use ``Variable.get`` with the primary's id as
       the default).
+    - ``promote_standby``: promote the PostgreSQL hot standby behind the Airflow Postgres
+      connection ``conn_id`` (``pg_promote(wait => true, wait_seconds => timeout_seconds)``)
+      after recording how far its replay was behind (``last_replayed_at``,
+      ``replay_lag_seconds``). A server out of recovery on timeline 1 was never a standby:
+      refused. One out of recovery on a later timeline is taken as already promoted (a
+      retry of the task succeeds without doing anything). The standby holds the data, so
+      the failover does not restore a backup over it: it checks the promoted server
+      instead. The secondary is that standby (``conn:<conn_id>``, the default).
     """
 
-    kind: Literal["command", "airflow_variable", "airflow_connection"]
+    kind: Literal["command", "airflow_variable", "airflow_connection", "promote_standby"]
     command: list[str] | None = None
     timeout_seconds: int = Field(default=600, ge=1, le=86400)
     variable: str | None = None
@@ -65,6 +73,18 @@ class FailoverSwitch(Strict):
             raise ValueError(
                 "switch kind airflow_connection needs conn_id: the connection to use from now on"
             )
+        if self.kind == "promote_standby":
+            if not self.conn_id:
+                raise ValueError(
+                    "switch kind promote_standby needs conn_id: the Airflow Postgres connection "
+                    "to the hot standby to promote (e.g. conn_id: events_pg_standby)"
+                )
+            stray = [k for k in ("command", "variable", "value") if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(
+                    f"switch kind promote_standby takes conn_id and timeout_seconds only; "
+                    f"remove {', '.join(stray)}"
+                )
         return self
 
 
@@ -77,6 +97,23 @@ class FailoverSettings(Strict):
     switch: FailoverSwitch | None = None
     target: str | None = None  # restore from this target (default: the first holding it)
     test_environment: str | None = None  # default target_environment of FAILOVER_TEST
+
+    @model_validator(mode="after")
+    def _secondary_is_the_standby(self) -> FailoverSettings:
+        # Promoting a standby makes that standby the new primary: a different secondary
+        # would be a second, contradictory answer to "where does production go".
+        sw = self.switch
+        if (
+            sw is not None
+            and sw.kind == "promote_standby"
+            and self.secondary is not None
+            and self.secondary.strip() not in (sw.conn_id, f"conn:{sw.conn_id}")
+        ):
+            raise ValueError(
+                f"secondary {self.secondary!r} is not the standby the switch promotes "
+                f"(conn_id {sw.conn_id!r}): set secondary: conn:{sw.conn_id} or leave it out"
+            )
+        return self
 
 
 class DRSettings(Strict):

@@ -457,6 +457,59 @@ class PgCluster:
         self.psql("SELECT pg_reload_conf()")
         time.sleep(0.2)  # the postmaster re-reads pg_hba asynchronously after SIGHUP
 
+    # -- streaming replication
+
+    def start_standby(self, base_dir: Path | str | None = None, port: int | None = None) -> PgCluster:
+        """A hot standby of this running cluster: ``pg_basebackup -R -X stream`` into a new
+        data directory, then started with its own port and socket. It streams WAL from
+        this cluster over 127.0.0.1 (initdb's pg_hba trusts local replication connections)
+        until it is promoted. Stop it like any PgCluster (``stop()`` or ``with``)."""
+        if not self._running:
+            raise PgClusterError("start the primary before creating a standby of it")
+        standby = PgCluster(base_dir=base_dir, port=port, settings={"hot_standby": "on"})
+        bin_dir = standby.bin_dir
+        try:
+            standby._make_base_dir()
+            standby._run_owner(
+                [
+                    str(bin_dir / "pg_basebackup"),
+                    "-D", str(standby.data_dir),
+                    "-h", self.host, "-p", str(self.port), "-U", SUPERUSER,
+                    "-R",  # standby.signal + primary_conninfo in postgresql.auto.conf
+                    "-X", "stream",
+                    "--checkpoint=fast",
+                    "--no-sync",  # throwaway data, as initdb --no-sync above
+                ],
+                what="pg_basebackup",
+            )
+            # The copy carries the primary's pgcluster.conf: _start_server rewrites it with
+            # the standby's own port and socket directory.
+            standby._start_server(bin_dir)
+        except BaseException:
+            standby._cleanup_after_failed_start()
+            raise
+        atexit.register(standby._stop_at_exit)
+        log.info("PostgreSQL standby of %s:%s on port %s", self.host, self.port, standby.port)
+        return standby
+
+    def wait_for_standby(self, standby: PgCluster, timeout: float = 60.0) -> str:
+        """Wait until ``standby`` has replayed everything written here so far; returns that
+        WAL position (``pg_current_wal_lsn()`` of this cluster when called)."""
+        lsn = self.psql("SELECT pg_current_wal_lsn()")
+        deadline = time.monotonic() + timeout
+        while True:
+            caught_up = standby.psql(
+                f"SELECT coalesce(pg_last_wal_replay_lsn() >= {_sq(lsn)}::pg_lsn, false)"  # noqa: S608 - an LSN we read
+            )
+            if caught_up == "t":
+                return lsn
+            if time.monotonic() > deadline:
+                raise PgClusterError(
+                    f"standby {standby.host}:{standby.port} did not replay up to {lsn} within "
+                    f"{timeout:g} s; its log:\n{standby._log_tail()}"
+                )
+            time.sleep(0.1)
+
     def __repr__(self) -> str:
         state = f"{self.host}:{self._port}" if self._running else "stopped"
         return f"<PgCluster {state} {self._base or ''}>"
