@@ -161,3 +161,73 @@ def test_deadline_callback_as_the_triggerer_runs_it(
     assert msg["Subject"].startswith("[CRITICAL] RPO missed: events_pg — backup__hourly run not finished")
     assert "10 min past its deadline" in msg["Subject"]
     assert "scheduled__2025-03-10T11:00:00+00:00" in body_of(msg)
+
+
+def test_slow_backup_mails_once_and_stops_when_it_finishes(
+    mailbox: SmtpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three real backups make the history; a fourth is dumped and left in the staging
+    (its draft manifest says when it started). Rounds of the monitor a quarter of an hour
+    later see it running far longer than usual: one BACKUP_SLOW mail over two rounds;
+    once the backup has finished, nothing more, and the key is forgotten."""
+    import textwrap
+
+    from include.backup import tasks
+    from tests.integration.test_backup_tasks import run_schedule
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("alpha\n" * 1000)
+    cfg_file = tmp_path / "backup_config.yaml"
+    cfg_file.write_text(
+        textwrap.dedent(f"""
+        staging_dir: {tmp_path}/staging
+        dr: {{rpo_hours: 24, storage_min_free_gb: 0, notification_emails: {RECIPIENTS}}}
+        targets:
+          local: {{type: local, path: {tmp_path}/local}}
+        sources:
+          docs: {{type: files, paths: [{data}]}}
+        schedules:
+          - {{name: docs_hourly, source: docs, cron: "@hourly", targets: [local], retention_days: 7}}
+    """)
+    )
+    monkeypatch.setenv("BACKUP_CONFIG", str(cfg_file))
+    KeyRing.generate(tmp_path / "keys.json", "k1")
+    monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp_path / "keys.json"))
+    for i in range(3):
+        run_schedule("docs_hourly", f"history{i}")
+    running = tasks.run_dump("docs_hourly", "slow-run", datetime.now(UTC))
+    assert (Path(running["staging"]) / tasks.DRAFT_NAME).exists()
+
+    cfg = tasks.load_config()
+    later = datetime.now(UTC) + timedelta(minutes=15)  # the history took seconds
+    for _ in range(2):  # two rounds of dr_monitor, 15 minutes apart
+        report = run_monitor(cfg, later)
+        notify_report(report, cfg)
+    slow_key = f"BACKUP_SLOW:docs_hourly:{running['backup_id']}"
+
+    def slow_mails() -> list[Message]:
+        return [m for m in mailbox.messages() if m["X-Backup-Alert-Kind"] == "BACKUP_SLOW"]
+
+    mailbox.wait_for(1)
+    assert len(slow_mails()) == 1
+    (msg,) = slow_mails()
+    assert msg["X-Backup-Alert-Key"] == slow_key
+    subject = "[WARNING] Backup slow: docs_hourly — backup running for 15 min, usually "
+    assert msg["Subject"].startswith(subject)
+    body = body_of(msg)
+    assert running["backup_id"] in body and running["staging"] in body
+    assert "http://airflow.test:8080/dags/backup__docs_hourly" in body
+
+    # The run goes on and finishes: its cleanup removes the staging.
+    meta = tasks.run_checksum(tasks.run_encrypt(running))
+    tasks.run_upload(meta, "local")
+    tasks.run_verify(meta, "local")
+    tasks.run_cleanup(meta, "docs_hourly")
+    before = len(mailbox.messages())
+    report = run_monitor(cfg, later)
+    assert not [a for a in report.alerts if a.kind is AlertKind.BACKUP_SLOW]
+    notify_report(report, cfg)
+    assert len(mailbox.wait_for(before + 1, timeout=1)) == before  # nothing new was mailed
+    assert len(slow_mails()) == 1
+    assert not notify.sent_recently(slow_key)  # forgotten: a new slow run mails at once

@@ -323,6 +323,21 @@ def test_deadline_alert_figures(tmp_path: Path) -> None:
     assert "5 min past its deadline" in a.summary
 
 
+def test_deadline_alert_seconds_after_the_deadline_says_seconds(tmp_path: Path) -> None:
+    # The triggerer runs the callback seconds after the deadline: "0 min past" reads wrong.
+    a = callbacks.deadline_alert(
+        "BACKUP_LATE",
+        simple_context(),
+        interval_seconds=3600,
+        schedule="hourly",
+        source="events_pg",
+        rpo_hours=1,
+        config=cfg(tmp_path),
+        now=NOW + timedelta(seconds=31),  # the deadline is 12:00:01
+    )
+    assert "30 s past its deadline" in a.summary
+
+
 def test_deadline_callback_as_the_triggerer_calls_it(
     tmp_path: Path, fake_smtp: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,10 +32,12 @@ the triggerer; it is logged instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from include.backup.alerts.notify import Alert, AlertKind, redact, send
@@ -83,6 +85,8 @@ def _fmt(dt: datetime | None) -> str:
 
 def _fmt_delta(delta: timedelta) -> str:
     s = delta.total_seconds()
+    if s < 60:  # a deadline callback fires seconds after the deadline: not "0 min"
+        return f"{s:.0f} s"
     if s < 3600:
         return f"{s / 60:.0f} min"
     if s < 48 * 3600:
@@ -189,6 +193,59 @@ def failure_alert(context: Mapping[str, Any], config: Any = None) -> Alert:
     )
 
 
+def mark_staging_failed(config: Any, schedule: Any, context: Mapping[str, Any]) -> Path | None:
+    """Write the monitor's FAILED_MARKER into the failed run's staging directory, if it
+    is still there, so that ``dr_monitor`` does not take the failed run for a slow one
+    (BACKUP_SLOW). The backup id is rebuilt the way the dump task built it. Returns the
+    marker's path, or None."""
+    from include.backup.dr.monitor import FAILED_MARKER
+    from include.backup.tasks import make_backup_id, staging_dir
+
+    ti = context.get("task_instance") or context.get("ti")
+    dag_run = context.get("dag_run")
+    run_id = context.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id")
+    # What the dump task used: the logical date, else the run's run_after (API runs).
+    when = _as_dt(context.get("logical_date")) or _as_dt(_get(dag_run, "run_after"))
+    if not run_id or when is None:
+        return None
+    stage = staging_dir(config, make_backup_id(schedule.name, when, str(run_id)))
+    if not stage.is_dir():
+        return None  # a failed dump removes its staging itself
+    marker = stage / FAILED_MARKER
+    marker.write_text(
+        json.dumps(
+            {
+                "failed_at": datetime.now(UTC).isoformat(),
+                "dag_id": _get(ti, "dag_id") or _get(dag_run, "dag_id"),
+                "run_id": str(run_id),
+                "task_id": _get(ti, "task_id"),
+            }
+        ),
+        encoding="utf-8",
+    )
+    return marker
+
+
+def _record_failure(context: Mapping[str, Any], config: Any) -> None:
+    """The failure's metrics (``backup.run.<schedule>.failure`` / ``last_run_ok``) and the
+    staging marker; best effort, for backup DAGs only."""
+    ti = context.get("task_instance") or context.get("ti")
+    dag_id = _get(ti, "dag_id") or _get(context.get("dag_run"), "dag_id")
+    dag_id = dag_id or _get(context.get("dag"), "dag_id")
+    schedule = schedule_of(config, dag_id)
+    if schedule is None:
+        return
+    from include.backup import metrics
+
+    task_failed = _get(ti, "task_id") is not None
+    metrics.emit_backup_failure(schedule.name, task_failed=task_failed)
+    if task_failed:  # the task callback runs on a worker, where the staging is
+        try:
+            mark_staging_failed(config, schedule, context)
+        except Exception as exc:  # noqa: BLE001 - the mail below matters more
+            log.warning("could not mark the failed run's staging: %s", redact(exc))
+
+
 def on_backup_failure(
     context: Mapping[str, Any],
     *,
@@ -197,7 +254,8 @@ def on_backup_failure(
 ) -> None:
     """Task / DAG ``on_failure_callback``: mail a BACKUP_FAILED alert to
     ``dr.notification_emails``. One mail per DAG run (the task and the DAG callback of one
-    run share the dedupe key). Never raises."""
+    run share the dedupe key). Also the failure metrics, and the staging marker that tells
+    ``dr_monitor`` the run is over (:func:`mark_staging_failed`). Never raises."""
     try:
         if config is None:
             try:
@@ -205,6 +263,10 @@ def on_backup_failure(
             except Exception as exc:  # noqa: BLE001 - the mail matters more than the figures
                 log.error("backup failure alert: cannot load the config (%s)", redact(exc))
                 return
+        try:
+            _record_failure(context, config)
+        except Exception as exc:  # noqa: BLE001 - the mail matters more than the figures
+            log.warning("backup failure metrics not recorded: %s", redact(exc))
         alert = failure_alert(context, config)
         send(
             [alert],

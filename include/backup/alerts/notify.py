@@ -50,6 +50,7 @@ class Severity(StrEnum):
 class AlertKind(StrEnum):
     BACKUP_FAILED = "BACKUP_FAILED"
     BACKUP_LATE = "BACKUP_LATE"
+    BACKUP_SLOW = "BACKUP_SLOW"
     RPO_MISSED = "RPO_MISSED"
     RTO_MISSED = "RTO_MISSED"
     DR_TEST_OVERDUE = "DR_TEST_OVERDUE"
@@ -63,6 +64,7 @@ class AlertKind(StrEnum):
 SEVERITY: dict[AlertKind, Severity] = {
     AlertKind.BACKUP_FAILED: Severity.CRITICAL,
     AlertKind.BACKUP_LATE: Severity.WARNING,
+    AlertKind.BACKUP_SLOW: Severity.WARNING,
     AlertKind.RPO_MISSED: Severity.CRITICAL,
     AlertKind.RTO_MISSED: Severity.CRITICAL,
     AlertKind.DR_TEST_OVERDUE: Severity.WARNING,
@@ -82,6 +84,11 @@ NEXT_STEPS: dict[AlertKind, str] = {
     AlertKind.BACKUP_LATE: (
         "Check that the backup DAG is unpaused, that the scheduler and workers are running, and "
         "whether a run is stuck; trigger a run by hand if needed."
+    ),
+    AlertKind.BACKUP_SLOW: (
+        "Open the running backup DAG run and its current task log: a source or target that "
+        "became slow, a lock the dump waits on, a full or slow staging disk. The backup is "
+        "still running; it is not a failure yet, but the next run waits for it."
     ),
     AlertKind.RPO_MISSED: (
         "Data written since the last good backup is at risk. Trigger a backup of this source "
@@ -117,6 +124,7 @@ NEXT_STEPS: dict[AlertKind, str] = {
 TITLES: dict[AlertKind, str] = {
     AlertKind.BACKUP_FAILED: "Backup failed",
     AlertKind.BACKUP_LATE: "Backup late",
+    AlertKind.BACKUP_SLOW: "Backup slow",
     AlertKind.RPO_MISSED: "RPO missed",
     AlertKind.RTO_MISSED: "RTO missed",
     AlertKind.DR_TEST_OVERDUE: "DR test overdue",

@@ -78,6 +78,9 @@ def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
         until=request.point_in_time,
         source_name=request.source,
     )
+    from include.backup.metrics import emit_restore
+
+    emit_restore(result, rto_hours=config.dr.rto_hours)  # never raises
     rto_seconds = config.dr.rto_hours * 3600
     summary = {
         "backup_id": result.backup_id,
@@ -181,7 +184,8 @@ See docs/dr.md.
 FAILOVER_DOC = """### Failover
 assess → switch → restore → verify → notify (DR_ACTIVATED). Set `confirm` to the source
 name (refused otherwise, before anything is touched). `dry_run`: the switch is only
-described; the restore into the secondary is real. See docs/dr.md.
+described; the restore into the secondary is real. A `promote_standby` switch restores
+nothing: verify checks the (promoted) standby. See docs/dr.md.
 
 | param | meaning |
 |---|---|
@@ -195,8 +199,9 @@ described; the restore into the secondary is real. See docs/dr.md.
 
 DR_MONITOR_DOC = """### DR monitor
 Every 15 minutes: newest verified backup per source against the RPO, late schedules,
-overdue DR tests, key rotation, free space and reachability of the targets. Mails each
-violation once until it clears (docs/alerts.md). XCom: the report's metadata.
+backups running much longer than usual, overdue DR tests, key rotation, free space and
+reachability of the targets. Mails each violation once until it clears (docs/alerts.md);
+sends the figures as Airflow metrics (docs/metrics.md). XCom: the report's metadata.
 """
 
 
@@ -402,7 +407,7 @@ def build_failover_dag(config: BackupConfig) -> Any:
             req = failover.FailoverRequest.from_xcom(request)
             return failover.restore_secondary(tasks.load_config(), req.source, req.secondary,
                                               backup_id=assessed["backup_id"], target=assessed["target"],
-                                              overwrite=req.overwrite)
+                                              overwrite=req.overwrite, switched=switched)
 
         @task(task_id="verify")
         def verify(restored: dict[str, Any]) -> dict[str, Any]:
@@ -465,9 +470,11 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
         def monitor() -> dict[str, Any]:
             from include.backup import tasks
             from include.backup.dr.monitor import notify_report, run_monitor
+            from include.backup.metrics import emit_monitor_report
 
             config = tasks.load_config()
             report = run_monitor(config)
+            emit_monitor_report(report, rto_hours=config.dr.rto_hours)  # before mail: SMTP may raise
             sent = notify_report(report, config)
             log.info("monitor: %d alert(s), %d issue(s), %d mail(s) sent",
                      len(report.alerts), len(report.issues), sent)

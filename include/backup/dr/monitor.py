@@ -23,15 +23,38 @@ Rules (docs/alerts.md):
 - STORAGE_LOW (per target that can tell its free space): free space below
   ``dr.storage_min_free_gb`` GiB, or below twice the largest backup the target holds.
 - TARGET_UNREACHABLE (critical, per target): listing the target failed.
+- BACKUP_SLOW (warning, per active schedule, :func:`check_slow`): a backup of the schedule
+  is in progress and has run longer than ``max(SLOW_FACTOR × usual, usual + SLOW_FLOOR)``
+  (3 × and 10 minutes), where *usual* is the median duration of the schedule's newest
+  ``SLOW_HISTORY`` (20) finished backups at the targets, and only once there are at least
+  ``SLOW_MIN_HISTORY`` (3) of them. A finished backup's duration runs from its
+  ``started_at`` to the last ``verified_at`` recorded at its targets (else ``finished_at``),
+  the span an in-progress run is measured over too.
+  *In progress* is read from the staging area (``settings.staging_root``), not Airflow's
+  database: a directory ``<schedule>-<stamp>-<hash>`` whose draft manifest gives
+  ``started_at`` (while the dump is still running there is no draft yet: the directory's
+  mtime, set when the dump created its partial file, stands for the start). It is *not*
+  in progress when the backup is verified at every target of the schedule (only cleanup
+  is left), when a later backup of the schedule reached a target (the runs of a schedule
+  are serial: this staging was abandoned), or when the failure callback marked it failed
+  (``FAILED_MARKER``) and nothing in it was written or touched since. The monitor sees only backups
+  staged where it runs: the staging directory must be shared by the workers (the
+  docker-compose file mounts one volume), else runs on other workers are invisible. The
+  alert clears when the backup finishes (cleanup removes the staging). A finished backup
+  that took long raises nothing (it is a backup; the RPO and late rules cover the effect):
+  its duration is on the DR page and in the ``backup.run.<schedule>.duration`` metric.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from include.backup.alerts.notify import Alert, AlertKind, clear_resolved, redact, send
@@ -47,6 +70,14 @@ GIB = 1 << 30
 LATE_FACTOR = 2  # BACKUP_LATE after this many cron intervals without a backup
 STORAGE_HEADROOM_BACKUPS = 2  # STORAGE_LOW when there is no room for this many of the largest backup
 NO_DATA_TYPES = frozenset({"SCHEMA"})  # backups that do not count towards the RPO
+SLOW_FACTOR = 3  # BACKUP_SLOW after this many times the usual duration...
+SLOW_FLOOR = timedelta(minutes=10)  # ...and at least this much over it (short backups jitter)
+SLOW_MIN_HISTORY = 3  # finished backups of a schedule needed before a run can be called slow
+SLOW_HISTORY = 20  # the newest this many finished backups give the usual duration
+# Written into a run's staging by the backup failure callback: the run is over, not slow.
+FAILED_MARKER = "run.failed.json"
+# Staging directories are named by the backup id: <schedule>-<YYYYmmddTHHMMSSZ>-<6 hex>.
+_STAGE_RE = re.compile(r"^(?P<schedule>.+)-(?P<stamp>\d{8}T\d{6}Z)-(?P<suffix>[0-9a-f]{6})$")
 
 # The kinds the monitor decides on each round: a key of these kinds that is not raised in a
 # round has cleared, and is mailed again as soon as it comes back (notify_report).
@@ -57,6 +88,7 @@ MONITOR_KINDS: tuple[AlertKind, ...] = (
     AlertKind.KEY_ROTATION_DUE,
     AlertKind.STORAGE_LOW,
     AlertKind.TARGET_UNREACHABLE,
+    AlertKind.BACKUP_SLOW,
 )
 
 
@@ -88,6 +120,12 @@ class ScheduleStatus:
     last_backup_at: datetime | None = None
     age_hours: float | None = None
     late: bool = False
+    running_backup_id: str | None = None  # a backup in progress (from the staging area)
+    running_since: datetime | None = None
+    running_seconds: float | None = None
+    running_phase: str | None = None  # dump | encrypt | checksum | upload/verify
+    usual_seconds: float | None = None  # median duration of its recent finished backups
+    slow: bool = False
 
 
 @dataclass
@@ -213,6 +251,137 @@ def _duration(m: Manifest) -> float | None:
     return max(0.0, (as_utc(m.finished_at) - as_utc(m.started_at)).total_seconds())
 
 
+def fmt_duration(seconds: float) -> str:
+    """Like :func:`fmt_age`, with seconds for short spans (backups of small sources)."""
+    return f"{seconds:.0f} s" if seconds < 120 else fmt_age(timedelta(seconds=seconds))
+
+
+# --- backups in progress (the staging area) --------------------------------------------
+
+
+@dataclass
+class StagedBackup:
+    """A backup run's staging directory, as the monitor reads it."""
+
+    backup_id: str
+    schedule: str
+    path: str
+    started_at: datetime
+    phase: str  # dump | encrypt | checksum | upload/verify
+    failed: bool = False  # marked by the failure callback, nothing written since
+
+
+def _stage_phase(names: set[str]) -> str:
+    from include.backup.catalog.manifest import MANIFEST_NAME, PAYLOAD_NAME
+    from include.backup.tasks import DRAFT_NAME
+
+    if MANIFEST_NAME in names:
+        return "upload/verify"
+    if PAYLOAD_NAME + ".partial" in names:
+        return "encrypt"
+    if PAYLOAD_NAME in names:
+        return "checksum"
+    return "encrypt" if DRAFT_NAME in names else "dump"
+
+
+def read_stage(path: Path) -> StagedBackup | None:
+    """The staged backup in ``path``, or None when the name is not a backup id's."""
+    from include.backup.tasks import DRAFT_NAME
+
+    match = _STAGE_RE.match(path.name)
+    if match is None or not path.is_dir():
+        return None
+    entries = {p.name: p.stat().st_mtime for p in path.iterdir()}
+    started: datetime | None = None
+    if DRAFT_NAME in entries:
+        try:
+            started = as_utc(Manifest.from_json((path / DRAFT_NAME).read_bytes()).started_at)
+        except ValueError:
+            started = None  # half-written by hand; fall back on the directory's time
+    if started is None:
+        # The dump is still running (it writes the draft when it ends); the directory was
+        # last changed when the dump created its partial file in it, i.e. when it started.
+        started = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    marked = entries.pop(FAILED_MARKER, None)
+    # A failed run whose step was cleared and runs again writes newer files, or touches
+    # the directory (the steps after the dump do, to keep it from looking stale).
+    failed = marked is not None and all(t <= marked for t in [*entries.values(), path.stat().st_mtime])
+    return StagedBackup(
+        backup_id=path.name,
+        schedule=match.group("schedule"),
+        path=str(path),
+        started_at=started,
+        phase=_stage_phase(set(entries)),
+        failed=failed,
+    )
+
+
+def staged_backups(root: Path) -> list[StagedBackup]:
+    """Every backup staged under ``root`` (none when it does not exist). A directory that
+    disappears while it is read (its run's cleanup) is skipped."""
+    if not root.is_dir():
+        return []
+    found: list[StagedBackup] = []
+    for path in sorted(root.iterdir()):
+        try:
+            staged = read_stage(path)
+        except OSError:
+            continue
+        if staged is not None:
+            found.append(staged)
+    return found
+
+
+def run_seconds(copies: Iterable[Manifest]) -> float | None:
+    """How long a finished backup took end to end: from ``started_at`` to the last
+    successful verification recorded at its targets (``copies``: its manifest at each), or
+    to ``finished_at`` (the checksum step) when none is recorded."""
+    copies = list(copies)
+    if not copies:
+        return None
+    started = as_utc(copies[0].started_at)
+    ends = [as_utc(v.verified_at) for m in copies for v in m.verification.values() if v.ok and v.verified_at]
+    if ends:
+        return max(0.0, (max(ends) - started).total_seconds())
+    return _duration(copies[0])
+
+
+def in_progress(
+    staged: Iterable[StagedBackup],
+    schedule: Schedule,
+    held: Iterable[tuple[str, Manifest]],
+) -> StagedBackup | None:
+    """The schedule's backup in progress: the newest staged one that is not marked
+    failed, not yet verified at every target of the schedule, and not superseded by a
+    later backup of the schedule at a target. ``held``: (target, manifest) of the schedule."""
+    held = list(held)
+    verified: dict[str, set[str]] = {}
+    for tname, m in held:
+        if verified_at(m, tname):
+            verified.setdefault(m.backup_id, set()).add(tname)
+    newest_done = max((as_utc(m.started_at) for _, m in held), default=None)
+    candidates = [
+        s
+        for s in staged
+        if s.schedule == schedule.name
+        and not s.failed
+        and not set(schedule.targets) <= verified.get(s.backup_id, set())
+        and (newest_done is None or s.started_at >= newest_done or s.backup_id in verified)
+    ]
+    return max(candidates, key=lambda s: s.started_at, default=None)
+
+
+def usual_durations(held: Iterable[tuple[str, Manifest]], *, exclude: str | None = None) -> list[float]:
+    """End-to-end durations (:func:`run_seconds`) of the newest ``SLOW_HISTORY`` finished
+    backups among ``held`` ((target, manifest) pairs of one schedule), newest first."""
+    by_id: dict[str, list[Manifest]] = {}
+    for _, m in held:
+        if m.backup_id != exclude and m.finished_at is not None:
+            by_id.setdefault(m.backup_id, []).append(m)
+    newest = sorted(by_id.values(), key=lambda c: as_utc(c[0].started_at), reverse=True)[:SLOW_HISTORY]
+    return [d for d in (run_seconds(c) for c in newest) if d is not None]
+
+
 # --- the checks (pure) -----------------------------------------------------------------
 
 
@@ -305,6 +474,53 @@ def check_schedule(
             dag_id=schedule.dag_id,
         ),
         interval,
+    )
+
+
+def slow_after(usual_seconds: float) -> float:
+    """Seconds after which a run whose usual duration is ``usual_seconds`` is slow."""
+    return max(SLOW_FACTOR * usual_seconds, usual_seconds + SLOW_FLOOR.total_seconds())
+
+
+def check_slow(
+    schedule: Schedule,
+    running: StagedBackup | None,
+    history_seconds: list[float],
+    now: datetime,
+) -> tuple[Alert | None, float | None]:
+    """BACKUP_SLOW when ``running`` (the schedule's backup in progress) has run longer than
+    :func:`slow_after` the median of ``history_seconds`` (durations of its finished
+    backups), given at least ``SLOW_MIN_HISTORY`` of them. Returns (alert, usual seconds)."""
+    if len(history_seconds) < SLOW_MIN_HISTORY:
+        return None, None
+    usual = float(statistics.median(history_seconds))
+    if running is None:
+        return None, usual
+    elapsed = (now - as_utc(running.started_at)).total_seconds()
+    allowed = slow_after(usual)
+    if elapsed <= allowed:
+        return None, usual
+    facts = {
+        "schedule": schedule.name,
+        "source": schedule.source,
+        "backup id": running.backup_id,
+        "started at": fmt_time(running.started_at),
+        "running for": fmt_duration(elapsed),
+        "usual duration": f"{fmt_duration(usual)} (median of the last {len(history_seconds)})",
+        "slow after": fmt_duration(allowed),
+        "step (from the staging)": running.phase,
+        "staging": running.path,
+    }
+    return (
+        Alert(
+            AlertKind.BACKUP_SLOW,
+            schedule.name,
+            summary=f"backup running for {fmt_duration(elapsed)}, usually {fmt_duration(usual)}",
+            facts=facts,
+            key=f"{AlertKind.BACKUP_SLOW.value}:{schedule.name}:{running.backup_id}",
+            dag_id=schedule.dag_id,
+        ),
+        usual,
     )
 
 
@@ -424,6 +640,43 @@ def check_target_reachable(target_name: str, target_type: str, error: str | None
 # --- gathering -------------------------------------------------------------------------
 
 
+def _read_staging(
+    config: BackupConfig, staging: str | os.PathLike[str] | None, report: MonitorReport
+) -> list[StagedBackup]:
+    from include.backup.settings import staging_root
+
+    root = Path(staging) if staging is not None else staging_root(config)
+    try:
+        return staged_backups(root)
+    except OSError as exc:
+        report.issues.append(f"staging {root}: cannot list backups in progress ({redact(exc)})")
+        return []
+
+
+def _check_running(
+    schedule: Schedule,
+    staged: list[StagedBackup],
+    source_copies: list[tuple[str, Manifest]],
+    now: datetime,
+    report: MonitorReport,
+) -> None:
+    """The schedule's backup in progress into its ScheduleStatus, and BACKUP_SLOW."""
+    mine = [(t, m) for t, m in source_copies if m.schedule == schedule.name]
+    running = in_progress(staged, schedule, mine)
+    history = usual_durations(mine, exclude=running.backup_id if running else None)
+    alert, usual = check_slow(schedule, running, history, now)
+    status = report.schedules[schedule.name]
+    status.usual_seconds = round(usual, 1) if usual is not None else None
+    status.slow = alert is not None
+    if running is not None:
+        status.running_backup_id = running.backup_id
+        status.running_since = running.started_at
+        status.running_seconds = round(max(0.0, (now - as_utc(running.started_at)).total_seconds()), 1)
+        status.running_phase = running.phase
+    if alert:
+        report.alerts.append(alert)
+
+
 def _build_targets(config: BackupConfig, report: MonitorReport) -> dict[str, Target]:
     from include.backup.targets import build_target
 
@@ -491,15 +744,18 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
     *,
     targets: Mapping[str, Target] | None = None,
     keyring: Any = None,
+    staging: str | os.PathLike[str] | None = None,
 ) -> MonitorReport:
     """Check every source, schedule, target and the key ring; never raises for a target
     or key ring problem (those become alerts or issues).
 
     ``targets`` replaces the targets built from the config (tests); ``keyring`` is a
     KeyRing, or a callable ``config -> KeyRing``, instead of loading it the usual way
-    ($BACKUP_KEY_FILE, else the ``encryption.key_conn_id`` connection)."""
+    ($BACKUP_KEY_FILE, else the ``encryption.key_conn_id`` connection); ``staging``
+    replaces the staging root where backups in progress are looked for."""
     now = as_utc(now) if now else datetime.now(UTC)
     report = MonitorReport(generated_at=now)
+    staged = _read_staging(config, staging, report)
     built = dict(targets) if targets is not None else _build_targets(config, report)
 
     # One pass over each target: its backups and its DR test reports.
@@ -564,6 +820,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
         )
         if alert:
             report.alerts.append(alert)
+        _check_running(schedule, staged, held.get(schedule.source, []), now, report)
 
     # Sources.
     active_sources = {s.source for s in config.schedules if s.active}

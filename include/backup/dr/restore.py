@@ -29,6 +29,7 @@ class RestoreResult:
     seconds: float
     stats: dict[str, Any] = field(default_factory=dict)
     until: datetime | None = None  # the point in time asked for, if any
+    source: str = ""  # the restored backup's source (metrics)
 
 
 def locate(config: BackupConfig, backup_id: str, target_name: str | None = None) -> tuple[Any, Manifest]:
@@ -156,6 +157,7 @@ def restore_backup(
         seconds=time.monotonic() - started,
         stats=stats,
         until=until,
+        source=manifest.source,
     )
 
 
