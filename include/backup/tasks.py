@@ -5,6 +5,9 @@ dict of metadata for XCom (ids, paths, sizes, hashes: never data, never secrets)
 step is idempotent: a retry redoes the step from its inputs.
 
     dump ─► encrypt ─► checksum ─► upload[target…] ─► verify[target…] ─► cleanup
+
+Runs of several schedules (and of one) may overlap: the dump records its run as in flight
+and retention keeps what such runs need (docs/concurrency.md).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
@@ -30,6 +35,10 @@ from include.backup.catalog.manifest import (
 )
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
 from include.backup.errors import BackupError, TargetError
+
+if TYPE_CHECKING:
+    from include.backup.catalog.inflight import InFlight
+    from include.backup.retention import RetentionPlan
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +125,43 @@ def _find_parent(config: BackupConfig, schedule: Schedule) -> Manifest | None:
     return best
 
 
+def _choose_parent(
+    config: BackupConfig, schedule: Schedule, stage: Path, backup_id: str
+) -> Manifest | None:
+    """The parent (for incrementals and logs), recorded with this run as in flight.
+
+    Under the source's lock, which retention also takes: a retention pass of any schedule
+    of the source either sees the record and keeps the parent (and this run's own backup
+    until the run is over), or finishes before the parent is chosen."""
+    from include.backup.catalog.inflight import InFlight, source_lock, write_inflight
+
+    if schedule.type not in (BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG):
+        write_inflight(stage, InFlight(backup_id, schedule.name, schedule.source))
+        return None
+    with source_lock(stage.parent, schedule.source, purpose=f"choosing the parent of {backup_id}"):
+        parent = _find_parent(config, schedule)
+        parent_id = parent.backup_id if parent is not None else None
+        write_inflight(stage, InFlight(backup_id, schedule.name, schedule.source, parent_id))
+    return parent
+
+
+def _spool_in_use(source_cfg: Any) -> AbstractContextManager[object]:
+    """A physical PostgreSQL source's WAL spool, marked in use by this dump (see
+    postgres_physical.spool_in_use); nothing for other sources."""
+    if getattr(source_cfg, "method", None) == "physical" and source_cfg.wal_archive_dir:
+        from include.backup.sources.postgres_physical import spool_in_use
+
+        return spool_in_use(Path(source_cfg.wal_archive_dir))
+    return nullcontext()
+
+
+def _touch(stage: Path) -> None:
+    """Mark the staging directory as used now, so that it never looks stale (see
+    _remove_stale_staging) while its run is still being worked on."""
+    with suppress(FileNotFoundError):
+        os.utime(stage)
+
+
 # --- the steps -------------------------------------------------------------------------
 
 
@@ -136,19 +182,21 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
 
     source_cfg = config.sources[schedule.source]
     source = build_source(schedule.source, source_cfg)
-    needs_parent = schedule.type in (BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG)
-    parent = _find_parent(config, schedule) if needs_parent else None
 
     algo = config.pipeline.compression
     partial = stage / (DUMP_NAME + ".partial")
     try:
-        with open(partial, "wb") as raw_out:
-            with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
-                counter = CountingWriter(zout)
-                # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
-                result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
-            raw_out.flush()
-            os.fsync(raw_out.fileno())
+        # Held from before the parent is chosen to the end of the dump: a physical
+        # PostgreSQL source's spool is then not pruned under this run (postgres_physical).
+        with _spool_in_use(source_cfg):
+            parent = _choose_parent(config, schedule, stage, backup_id)
+            with open(partial, "wb") as raw_out:
+                with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
+                    counter = CountingWriter(zout)
+                    # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
+                    result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
+                raw_out.flush()
+                os.fsync(raw_out.fileno())
     except BaseException:
         # A failed dump leaves nothing behind (a retry starts again from nothing anyway).
         shutil.rmtree(stage, ignore_errors=True)
@@ -192,6 +240,7 @@ def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
 
     config = load_config()
     stage = Path(meta["staging"])
+    _touch(stage)
     manifest = _read_draft(stage)
     key_id, kek = load_keys(config).active()
     partial = stage / (PAYLOAD_NAME + ".partial")
@@ -214,6 +263,7 @@ def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
     from include.backup.pipeline.hashing import sha256_file
 
     stage = Path(meta["staging"])
+    _touch(stage)
     manifest = _read_draft(stage)
     digest, size = sha256_file(stage / PAYLOAD_NAME)
     manifest.objects = [StoredObject(name=PAYLOAD_NAME, size=size, sha256=digest)]
@@ -228,6 +278,7 @@ def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
     holds no backup."""
     config = load_config()
     stage = Path(meta["staging"])
+    _touch(stage)
     manifest = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
     from include.backup.targets import build_target
 
@@ -309,6 +360,9 @@ def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False)
     schedule = config.schedule(schedule_name)
     stage = Path(meta["staging"])
     if not dry_run:
+        from include.backup.metrics import emit_backup_run
+
+        emit_backup_run(meta, schedule.name, stage)  # reads the manifest in stage; never raises
         shutil.rmtree(stage, ignore_errors=True)
         _remove_stale_staging(stage.parent, schedule.name)
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
@@ -320,6 +374,20 @@ def apply_schedule_retention(
 ) -> dict[str, list[str]]:
     """The schedule's retention at each of its targets; returns the ids deleted (or that
     would be, with ``dry_run``) per target. Each decision is logged with its reason."""
+    from include.backup.catalog.inflight import read_inflight, source_lock
+    from include.backup.settings import staging_root
+
+    root = staging_root(config)
+    if dry_run:  # deletes nothing: no need to keep the runs in flight waiting
+        return _retention_pass(config, schedule, read_inflight(root, schedule.source), dry_run=True)
+    # Under the source's lock, which the dump takes to choose a parent: see _choose_parent.
+    with source_lock(root, schedule.source, purpose=f"retention of schedule {schedule.name}"):
+        return _retention_pass(config, schedule, read_inflight(root, schedule.source), dry_run=False)
+
+
+def _retention_pass(
+    config: BackupConfig, schedule: Schedule, in_flight: list[InFlight], *, dry_run: bool
+) -> dict[str, list[str]]:
     from include.backup.catalog.catalog import list_backups
     from include.backup.retention import apply_retention, plan_retention
 
@@ -327,24 +395,66 @@ def apply_schedule_retention(
     for name, target in _targets(config, schedule).items():
         # The whole source's listing, not just this schedule's: an incremental of another
         # schedule may depend on one of ours, and that must keep it.
+        backups = list_backups(target, schedule.source)
         plan = plan_retention(
-            list_backups(target, schedule.source),
+            backups,
             gfs=schedule.retention,
             retention_days=schedule.retention_days,
             now=utcnow(),
             schedule=schedule.name,
         )
+        spare_in_flight(plan, backups, in_flight, target_name=name)
         deleted[name] = apply_retention(target, schedule.source, schedule.name, plan, dry_run=dry_run)
     return deleted
 
 
+def spare_in_flight(
+    plan: RetentionPlan, backups: list[Manifest], in_flight: list[InFlight], *, target_name: str
+) -> None:
+    """Move out of ``plan.delete`` every backup a run in flight needs: its own backup, its
+    parent and the parent's ancestors (a published incremental protects its chain through
+    its manifest; one still in flight only through its in-flight record)."""
+    from include.backup.retention import ancestor_keep
+
+    by_id = {m.backup_id: m for m in backups}
+    for record in in_flight:
+        roots = [by_id[i] for i in sorted(record.protects()) if i in by_id]
+        needed = {m.backup_id for m in roots} | set(ancestor_keep(roots, by_id))
+        for backup_id in sorted(needed & plan.delete.keys()):
+            why = (
+                f"its run is still in flight (staging {record.backup_id} exists)"
+                if backup_id == record.backup_id
+                else f"needed by {record.backup_id} of schedule {record.schedule}, still in flight"
+            )
+            del plan.delete[backup_id]
+            plan.keep[backup_id] = [why]
+            log.info("retention at target %s: keeping %s (%s)", target_name, backup_id, why)
+
+
 def _remove_stale_staging(root: Path, schedule_name: str) -> None:
-    """Staging of failed runs is kept for retries; after a week nobody will retry it."""
+    """Staging of failed runs is kept for retries; after a week nobody will retry it.
+
+    Only this schedule's own directories (a schedule named ``pg`` must not touch those of
+    ``pg-hourly``), and only when neither the directory nor anything in it changed for a
+    week: every step touches its staging (_touch), so a run being worked on is never stale."""
     cutoff = datetime.now().timestamp() - timedelta(days=STALE_STAGING_DAYS).total_seconds()
-    for d in root.glob(f"{schedule_name}-*"):
-        if d.is_dir() and d.stat().st_mtime < cutoff:
+    own = re.compile(re.escape(schedule_name) + r"-\d{8}T\d{6}Z-[0-9a-f]{6}")
+    for d in root.glob(f"{schedule_name}-*"):  # schedule names hold no glob characters
+        if own.fullmatch(d.name) and d.is_dir() and _last_change(d) < cutoff:
             log.info("removing stale staging %s", d)
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _last_change(directory: Path) -> float:
+    """The newest mtime of the directory and its entries; "now" when something in it
+    changes while we look (that is a run at work, not a stale directory)."""
+    try:
+        newest = directory.stat().st_mtime
+        for entry in os.scandir(directory):
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    except FileNotFoundError:
+        return datetime.now().timestamp()
+    return newest
 
 
 def summary(meta: dict[str, Any]) -> str:

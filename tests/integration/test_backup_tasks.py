@@ -165,6 +165,11 @@ def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
     # Without the cleanup step, so that retention is applied by prune only.
     old = run_schedule("docs_full", "run-old", cleanup=False)
     new = run_schedule("docs_full", "run-new", cleanup=False)
+    # Both runs are over: without their staging they are no longer in flight (a run in
+    # flight keeps its backup and its parent from retention: docs/concurrency.md).
+    import shutil
+
+    shutil.rmtree(tmp / "staging")
     # At disk1, age the first backup to 2024: GFS keeps it as that year's yearly. At disk2
     # both are from today: the daily tier keeps only the newest of the day.
     manifest_path = next((tmp / "t1").rglob(f"{old['backup_id']}/{MANIFEST_NAME}"))

@@ -833,6 +833,66 @@ def test_no_notification_email_warns(tmp_path: Path) -> None:
     ]
 
 
+def test_failover_entry_for_unknown_source_warns(tmp_path: Path) -> None:
+    data = base()
+    data["dr"]["failover"] = {"event_pg": {"secondary": "events_standby"}}
+    loaded = load(tmp_path, data)
+    assert loaded.issues == []
+    assert loaded.warnings == [
+        "dr.failover.event_pg: no source named 'event_pg'; known sources: events_pg, uploads "
+        "— fix the name or remove the entry"
+    ]
+
+
+def test_promote_standby_for_a_files_source_warns(tmp_path: Path) -> None:
+    data = base()
+    data["dr"]["failover"] = {
+        "uploads": {"switch": {"kind": "promote_standby", "conn_id": "uploads_standby"}}
+    }
+    (warning,) = load(tmp_path, data).warnings
+    assert warning.startswith(
+        "dr.failover.uploads.switch: kind promote_standby promotes a PostgreSQL standby, "
+        "but source 'uploads' is a files source"
+    )
+
+
+def _physical(spool: str, prune: bool = False) -> dict[str, Any]:
+    return {
+        "type": "postgres",
+        "conn_id": "events_pg",
+        "method": "physical",
+        "wal_archive_dir": spool,
+        "prune_wal_archive": prune,
+    }
+
+
+def test_pruning_spool_under_an_incremental_schedule_warns(tmp_path: Path) -> None:
+    data = base()
+    data["sources"]["events_pg"] = _physical("/srv/wal", prune=True)
+    data["schedules"][1].update(type="INCREMENTAL", cron="0 */6 * * *")
+    data["schedules"].append(
+        {"name": "wal_15m", "source": "events_pg", "type": "TRANSACTION_LOG",
+         "cron": "*/15 * * * *", "targets": ["local", "nas"]}
+    )
+    loaded = load(tmp_path, data)
+    assert loaded.issues == []
+    (warning,) = loaded.warnings
+    assert warning.startswith("sources.events_pg.prune_wal_archive: its TRANSACTION_LOG schedule")
+    # without pruning, the two schedule types share the spool safely
+    data["sources"]["events_pg"]["prune_wal_archive"] = False
+    assert load(tmp_path, data).warnings == []
+
+
+def test_two_physical_sources_on_one_spool_warn(tmp_path: Path) -> None:
+    data = base()
+    data["sources"]["events_pg"] = _physical("/srv/wal")
+    data["sources"]["orders_pg"] = _physical("/srv/wal")
+    (warning,) = load(tmp_path, data).warnings
+    assert warning.startswith(
+        "sources.orders_pg.wal_archive_dir: /srv/wal is also the spool of events_pg"
+    )
+
+
 def test_broken_schedules_get_no_warnings(tmp_path: Path) -> None:
     data = base()
     data["schedules"][0].update(targets=["local"], cron="bad")

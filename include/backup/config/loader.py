@@ -35,6 +35,7 @@ from include.backup.config.schema import (
     NAME_PATTERN,
     BackupConfig,
     BackupType,
+    PostgresSource,
     Schedule,
     SourceConfig,
     TargetConfig,
@@ -762,6 +763,55 @@ def _schedule_warnings(
     return warnings
 
 
+def _failover_warnings(config: BackupConfig) -> list[str]:
+    """dr.failover entries the failover DAG would refuse when it is needed most."""
+    warnings = []
+    for name, settings in config.dr.failover.items():
+        source = config.sources.get(name)
+        if source is None:
+            warnings.append(
+                f"dr.failover.{name}: no source named {name!r}; "
+                f"{_known_list(sorted(config.sources), 'sources')} — fix the name or remove the entry"
+            )
+        elif (
+            settings.switch is not None
+            and settings.switch.kind == "promote_standby"
+            and source.type != "postgres"
+        ):
+            warnings.append(
+                f"dr.failover.{name}.switch: kind promote_standby promotes a PostgreSQL standby, but "
+                f"source {name!r} is a {source.type} source — use kind command, airflow_variable "
+                "or airflow_connection"
+            )
+    return warnings
+
+
+def _spool_warnings(config: BackupConfig) -> list[str]:
+    """WAL spool set-ups that lose segments a chain needs (docs/concurrency.md)."""
+    warnings = []
+    by_spool: dict[str, list[str]] = {}
+    for name, source in config.sources.items():
+        if not isinstance(source, PostgresSource) or source.method != "physical":
+            continue
+        spool = source.wal_archive_dir or ""
+        by_spool.setdefault(spool, []).append(name)
+        types = {s.type for s in config.schedules if s.source == name and s.active}
+        if source.prune_wal_archive and {BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG} <= types:
+            warnings.append(
+                f"sources.{name}.prune_wal_archive: its TRANSACTION_LOG schedule prunes WAL its "
+                "INCREMENTAL schedule still needs (every segment since the base) — set "
+                "prune_wal_archive: false or keep only one of the two schedule types"
+            )
+    for spool, names in sorted(by_spool.items()):
+        if len(names) > 1:
+            warnings.append(
+                f"sources.{names[1]}.wal_archive_dir: {spool} is also the spool of "
+                f"{', '.join(names[:1] + names[2:])}; one source's pruning deletes segments the other's "
+                "chain needs — give each physical source its own archive directory"
+            )
+    return warnings
+
+
 def _warnings(config: BackupConfig, items: list[Any] | None) -> list[str]:
     warnings: list[str] = []
     if not config.dr.notification_emails:
@@ -773,6 +823,7 @@ def _warnings(config: BackupConfig, items: list[Any] | None) -> list[str]:
         warnings.append(
             "schedules: none defined; no backup DAG will be generated — add a schedule"
         )
+    warnings += _failover_warnings(config) + _spool_warnings(config)
     # Walk the file's items so each warning names the position the user can find; a valid
     # schedule is always the first item carrying its name.
     pending = {s.name: s for s in config.schedules}
