@@ -28,6 +28,7 @@ bench: venv system-deps test-services ## run the benchmarks (on demand; figures 
 	$(PY) bench/bench_pitr.py
 	$(PY) bench/bench_targets.py
 	$(PY) bench/bench_mongo.py --docs 200000
+	$(PY) bench/bench_scheduler.py
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check include dags plugins tests scripts bench
