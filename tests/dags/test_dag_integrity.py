@@ -94,6 +94,18 @@ def test_one_dag_per_active_schedule_with_tasks_in_order(monkeypatch, tmp_path):
     assert deadlines and all(d.interval <= timedelta(hours=1) for d in deadlines)  # rpo_hours defaults to 1
 
 
+def test_task_process_builds_only_its_own_backup_dag(monkeypatch, tmp_path):
+    # A task process re-parses its DAG file with Airflow's parsing context set: it must find
+    # its DAG, and need not build every other schedule's (bench/bench_scheduler.py).
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "backup__files_6h")
+    bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
+    assert bag.import_errors == {}
+    assert [d for d in bag.dag_ids if d.startswith("backup__")] == ["backup__files_6h"]
+    assert set(bag.dags["backup__files_6h"].task_ids) == {
+        "dump", "encrypt", "checksum", "upload", "verify", "cleanup"
+    }
+
+
 def test_deadline_alerts_can_be_switched_off_for_dags_test(monkeypatch, tmp_path):
     monkeypatch.setenv("BACKUP_DEADLINE_ALERTS", "off")
     bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
