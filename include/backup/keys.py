@@ -3,12 +3,22 @@
 Keys live in an Airflow connection (or secrets backend), never in the YAML config. The
 connection's extra holds::
 
-    {"keys": {"<id>": "<base64 of 32 bytes>", ...},
+    {"secret_keys": {"<id>": "<base64 of 32 bytes>", ...},
      "active": "<id>",                      # new backups are wrapped with this key
      "created": {"<id>": "YYYY-MM-DD", ...}}  # optional, drives rotation alerts
 
 or, for a single key, ``login`` = key id and ``password`` = base64 key. Old keys stay in the
 ring after rotation: a backup names its key id, and needs that key to be restored.
+
+Why ``secret_keys``: Airflow hides the value of an extra field only when the field's NAME
+looks sensitive (it contains "secret", "password", "private_key", ... : Airflow's
+``should_hide_value_for_key``); the password is hidden too. The REST API
+(``GET /api/v2/connections/{id}``) and the UI then show ``"***"`` for every key. An extra
+named ``keys`` (the first shape of this connection) is shown in clear: it is still read,
+with a warning saying how to move.
+
+A key file (``--key-file`` / ``$BACKUP_KEY_FILE``) holds the same JSON with the field
+named ``keys`` (see :meth:`KeyRing.to_json`); ``secret_keys`` is accepted there too.
 
 Key material never appears in messages, reprs or logs; loading from a connection also
 registers every key with Airflow's secrets masker.
@@ -19,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -29,7 +40,15 @@ from typing import Any
 
 from include.backup.errors import BackupError, KeyNotFoundError
 
+log = logging.getLogger(__name__)
+
 KEY_SIZE = 32
+CONN_KEYS_FIELD = "secret_keys"
+"""The connection extra field holding the keys. Its name contains "secret", so Airflow
+hides its values in the UI, the REST API and task logs (should_hide_value_for_key)."""
+LEGACY_KEYS_FIELD = "keys"
+"""The first shape of the connection: still read, but Airflow shows it in clear."""
+RING_FIELDS = ("active", "created")
 
 
 class KeyRingError(BackupError, ValueError):
@@ -211,6 +230,19 @@ class KeyRing:
             "created": {k: d.isoformat() for k, d in sorted(self._created.items())},
         }
 
+    def to_connection_extra(self) -> dict[str, Any]:
+        """The connection's extra: :meth:`to_json` with the keys under ``secret_keys``, the
+        field name Airflow masks. INCLUDES KEY MATERIAL, like :meth:`to_json`."""
+        data = self.to_json()
+        data[CONN_KEYS_FIELD] = data.pop(LEGACY_KEYS_FIELD)
+        return data
+
+    def to_connection(self, conn_type: str = "generic") -> dict[str, Any]:
+        """The whole connection as Airflow's JSON form (the value of an
+        ``AIRFLOW_CONN_<ID>`` variable, or the body of ``POST /api/v2/connections`` once a
+        ``connection_id`` is added with ``extra`` serialised). INCLUDES KEY MATERIAL."""
+        return {"conn_type": conn_type, "extra": self.to_connection_extra()}
+
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the ring as JSON to ``path`` with mode 0600 (atomically)."""
         target = Path(path)
@@ -247,10 +279,17 @@ class KeyRing:
                 raise KeyRingError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, Mapping):
             raise KeyRingError(f"{source}: expected a JSON object with 'keys' and 'active'")
+        if CONN_KEYS_FIELD in data:  # the connection's field name, accepted in a file too
+            if LEGACY_KEYS_FIELD in data:
+                raise KeyRingError(
+                    f"{source}: both 'keys' and 'secret_keys' are given; keep only 'secret_keys'"
+                )
+            data = {(LEGACY_KEYS_FIELD if k == CONN_KEYS_FIELD else k): v for k, v in data.items()}
         unknown = set(data) - {"keys", "active", "created"}
         if unknown:
             raise KeyRingError(
-                f"{source}: unknown field(s) {', '.join(sorted(unknown))}; allowed: keys, active, created"
+                f"{source}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
+                "keys (or secret_keys), active, created"
             )
         raw_keys = data.get("keys")
         if not isinstance(raw_keys, Mapping) or not raw_keys:
@@ -295,7 +334,8 @@ class KeyRing:
 
     @classmethod
     def from_connection(cls, conn_id: str) -> KeyRing:
-        """Load from an Airflow connection (extra JSON, or login = id / password = key)."""
+        """Load from an Airflow connection (extra ``secret_keys``, or login = id /
+        password = key; the old extra ``keys`` with a warning)."""
         from airflow.sdk import BaseHook
 
         try:
@@ -309,15 +349,12 @@ class KeyRing:
         except AirflowNotFoundException:
             raise KeyRingError(
                 f"{source} is not defined: create it (type generic) with extra "
-                '{"keys": {"<id>": "<base64 32-byte key>"}, "active": "<id>"}, in the '
+                '{"secret_keys": {"<id>": "<base64 32-byte key>"}, "active": "<id>"}, in the '
                 f"Airflow UI, a secrets backend or AIRFLOW_CONN_{conn_id.upper()}"
             ) from None
         extra = conn.extra_dejson or {}
-        if "keys" in extra:
-            ring = cls.from_json(
-                {k: v for k, v in extra.items() if k in ("keys", "active", "created")},
-                source=source,
-            )
+        if CONN_KEYS_FIELD in extra or LEGACY_KEYS_FIELD in extra:
+            ring = cls.from_json(_ring_fields(extra, conn_id, source), source=source)
         elif conn.login and conn.password:
             key_id = _check_id(conn.login, source)
             created = extra.get("created")
@@ -329,11 +366,44 @@ class KeyRing:
             )
         else:
             raise KeyRingError(
-                f'{source} has no keys: put {{"keys": {{id: base64}}, "active": id}} in its '
-                "extra, or set login = key id and password = base64 of a 32-byte key"
+                f'{source} has no keys: put {{"secret_keys": {{id: base64}}, "active": id}} in '
+                "its extra, or set login = key id and password = base64 of a 32-byte key"
             )
         _mask(ring)
         return ring
+
+
+def _ring_fields(extra: Mapping[str, Any], conn_id: str, source: str) -> dict[str, Any]:
+    """The key ring part of a connection's extra, keys under ``keys``.
+
+    The old field ``keys`` is read (backups made with it must stay restorable) but Airflow
+    shows its values in clear, so each load warns how to move; with both fields present,
+    ``secret_keys`` wins and the stale copy is pointed out."""
+    if LEGACY_KEYS_FIELD in extra:
+        if CONN_KEYS_FIELD in extra:
+            log.warning(
+                "%s has both 'secret_keys' and 'keys' in its extra: using 'secret_keys'. Remove "
+                "'keys' from the extra: Airflow shows it in clear in the UI and in "
+                "GET /api/v2/connections/%s",
+                source,
+                conn_id,
+            )
+        else:
+            log.warning(
+                "%s keeps its key ring in the extra field 'keys', which Airflow shows in clear "
+                "in the UI and in GET /api/v2/connections/%s. Rename the field to 'secret_keys' "
+                "(the values stay the same; Airflow masks fields whose name contains 'secret'): "
+                "edit the connection's extra, or re-create it, e.g. with "
+                'AIRFLOW_CONN_%s=\'{"conn_type": "generic", "extra": {"secret_keys": '
+                '{...}, "active": "..."}}\'',
+                source,
+                conn_id,
+                conn_id.upper(),
+            )
+    field = CONN_KEYS_FIELD if CONN_KEYS_FIELD in extra else LEGACY_KEYS_FIELD
+    ring = {LEGACY_KEYS_FIELD: extra[field]}
+    ring.update({k: extra[k] for k in RING_FIELDS if k in extra})
+    return ring
 
 
 def _mask(ring: KeyRing) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import pickle
 import stat
 from datetime import date
 from pathlib import Path
 
 import pytest
+from airflow._shared.secrets_masker.secrets_masker import DEFAULT_SENSITIVE_FIELDS, SecretsMasker
 
 from include.backup.errors import BackupError, KeyNotFoundError
 from include.backup.keys import KeyRing, KeyRingError
@@ -168,13 +170,87 @@ def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str, conn: dict) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
-def test_from_connection_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_conn(monkeypatch, "backup_keys", {"conn_type": "generic", "extra": ring_json()})
-    ring = KeyRing.from_connection("backup_keys")
+def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Our warnings (Airflow's masker logs its own about short values)."""
+    return [r for r in caplog.records if r.name == "include.backup.keys"]
+
+
+def conn_extra(**over) -> dict:
+    """The connection's extra in the current shape: the keys under ``secret_keys``."""
+    data = ring_json(**over)
+    data["secret_keys"] = data.pop("keys")
+    return data
+
+
+def test_from_connection_extra(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    set_conn(monkeypatch, "backup_keys", {"conn_type": "generic", "extra": conn_extra()})
+    with caplog.at_level(logging.WARNING, logger="include.backup.keys"):
+        ring = KeyRing.from_connection("backup_keys")
     assert ring.active() == ("k2", K2) and ring.get("k1") == K1
     assert ring.created("k2") == date(2026, 2, 1)
     assert "backup_keys" in repr(ring)
     assert_no_key_material(repr(ring))
+    assert not ours(caplog)  # the current shape loads without a warning
+
+
+def test_from_connection_old_shape_still_loads_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rings stored under the extra ``keys`` (shown in clear by Airflow) keep working, and
+    every load says how to move them."""
+    set_conn(monkeypatch, "old_keys", {"conn_type": "generic", "extra": ring_json()})
+    with caplog.at_level(logging.WARNING, logger="include.backup.keys"):
+        ring = KeyRing.from_connection("old_keys")
+    assert ring == KeyRing.from_json(ring_json())
+    [record] = ours(caplog)
+    msg = record.getMessage()
+    assert "'keys'" in msg and "in clear" in msg and "Rename the field to 'secret_keys'" in msg
+    assert "GET /api/v2/connections/old_keys" in msg and "AIRFLOW_CONN_OLD_KEYS" in msg
+    assert_no_key_material(msg)
+
+
+def test_from_connection_both_shapes_prefers_secret_keys(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = {**conn_extra(active="k1"), "keys": {"stale": B2}}
+    set_conn(monkeypatch, "both_keys", {"conn_type": "generic", "extra": extra})
+    with caplog.at_level(logging.WARNING, logger="include.backup.keys"):
+        ring = KeyRing.from_connection("both_keys")
+    assert ring.key_ids == ["k1", "k2"] and ring.active_id == "k1"
+    [record] = ours(caplog)
+    assert "Remove 'keys'" in record.getMessage()
+
+
+def test_connection_shape_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = KeyRing.from_json(ring_json())
+    conn = ring.to_connection()
+    assert conn["conn_type"] == "generic" and "keys" not in conn["extra"]
+    assert conn["extra"] == conn_extra()
+    set_conn(monkeypatch, "round_trip", conn)
+    assert KeyRing.from_connection("round_trip") == ring
+    # a key file may use the connection's field name too
+    assert KeyRing.from_json(conn["extra"]) == ring
+    with pytest.raises(KeyRingError, match="both 'keys' and 'secret_keys'"):
+        KeyRing.from_json({**conn["extra"], "keys": {"k1": B1}})
+
+
+def airflow_masker() -> SecretsMasker:
+    """Airflow's masker with the sensitive names the api-server uses by default."""
+    masker = SecretsMasker()
+    masker.sensitive_variables_fields = list(DEFAULT_SENSITIVE_FIELDS)
+    return masker
+
+
+def test_airflow_masks_the_connection_shape() -> None:
+    """What the REST API does to a connection's extra (ConnectionResponse.redact_extra:
+    ``redact(json.loads(extra))``): the keys are hidden, ids and dates stay readable."""
+    extra = KeyRing.from_json(ring_json()).to_connection_extra()
+    shown = airflow_masker().redact(extra)
+    assert shown["secret_keys"] == {"k1": "***", "k2": "***"}
+    assert shown["active"] == "k2" and shown["created"] == ring_json()["created"]
+    assert_no_key_material(json.dumps(shown))
+    # the old shape is not masked: this is what the rename fixes
+    assert airflow_masker().redact(ring_json())["keys"] == {"k1": B1, "k2": B2}
 
 
 def test_from_connection_login_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,11 +269,12 @@ def test_from_connection_login_password(monkeypatch: pytest.MonkeyPatch) -> None
     [
         ({"conn_type": "generic"}, "has no keys"),
         ({"conn_type": "generic", "login": "kx", "password": "bad base64!"}, "key 'kx' is not valid base64"),
+        ({"conn_type": "generic", "extra": {"secret_keys": {"k1": B1, "k2": B2}}}, "'active' is missing"),
         ({"conn_type": "generic", "extra": {"keys": {"k1": B1, "k2": B2}}}, "'active' is missing"),
         (
             {
                 "conn_type": "generic",
-                "extra": {"keys": {"k1": base64.b64encode(bytes(16)).decode()}, "active": "k1"},
+                "extra": {"secret_keys": {"k1": base64.b64encode(bytes(16)).decode()}, "active": "k1"},
             },
             "16 bytes",
         ),
