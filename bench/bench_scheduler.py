@@ -364,7 +364,7 @@ def prepare(base: Path, n: int) -> tuple[Path, dict[str, str]]:
         # (a catchup=False DAG would otherwise run its latest interval at once).
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "BACKUP_CONFIG": str(config),
-        "AIRFLOW_CONN_BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "extra": ring}),
+        "AIRFLOW_CONN_BACKUP_ENCRYPTION": json.dumps(KeyRing.from_json(ring).to_connection()),
     }
     return dags, env
 

@@ -121,7 +121,8 @@ def airflow_env(pg: PgCluster, key_json: dict[str, object]) -> dict[str, str]:
             "PYTHONPATH": str(ROOT),
             "BACKUP_CONFIG": str(DEMO / "backup_config.yaml"),
             "AIRFLOW_CONN_DEMO_PG": pg.uri("events"),
-            "AIRFLOW_CONN_BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "extra": key_json}),
+            # keys under "secret_keys", the extra field Airflow masks (docs/keys.md)
+            "AIRFLOW_CONN_BACKUP_ENCRYPTION": json.dumps(KeyRing.from_json(key_json).to_connection()),
         }
     )
     env.pop("BACKUP_KEY_FILE", None)
