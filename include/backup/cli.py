@@ -126,18 +126,53 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         except ObjectNotFound:
             continue
         found += 1
-        problems = [
+        keys = _keys_if_any(args, config)
+        auth, problems = _check_manifest(manifest, keys)
+        problems += [
             d for ok, d in (verify_object(target, manifest, o.name) for o in manifest.objects) if not ok
         ]
         if args.deep and not problems:
-            problems = deep_verify(config, target, manifest, _keys(args, config))
+            problems = deep_verify(config, target, manifest, keys or _keys(args, config))
         status = "FAILED: " + "; ".join(problems) if problems else "ok" + (" (deep)" if args.deep else "")
-        print(f"{name}: {args.backup_id}: {status}")
+        print(f"{name}: {args.backup_id}: {status}; manifest {auth}")
         failed += bool(problems)
     if not found:
         print(f"error: backup {args.backup_id!r} is not at any target ({', '.join(names)})", file=sys.stderr)
         return 1
     return 1 if failed else 0
+
+
+def _keys_if_any(args: argparse.Namespace, config: Any) -> Any:
+    """The key ring, or None when none is configured (a plain verify works without one)."""
+    from include.backup.errors import BackupError
+
+    try:
+        return _keys(args, config)
+    except BackupError as exc:
+        print(f"warning: no key ring, manifest signatures cannot be checked: {exc}", file=sys.stderr)
+        return None
+
+
+def _check_manifest(manifest: Any, keys: Any) -> tuple[str, list[str]]:
+    """(what the signature check found, problems) for the verify verb's line."""
+    from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
+    from include.backup.errors import IntegrityError, KeyNotFoundError
+
+    try:
+        if keys is None or manifest.auth is None:
+            check_shape(manifest)
+            if manifest.auth is None:
+                # No key is needed to refuse a stripped signature or to report a legacy one.
+                authenticate(manifest, keys or (lambda key_id: b""))
+                return _UNSIGNED, []
+            return "signature NOT CHECKED (no key ring: pass --key-file)", []
+        status = authenticate(manifest, keys)
+    except (IntegrityError, KeyNotFoundError) as exc:
+        return "REFUSED", [str(exc)]
+    return _UNSIGNED if status is AuthStatus.UNSIGNED else f"signed ({manifest.auth.key_id})", []
+
+
+_UNSIGNED = "unsigned (made before manifests were signed: not authenticated)"
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from include.backup.catalog.manifest import (
     utcnow,
 )
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
-from include.backup.errors import BackupError, TargetError
+from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, TargetError
 
 if TYPE_CHECKING:
     from include.backup.catalog.inflight import InFlight
@@ -245,7 +245,14 @@ def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
     key_id, kek = load_keys(config).active()
     partial = stage / (PAYLOAD_NAME + ".partial")
     with open(stage / DUMP_NAME, "rb") as src, open(partial, "wb") as dst:
-        enc = encrypt_stream(src, dst, kek, key_id, chunk_size=config.pipeline.chunk_size)
+        enc = encrypt_stream(
+            src,
+            dst,
+            kek,
+            key_id,
+            chunk_size=config.pipeline.chunk_size,
+            context=manifest.payload_context(),  # binds the payload to this backup
+        )
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(partial, stage / PAYLOAD_NAME)
@@ -259,7 +266,9 @@ def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
-    """SHA-256 of exactly what will be stored, and the final manifest."""
+    """SHA-256 of exactly what will be stored, and the final manifest, signed with the
+    key ring's active key (catalog/signing.py)."""
+    from include.backup.catalog.signing import sign
     from include.backup.pipeline.hashing import sha256_file
 
     stage = Path(meta["staging"])
@@ -269,6 +278,8 @@ def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
     manifest.objects = [StoredObject(name=PAYLOAD_NAME, size=size, sha256=digest)]
     manifest.stored_size = size
     manifest.finished_at = utcnow()
+    key_id, kek = load_keys(load_config()).active()
+    sign(manifest, key_id, kek)
     _write_atomic(stage / MANIFEST_NAME, manifest.to_json())
     return {**meta, "sha256": digest, "stored_size": size}
 
@@ -303,12 +314,20 @@ def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> di
     Works from the target and the checksum step's XCom only (not the staging directory),
     so it can be re-run after cleanup."""
     from include.backup.catalog.catalog import find_backup, verify_object, write_manifest
+    from include.backup.catalog.signing import authenticate
     from include.backup.targets import build_target
 
     config = load_config()
     target = build_target(target_name, config.targets[target_name])
     stored = find_backup(target, meta["backup_id"])
     problems: list[str] = []
+    try:
+        # An altered manifest (or one without objects) is never recorded as verified.
+        authenticate(stored, load_keys(config), backup_id=meta["backup_id"])
+    except (IntegrityError, KeyNotFoundError) as exc:
+        raise BackupError(
+            f"verification of {meta['backup_id']} at target {target_name!r} failed: {exc}"
+        ) from exc
     try:
         payload = stored.object(PAYLOAD_NAME)
         if payload.sha256 != meta["sha256"] or payload.size != meta["stored_size"]:
@@ -342,7 +361,7 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any
     keys = keys if keys is not None else load_keys(config)
     try:
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
-            plain = open_sealed(raw, keys, manifest.compression)
+            plain = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
             total = 0
             while block := plain.read(1 << 20):
                 total += len(block)

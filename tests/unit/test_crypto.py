@@ -51,8 +51,9 @@ def decrypt(blob: bytes, lookup=keys) -> bytes:
     return out.getvalue()
 
 
-def header_len(key_id: str = KEY_ID) -> int:
-    return 81 + len(key_id.encode())
+def header_len(key_id: str = KEY_ID, context: bytes = b"") -> int:
+    # version 2: 81 + key id + 2-byte context length + context
+    return 83 + len(key_id.encode()) + len(context)
 
 
 def chunk_offset(i: int, chunk_size: int = CHUNK) -> int:
@@ -167,14 +168,16 @@ H = header_len()
 TAMPER_CASES = {
     # name: (offset, bit, expected error, message fragment)
     "magic": (3, 0, IntegrityError, "not an encrypted backup container"),
-    "version": (8, 1, IntegrityError, "unsupported container version 3"),
+    "version": (8, 0, IntegrityError, "unsupported container version 3"),
+    "context_len": (14 + 2 + 1, 0, IntegrityError, "cannot unwrap the data key"),
+    "context_len_huge": (14 + 2, 7, IntegrityError, "context length"),
     "chunk_size": (12, 0, IntegrityError, "cannot unwrap the data key"),
     "chunk_size_high_bit": (9, 7, IntegrityError, "chunk size"),
     "key_id_len": (13, 1, IntegrityError, "the key id is empty"),
     "key_id": (15, 0, KeyNotFoundError, "'k0'"),
-    "wrap_nonce": (14 + 2 + 5, 3, IntegrityError, "wrong key-encryption key for key id 'k1'"),
-    "wrapped_key": (14 + 2 + 12 + 10, 5, IntegrityError, "wrong key-encryption key for key id 'k1'"),
-    "wrapped_key_tag": (14 + 2 + 12 + 40, 0, IntegrityError, "cannot unwrap the data key"),
+    "wrap_nonce": (14 + 2 + 2 + 5, 3, IntegrityError, "wrong key-encryption key for key id 'k1'"),
+    "wrapped_key": (14 + 2 + 2 + 12 + 10, 5, IntegrityError, "wrong key-encryption key for key id 'k1'"),
+    "wrapped_key_tag": (14 + 2 + 2 + 12 + 40, 0, IntegrityError, "cannot unwrap the data key"),
     "nonce_prefix": (H - 3, 2, IntegrityError, "failed authentication at chunk 0"),
     "first_chunk_body": (H + 1, 4, IntegrityError, "failed authentication at chunk 0"),
     "chunk_tag": (chunk_offset(2) - 1, 7, IntegrityError, "failed authentication at chunk 1"),
@@ -456,21 +459,29 @@ def test_generate_key() -> None:
 # -- the documented test vector ---------------------------------------------------------------
 
 
-def doc_vector() -> tuple[dict[str, str], bytes]:
+VECTOR_CONTEXT = b'{"backup_id":"b1","backup_type":"FULL","parent_id":null,"source":"s"}'
+
+
+def doc_vector(marker: str = "test-vector-container") -> tuple[dict[str, str], bytes]:
     text = DOC.read_text()
     inputs = dict(re.findall(r"^\| (KEK|data key|wrap nonce|nonce prefix)\s*\| `([0-9a-f]+)`", text, re.M))
-    match = re.search(r"<!-- test-vector-container -->\s*```\s*([0-9a-f\s]+?)\s*```", text)
-    assert match, "test vector container hex not found in docs/container-format.md"
+    match = re.search(rf"<!-- {marker} -->\s*```\s*([0-9a-f\s]+?)\s*```", text)
+    assert match, f"{marker} hex not found in docs/container-format.md"
     return inputs, bytes.fromhex(re.sub(r"\s+", "", match.group(1)))
 
 
 VECTOR_PLAINTEXT = b"Test vector: forty bytes of plaintext.\n!"
 
 
-def test_doc_test_vector_matches_code() -> None:
-    inputs, container = doc_vector()
+@pytest.mark.parametrize(
+    ("marker", "version", "context"),
+    [("test-vector-container", 2, VECTOR_CONTEXT), ("test-vector-container-v1", 1, b"")],
+)
+def test_doc_test_vector_matches_code(marker: str, version: int, context: bytes) -> None:
+    inputs, container = doc_vector(marker)
     assert set(inputs) == {"KEK", "data key", "wrap nonce", "nonce prefix"}
     assert "`test-key`" in DOC.read_text() and "| chunk size     | 16" in DOC.read_text()
+    assert context.decode() in DOC.read_text()
     assert len(VECTOR_PLAINTEXT) == 40
     kek = bytes.fromhex(inputs["KEK"])
     fixed = (
@@ -479,22 +490,32 @@ def test_doc_test_vector_matches_code() -> None:
         bytes.fromhex(inputs["nonce prefix"]),
     )
     out = io.BytesIO()
-    result = encrypt_stream(io.BytesIO(VECTOR_PLAINTEXT), out, kek, "test-key", 16, _fixed=fixed)
+    result = encrypt_stream(
+        io.BytesIO(VECTOR_PLAINTEXT), out, kek, "test-key", 16, context=context, _fixed=fixed, _version=version
+    )
     assert out.getvalue() == container
     assert result.wrapped_key in DOC.read_text()
     assert decrypt(container, {"test-key": kek}.__getitem__) == VECTOR_PLAINTEXT
+    # Old (version 1) and new containers are read, with or without an expected context.
+    out = io.BytesIO()
+    decrypt_stream(io.BytesIO(container), out, {"test-key": kek}.__getitem__, context=VECTOR_CONTEXT)
+    assert out.getvalue() == VECTOR_PLAINTEXT
 
 
 def independent_decrypt(container: bytes, kek: bytes) -> bytes:
     """A decryptor written from docs/container-format.md alone, using only AES-GCM."""
-    assert container[:8] == b"AFBK-ENC" and container[8] == 1
+    assert container[:8] == b"AFBK-ENC" and container[8] in (1, 2)
     (chunk_size,) = struct.unpack(">I", container[9:13])
     L = container[13]
-    wrap_nonce = container[14 + L : 26 + L]
-    data_key = AESGCM(kek).decrypt(wrap_nonce, container[26 + L : 74 + L], container[: 14 + L])
-    prefix = container[74 + L : 81 + L]
-    header = container[: 81 + L]
-    body = container[81 + L :]
+    o = 14 + L
+    if container[8] == 2:
+        (X,) = struct.unpack(">H", container[o : o + 2])
+        o += 2 + X
+    wrap_nonce = container[o : o + 12]
+    data_key = AESGCM(kek).decrypt(wrap_nonce, container[o + 12 : o + 60], container[:o])
+    prefix = container[o + 60 : o + 67]
+    header = container[: o + 67]
+    body = container[o + 67 :]
     size = chunk_size + 16
     pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
     out = []
@@ -505,11 +526,44 @@ def independent_decrypt(container: bytes, kek: bytes) -> bytes:
 
 
 def test_independent_decryptor_reads_vector_and_fresh_containers() -> None:
-    inputs, container = doc_vector()
-    assert independent_decrypt(container, bytes.fromhex(inputs["KEK"])) == VECTOR_PLAINTEXT
+    for marker in ("test-vector-container", "test-vector-container-v1"):
+        inputs, container = doc_vector(marker)
+        assert independent_decrypt(container, bytes.fromhex(inputs["KEK"])) == VECTOR_PLAINTEXT
     for size in (1, 16, 47, 48):
         data = os.urandom(size)
         assert independent_decrypt(encrypt(data, chunk_size=16), KEK) == data
+
+
+# -- binding to the backup (version 2 context) -------------------------------------------------
+
+
+def sealed_with(context: bytes, data: bytes = b"payload " * 300) -> bytes:
+    out = io.BytesIO()
+    encrypt_stream(io.BytesIO(data), out, KEK, KEY_ID, CHUNK, context=context)
+    return out.getvalue()
+
+
+def test_payload_bound_to_another_backup_is_refused_before_any_data() -> None:
+    blob = sealed_with(b'{"backup_id":"old"}')
+    with pytest.raises(IntegrityError, match="payload belongs to another backup.*old.*new"):
+        DecryptingReader(io.BytesIO(blob), keys, context=b'{"backup_id":"new"}')
+    assert decrypt(blob) == b"payload " * 300  # without an expectation it still decrypts
+
+
+def test_context_cannot_be_rewritten_without_the_key() -> None:
+    # Same-length edit of the context (old -> new): the key wrap authenticates it.
+    blob = sealed_with(b'{"backup_id":"old"}').replace(b'"old"', b'"new"')
+    with pytest.raises(IntegrityError, match="cannot unwrap the data key"):
+        DecryptingReader(io.BytesIO(blob), keys, context=b'{"backup_id":"new"}')
+
+
+def test_version_1_payload_is_read_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    out = io.BytesIO()
+    encrypt_stream(io.BytesIO(b"legacy"), out, KEK, KEY_ID, CHUNK, _version=1)
+    assert out.getvalue()[8] == 1
+    reader = DecryptingReader(io.BytesIO(out.getvalue()), keys, context=b"{}")
+    assert reader.read() == b"legacy"
+    assert "not bound to its backup" in caplog.text
 
 
 def test_magic_constant_documented() -> None:

@@ -130,12 +130,20 @@ def read_manifest(target: Target, source: str, backup_id: str) -> Manifest:
             f"(no {key}); list the target to see what it holds"
         ) from exc
     try:
-        return Manifest.from_json(data)
+        manifest = Manifest.from_json(data)
     except (ValidationError, ValueError) as exc:
         raise IntegrityError(
             f"target '{target.name}': manifest {key} is damaged ({_first_line(exc)}); "
             f"restore backup {backup_id} from another target"
         ) from exc
+    if (manifest.source, manifest.backup_id) != (source, backup_id):
+        # A manifest copied into another backup's folder must not be taken for that backup.
+        raise IntegrityError(
+            f"target '{target.name}': manifest {key} describes backup "
+            f"{manifest.source}/{manifest.backup_id}, not {source}/{backup_id}: it was copied "
+            "into the wrong folder; restore from another target"
+        )
+    return manifest
 
 
 def find_backup(target: Target, backup_id: str) -> Manifest:

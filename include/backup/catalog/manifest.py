@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_NAME = "payload"
-FORMAT_VERSION = 1
+# 2: signed (``auth``) and its payload bound to it (container version 2). 1 is still read.
+FORMAT_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -34,6 +35,16 @@ class EncryptionInfo(BaseModel):
     key_id: str
     wrapped_key: str  # base64 of the data key wrapped by the key-encryption key
     chunk_size: int
+
+
+class ManifestAuth(BaseModel):
+    """The manifest's signature (catalog/signing.py): HMAC-SHA-256 under a key derived
+    from the key-encryption key ``key_id``, over everything but ``verification``."""
+
+    model_config = ConfigDict(extra="forbid")
+    algorithm: str = "HMAC-SHA256"
+    key_id: str
+    mac: str  # hex
 
 
 class Verification(BaseModel):
@@ -67,6 +78,7 @@ class Manifest(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict)  # row counts, file counts...
     source_state: dict[str, Any] = Field(default_factory=dict)  # e.g. the file index
     verification: dict[str, Verification] = Field(default_factory=dict)  # per target name
+    auth: ManifestAuth | None = None  # None: made before manifests were signed
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True).encode()
@@ -84,6 +96,17 @@ class Manifest(BaseModel):
     @property
     def verified(self) -> bool:
         return any(v.ok for v in self.verification.values())
+
+    def payload_context(self) -> bytes:
+        """What the payload container is bound to (its authenticated context): a payload
+        made for another backup, source, type or parent fails to open as this one's."""
+        binding = {
+            "backup_id": self.backup_id,
+            "backup_type": self.backup_type,
+            "parent_id": self.parent_id,
+            "source": self.source,
+        }
+        return json.dumps(binding, sort_keys=True, separators=(",", ":")).encode()
 
 
 def backup_prefix(source: str, backup_id: str) -> str:

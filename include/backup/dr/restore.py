@@ -70,7 +70,9 @@ def _open_chain(
     for manifest in chain:
         key = f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}"
         raw = stack.enter_context(target.open(key))
-        streams.append((manifest, open_sealed(raw, keys, manifest.compression)))
+        # The payload must be the one made for this backup (container version 2 binding).
+        sealed = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
+        streams.append((manifest, sealed))
     return streams
 
 
@@ -102,6 +104,7 @@ def restore_backup(
     """
     from include.backup.catalog.catalog import chain_for, verify_object
     from include.backup.catalog.chains import pitr_chain
+    from include.backup.catalog.signing import authenticate
     from include.backup.sources import build_source
 
     started = time.monotonic()
@@ -128,6 +131,9 @@ def restore_backup(
         )
     backup_id = manifest.backup_id
     for m in chain:
+        # Signed manifests are checked against the key ring: write access to a target is
+        # not enough to point a restore at other data (catalog/signing.py).
+        authenticate(m, keys)
         for obj in m.objects:
             ok, detail = verify_object(target, m, obj.name)
             if not ok:

@@ -3,9 +3,15 @@
 Byte layout, nonce construction and error rules are specified in docs/container-format.md;
 this module is the reference implementation. In short::
 
-    header = magic "AFBK-ENC" | version 0x01 | chunk_size u32 BE | key_id_len u8 | key_id
+    header = magic "AFBK-ENC" | version 0x02 | chunk_size u32 BE | key_id_len u8 | key_id
+             | context_len u16 BE | context            (version 2 only)
              | wrap_nonce (12) | wrapped data key (32 + 16 tag) | nonce_prefix (7)
     chunk i = AES-256-GCM(data_key, nonce = prefix | u32 BE i | last-flag, aad = header)
+
+The context (version 2) binds the payload to the backup it was made for (backup id,
+source, type, parent): it is authenticated by the key wrap and by every chunk, so a
+payload moved into another backup's folder is refused by a reader that says which
+context it expects. Version 1 containers (no context) are still read.
 
 Each backup gets a fresh random 32-byte data key, wrapped with the key-encryption key (KEK)
 named by ``key_id``. Every chunk but the last carries exactly ``chunk_size`` plaintext
@@ -19,7 +25,9 @@ Keys never appear in messages, logs or reprs.
 from __future__ import annotations
 
 import base64
+import hmac
 import io
+import logging
 import os
 import secrets
 import struct
@@ -35,8 +43,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from include.backup.errors import IntegrityError, KeyNotFoundError
 from include.backup.pipeline._io import BlockReader
 
+log = logging.getLogger(__name__)
+
 MAGIC = b"AFBK-ENC"
-VERSION = 1
+VERSION = 2  # written; 1 (no context) is still read
+READ_VERSIONS = (1, 2)
 KEY_SIZE = 32  # AES-256
 TAG_SIZE = 16  # GCM tag
 WRAP_NONCE_SIZE = 12
@@ -47,6 +58,10 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 # hostile or corrupt header from asking for gigabytes.
 MAX_CHUNK_SIZE = 64 << 20
 MAX_CHUNKS = 1 << 32  # the counter is a u32
+# The context is a short JSON document; the cap keeps a hostile header from asking for
+# much memory before anything is authenticated.
+MAX_CONTEXT_SIZE = 4096
+_CONTEXT_LEN = struct.Struct(">H")
 
 _FIXED = struct.Struct(">8sBIB")  # magic, version, chunk_size, key_id_len
 ALGORITHM = "AES-256-GCM-STREAM"
@@ -70,6 +85,7 @@ class Header:
     wrapped_key: bytes = field(repr=False)  # 32-byte data key encrypted + 16-byte tag
     nonce_prefix: bytes = field(repr=False)
     raw: bytes = field(repr=False)
+    context: bytes = b""  # version 2: what the payload is bound to (empty in version 1)
 
     @property
     def size(self) -> int:
@@ -78,7 +94,10 @@ class Header:
     @property
     def wrap_aad(self) -> bytes:
         """Header bytes before the wrap nonce: authenticated by the key wrap."""
-        return self.raw[: _FIXED.size + len(self.key_id.encode())]
+        end = _FIXED.size + len(self.key_id.encode())
+        if self.version >= 2:
+            end += _CONTEXT_LEN.size + len(self.context)
+        return self.raw[:end]
 
     @property
     def wrapped_key_b64(self) -> str:
@@ -123,6 +142,12 @@ def chunk_nonce(prefix: bytes, index: int, final: bool) -> bytes:
     return prefix + struct.pack(">IB", index, 1 if final else 0)
 
 
+def _check_context(context: bytes) -> bytes:
+    if not isinstance(context, (bytes, bytearray)) or len(context) > MAX_CONTEXT_SIZE:
+        raise ValueError(f"context must be at most {MAX_CONTEXT_SIZE} bytes")
+    return bytes(context)
+
+
 def build_header(
     kek: bytes,
     key_id: str,
@@ -131,18 +156,27 @@ def build_header(
     data_key: bytes,
     wrap_nonce: bytes,
     nonce_prefix: bytes,
+    context: bytes = b"",
+    version: int = VERSION,
 ) -> Header:
-    """Assemble and wrap a header. Callers normally use :class:`EncryptingWriter`."""
+    """Assemble and wrap a header. Callers normally use :class:`EncryptingWriter`.
+
+    ``version=1`` (no context) exists only to reproduce the legacy test vector."""
     kid = _encode_key_id(key_id)
     _check_chunk_size(chunk_size)
     kek = _check_key(kek, "key-encryption key")
     data_key = _check_key(data_key, "data key")
+    context = _check_context(context)
     if len(wrap_nonce) != WRAP_NONCE_SIZE or len(nonce_prefix) != NONCE_PREFIX_SIZE:
         raise ValueError("wrap nonce must be 12 bytes and nonce prefix 7 bytes")
-    wrap_aad = _FIXED.pack(MAGIC, VERSION, chunk_size, len(kid)) + kid
+    if version not in READ_VERSIONS or (version == 1 and context):
+        raise ValueError("version must be 2, or 1 without a context")
+    wrap_aad = _FIXED.pack(MAGIC, version, chunk_size, len(kid)) + kid
+    if version >= 2:
+        wrap_aad += _CONTEXT_LEN.pack(len(context)) + context
     wrapped = AESGCM(kek).encrypt(wrap_nonce, data_key, wrap_aad)
     raw = wrap_aad + wrap_nonce + wrapped + nonce_prefix
-    return Header(VERSION, chunk_size, key_id, wrap_nonce, wrapped, nonce_prefix, raw)
+    return Header(version, chunk_size, key_id, wrap_nonce, wrapped, nonce_prefix, raw, context)
 
 
 class EncryptingWriter(io.RawIOBase):
@@ -164,7 +198,9 @@ class EncryptingWriter(io.RawIOBase):
         key_id: str,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         *,
+        context: bytes = b"",
         _fixed: tuple[bytes, bytes, bytes] | None = None,
+        _version: int = VERSION,
     ) -> None:
         super().__init__()
         # _fixed = (data_key, wrap_nonce, nonce_prefix): only for the documented test
@@ -175,7 +211,14 @@ class EncryptingWriter(io.RawIOBase):
             secrets.token_bytes(NONCE_PREFIX_SIZE),
         )
         self.header = build_header(
-            kek, key_id, chunk_size, data_key=data_key, wrap_nonce=wrap_nonce, nonce_prefix=prefix
+            kek,
+            key_id,
+            chunk_size,
+            data_key=data_key,
+            wrap_nonce=wrap_nonce,
+            nonce_prefix=prefix,
+            context=context,
+            version=_version,
         )
         self._aead = AESGCM(data_key)
         self._dst = dst
@@ -283,11 +326,16 @@ def encrypt_stream(
     key_id: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
+    context: bytes = b"",
     _fixed: tuple[bytes, bytes, bytes] | None = None,
+    _version: int = VERSION,
 ) -> EncryptResult:
-    """Encrypt everything from ``src`` into ``dst`` as a container. ``dst`` stays open."""
+    """Encrypt everything from ``src`` into ``dst`` as a container bound to ``context``
+    (see :class:`DecryptingReader`). ``dst`` stays open."""
     block = max(chunk_size, 1 << 20)
-    with EncryptingWriter(dst, kek, key_id, chunk_size, _fixed=_fixed) as w:
+    with EncryptingWriter(
+        dst, kek, key_id, chunk_size, context=context, _fixed=_fixed, _version=_version
+    ) as w:
         while data := src.read(block):
             w.write(data)
     assert w.result is not None
@@ -332,10 +380,10 @@ def read_header(src: BinaryIO) -> Header:
             "the stored object was cut short"
         )
     _, version, chunk_size, kid_len = _FIXED.unpack(fixed)
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         raise IntegrityError(
-            f"unsupported container version {version} (this code reads version {VERSION}); "
-            "upgrade the backup tool, or the header is corrupt"
+            f"unsupported container version {version} (this code reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}); upgrade the backup tool, or the header is corrupt"
         )
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise IntegrityError(
@@ -343,24 +391,41 @@ def read_header(src: BinaryIO) -> Header:
         )
     if kid_len == 0:
         raise IntegrityError("container header is corrupt: the key id is empty")
-    rest_len = kid_len + WRAP_NONCE_SIZE + WRAPPED_KEY_SIZE + NONCE_PREFIX_SIZE
-    rest = _read_exact(src, rest_len)
-    if len(rest) < rest_len:
-        raise IntegrityError(
-            f"truncated: the container header is incomplete ({_FIXED.size + len(rest)} of "
-            f"{_FIXED.size + rest_len} bytes); the stored object was cut short"
-        )
+    kid = _read_part(src, kid_len, _FIXED.size)
     try:
-        key_id = rest[:kid_len].decode("utf-8")
+        key_id = kid.decode("utf-8")
     except UnicodeDecodeError:
         raise IntegrityError("container header is corrupt: the key id is not valid UTF-8") from None
-    o = kid_len
+    head = fixed + kid
+    context = b""
+    if version >= 2:
+        (ctx_len,) = _CONTEXT_LEN.unpack(_read_part(src, _CONTEXT_LEN.size, len(head)))
+        if ctx_len > MAX_CONTEXT_SIZE:
+            raise IntegrityError(
+                f"container header is corrupt: context length {ctx_len} exceeds {MAX_CONTEXT_SIZE}"
+            )
+        context = _read_part(src, ctx_len, len(head) + _CONTEXT_LEN.size)
+        head += _CONTEXT_LEN.pack(ctx_len) + context
+    rest_len = WRAP_NONCE_SIZE + WRAPPED_KEY_SIZE + NONCE_PREFIX_SIZE
+    rest = _read_part(src, rest_len, len(head))
+    o = 0
     wrap_nonce = rest[o : o + WRAP_NONCE_SIZE]
     o += WRAP_NONCE_SIZE
     wrapped = rest[o : o + WRAPPED_KEY_SIZE]
     o += WRAPPED_KEY_SIZE
     prefix = rest[o : o + NONCE_PREFIX_SIZE]
-    return Header(version, chunk_size, key_id, wrap_nonce, wrapped, prefix, fixed + rest)
+    return Header(version, chunk_size, key_id, wrap_nonce, wrapped, prefix, head + rest, context)
+
+
+def _read_part(src: BinaryIO, n: int, offset: int) -> bytes:
+    """``n`` header bytes at ``offset``, or a truncation error."""
+    data = _read_exact(src, n)
+    if len(data) < n:
+        raise IntegrityError(
+            f"truncated: the container header is incomplete (it ends at byte {offset + len(data)}, "
+            f"inside a field that needs {n} bytes from byte {offset}); the stored object was cut short"
+        )
+    return data
 
 
 def _lookup_kek(keys: KeyLookup, key_id: str) -> bytes:
@@ -389,8 +454,30 @@ def unwrap_data_key(header: Header, kek: bytes) -> bytes:
         ) from None
 
 
+def check_context(header: Header, expected: bytes) -> None:
+    """Refuse a payload bound to another backup than ``expected``. A version 1 container
+    carries no binding: it is accepted with a warning (backups made before version 2)."""
+    if header.version < 2:
+        log.warning(
+            "payload is a version 1 container: it is not bound to its backup (made before "
+            "container version 2), so a swapped payload could not be detected; expected %s",
+            expected.decode("utf-8", "replace"),
+        )
+        return
+    if not hmac.compare_digest(header.context, expected):
+        raise IntegrityError(
+            "payload belongs to another backup: its authenticated context is "
+            f"{header.context.decode('utf-8', 'replace')}, expected "
+            f"{expected.decode('utf-8', 'replace')}; the object was moved or swapped at the "
+            "target — restore from another target or another backup"
+        )
+
+
 class DecryptingReader(BlockReader):
     """Readable plaintext stream over a container, decrypting one chunk at a time.
+
+    ``context``, when given, is what the payload must be bound to (see
+    :func:`check_context`); it is checked before any data is read.
 
     The header is read and the data key unwrapped in the constructor, so a wrong or unknown
     key fails before any data is read. Reads raise :class:`IntegrityError` on any
@@ -398,11 +485,13 @@ class DecryptingReader(BlockReader):
     is only returned after that chunk authenticated. Closing it does not close ``src``.
     """
 
-    def __init__(self, src: BinaryIO, keys: KeyLookup) -> None:
+    def __init__(self, src: BinaryIO, keys: KeyLookup, *, context: bytes | None = None) -> None:
         super().__init__()
         self._src = src
         self.header = read_header(src)
         data_key = unwrap_data_key(self.header, _lookup_kek(keys, self.header.key_id))
+        if context is not None:
+            check_context(self.header, context)  # authenticated by the unwrap above
         self._aead = AESGCM(data_key)
         self._enc_len = self.header.chunk_size + TAG_SIZE
         self._index = 0
@@ -489,13 +578,15 @@ class DecryptingReader(BlockReader):
         return self._done
 
 
-def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: KeyLookup) -> int:
+def decrypt_stream(
+    src: BinaryIO, dst: BinaryIO, keys: KeyLookup, *, context: bytes | None = None
+) -> int:
     """Decrypt a container from ``src`` into ``dst``; returns plaintext bytes written.
 
     Plaintext is written chunk by chunk as each authenticates, so on error ``dst`` holds a
     prefix of the data: use :func:`decrypt_file` when the output must be all-or-nothing.
     """
-    reader = DecryptingReader(src, keys)
+    reader = DecryptingReader(src, keys, context=context)
     total = 0
     while data := reader.read(1 << 30):
         dst.write(data)

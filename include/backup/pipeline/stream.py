@@ -192,11 +192,16 @@ def seal(
     )
 
 
-def open_sealed(src: BinaryIO, keys: KeyLookup, algo: str = "zstd") -> BinaryIO:
+def open_sealed(
+    src: BinaryIO, keys: KeyLookup, algo: str = "zstd", *, context: bytes | None = None
+) -> BinaryIO:
     """Readable plaintext stream of a sealed object: decrypt, then decompress.
+
+    ``context``: what the payload must be bound to (``Manifest.payload_context()``); a
+    payload made for another backup is refused before anything is read.
 
     Key problems raise at once (KeyNotFoundError, IntegrityError for a wrong KEK); damage
     in the body raises IntegrityError while reading. Only read to the end counts as
     verified: a reader that stops early has not checked the rest.
     """
-    return decompress_reader(DecryptingReader(src, keys), algo)  # type: ignore[arg-type]
+    return decompress_reader(DecryptingReader(src, keys, context=context), algo)  # type: ignore[arg-type]
