@@ -793,3 +793,102 @@ def test_compare_trees_reports_differences(tmp_path: Path) -> None:
     assert any(d.startswith("differs: diff.txt") for d in diffs)
     assert any(d.startswith("differs: mode.txt") for d in diffs)
     assert compare_trees(tree_digest(a), tree_digest(a)) == []
+
+
+# --- a failed restore leaves nothing that looks restored ----------------------------------------
+
+KEK = bytes(range(32))
+
+
+def _sealed(payload: bytes, *, corrupt_tail: bool = False) -> bytes:
+    """``payload`` as the pipeline stores it (zstd + AES-GCM container); with
+    ``corrupt_tail`` one byte of the container's final chunk is flipped."""
+    from include.backup.pipeline.stream import seal
+
+    out = io.BytesIO()
+    seal(io.BytesIO(payload), out, kek=KEK, key_id="k1", chunk_size=64 * 1024)
+    raw = bytearray(out.getvalue())
+    if corrupt_tail:
+        raw[-5] ^= 0x01  # inside the last chunk's tag: only reading to the end finds it
+    return bytes(raw)
+
+
+def _restore_sealed(
+    src: FilesSource, chain: list[tuple[Manifest, bytes]], into: Path, **kw: Any
+) -> dict:
+    from include.backup.pipeline.stream import open_sealed
+
+    streams = [(m, open_sealed(io.BytesIO(b), lambda _kid: KEK, "zstd")) for m, b in chain]
+    return src.restore(streams, str(into), **kw)
+
+
+def _siblings(into: Path) -> list[str]:
+    return sorted(p.name for p in into.parent.iterdir() if ".restoring-" in p.name)
+
+
+def test_corrupt_last_chunk_leaves_no_restored_tree(
+    tree: dict[str, Path], tmp_path: Path
+) -> None:
+    src = make_source(tree["uploads"])
+    m, payload = backup(src, "FULL", None, "b0")
+    into = tmp_path / "out" / "r"
+    with pytest.raises(IntegrityError, match="authentication"):
+        _restore_sealed(src, [(m, _sealed(payload, corrupt_tail=True))], into)
+    assert not into.exists()
+    assert _siblings(into) == []
+
+    # The intact payload restores, and leaves no staging sibling either.
+    _restore_sealed(src, [(m, _sealed(payload))], into)
+    assert compare_trees(
+        tree_digest(tree["uploads"], exclude=EXCLUDES), tree_digest(under(into, tree["uploads"]))
+    ) == []
+    assert _siblings(into) == []
+
+
+def test_corrupt_incremental_leaves_an_existing_destination_unchanged(
+    tree: dict[str, Path], tmp_path: Path
+) -> None:
+    uploads = tree["uploads"]
+    src = make_source(uploads)
+    full = backup(src, "FULL", None, "b0")
+    (uploads / "top.txt").write_bytes(b"changed after the full\n")
+    (uploads / "a" / "run.sh").unlink()
+    inc = backup(src, "INCREMENTAL", full[0], "b1")
+
+    into = tmp_path / "r"
+    _write(into / "already-here.txt", b"keep me")
+    _write(under(into, uploads) / "top.txt", b"the user's copy")
+    before = tree_digest(into)
+    chain = [(full[0], _sealed(full[1])), (inc[0], _sealed(inc[1], corrupt_tail=True))]
+    with pytest.raises(IntegrityError, match="authentication"):
+        _restore_sealed(src, chain, into, overwrite=True)
+    assert compare_trees(before, tree_digest(into)) == []
+    assert _siblings(into) == []
+
+    # A fresh destination: the whole chain is refused, nothing of the full is left.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(IntegrityError):
+        _restore_sealed(src, chain, fresh)
+    assert not fresh.exists() and _siblings(fresh) == []
+
+
+def test_overwrite_applies_the_chain_over_an_existing_tree(
+    tree: dict[str, Path], tmp_path: Path
+) -> None:
+    uploads = tree["uploads"]
+    src = make_source(uploads)
+    full = backup(src, "FULL", None, "b0")
+    (uploads / "a" / "run.sh").unlink()
+    inc = backup(src, "INCREMENTAL", full[0], "b1")
+    into = tmp_path / "r"
+    _write(into / "already-here.txt", b"keep me")
+    _write(under(into, uploads) / "a" / "run.sh", b"deleted by the chain")
+    _write(under(into, uploads) / "mine.txt", b"not in the backup")
+    stats = _restore_sealed(src, [(full[0], _sealed(full[1])), (inc[0], _sealed(inc[1]))], into, overwrite=True)
+    assert stats["deleted"] == 1
+    assert not (under(into, uploads) / "a" / "run.sh").exists()
+    assert (into / "already-here.txt").read_bytes() == b"keep me"
+    assert (under(into, uploads) / "mine.txt").read_bytes() == b"not in the backup"
+    restored = tree_digest(under(into, uploads), exclude=["mine.txt"])
+    assert compare_trees(tree_digest(uploads, exclude=EXCLUDES), restored) == []
+    assert _siblings(into) == []

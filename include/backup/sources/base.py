@@ -23,6 +23,20 @@ class DumpResult:
     source_state: dict[str, Any] = field(default_factory=dict)  # kept in the manifest
 
 
+def drain(stream: BinaryIO) -> int:
+    """Read ``stream`` to its end; returns the bytes read.
+
+    A source's restore calls this on every payload stream before it makes its result
+    visible (renames the temporary directory or database into place): the container's
+    last chunk is only authenticated when it is read, and tar or pg_restore stop at their
+    own end marker, before the end of the container. A corrupt tail raises IntegrityError
+    here, while the restore can still be rolled back."""
+    total = 0
+    while data := stream.read(1 << 20):
+        total += len(data)
+    return total
+
+
 @runtime_checkable
 class Source(Protocol):
     name: str

@@ -18,6 +18,7 @@ chain restore removes them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import grp
@@ -29,6 +30,7 @@ import pwd
 import shutil
 import stat
 import tarfile
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +41,7 @@ from typing import Any, BinaryIO
 from include.backup.catalog.manifest import Manifest
 from include.backup.config import schema
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
-from include.backup.sources.base import DumpResult
+from include.backup.sources.base import DumpResult, drain
 
 log = logging.getLogger(__name__)
 
@@ -556,16 +558,24 @@ class FilesSource:
         only_paths = _normalize_only(only)
         dest = Path(into)
         _check_destination(dest, overwrite)
-        dest.mkdir(parents=True, exist_ok=True)
-
-        restorer = _Restorer(dest.resolve(), only_paths)
-        for i, (manifest, stream) in enumerate(links):
-            if i > 0:
-                restorer.delete(
-                    manifest.source_state.get("deleted", []), manifest.backup_id
-                )
-            restorer.extract(manifest, stream)
-        restorer.finish()
+        # Everything goes into a temporary sibling first; only a chain whose every payload
+        # read to its authenticated end reaches ``into`` (a new one is renamed into place,
+        # an existing one gets the restored entries moved in). On any failure the sibling
+        # is removed and a pre-existing ``into`` is untouched.
+        stage = _make_stage(dest)
+        try:
+            restorer = _Restorer(stage, only_paths)
+            for i, (manifest, stream) in enumerate(links):
+                if i > 0:
+                    restorer.delete(
+                        manifest.source_state.get("deleted", []), manifest.backup_id
+                    )
+                restorer.extract(manifest, stream)
+                drain(stream)  # authenticates the container's last chunk
+            _commit(stage, dest, restorer)
+        except BaseException:
+            _remove_tree(stage)
+            raise
         return restorer.result()
 
 
@@ -627,6 +637,11 @@ def _normalize_only(only: list[str] | None) -> list[str] | None:
 
 def _check_destination(dest: Path, overwrite: bool) -> None:
     # A destination that is a symlink to a directory is fine: the user named it.
+    if os.path.lexists(dest) and not dest.exists():
+        raise RestoreRefused(
+            f"restore destination {dest} is a symlink to nothing; remove it or name a "
+            "directory"
+        )
     if dest.exists() and not dest.is_dir():
         raise RestoreRefused(
             f"restore destination {dest} exists and is not a directory"
@@ -669,6 +684,7 @@ class _Restorer:
         ] = {}  # rel -> (mode, mtime_ns), set last
         self.state: dict[str, tuple[str, int]] = {}  # rel -> (type, size) as restored
         self.deleted = 0
+        self.removed: set[str] = set()  # paths the chain's deleted lists removed
 
     # Path handling: every component below root must be a real directory.
     def _parent_dir(self, rel: str, where: str) -> str:
@@ -728,19 +744,10 @@ class _Restorer:
                 if self._inside_real_dirs(t) and os.path.lexists(path):
                     self._replace(path, t)
                     self.deleted += 1
+                    self.removed.add(t)
 
     def _inside_real_dirs(self, rel: str) -> bool:
-        """True if no parent of ``rel`` below root is a symlink (or missing): deleting
-        through a symlink would remove something outside the restore directory."""
-        cur = str(self.root)
-        for part in rel.split("/")[:-1]:
-            cur = os.path.join(cur, part)
-            try:
-                if not stat.S_ISDIR(os.lstat(cur).st_mode):
-                    return False
-            except FileNotFoundError:
-                return False
-        return True
+        return _inside_real_dirs(self.root, rel)
 
     def extract(self, manifest: Manifest, stream: BinaryIO) -> None:
         where = f"backup {manifest.backup_id}"
@@ -825,12 +832,14 @@ class _Restorer:
             self.state[rel] = (FILE, member.size)
         return kind
 
-    def finish(self) -> None:
+    def finish(self, root: Path | None = None) -> None:
         """Directory modes and mtimes go last (writing a child changes the parent's mtime;
-        a read-only mode would stop the writes), deepest first."""
+        a read-only mode would stop the writes), deepest first. ``root``: where the tree
+        is now (the destination, once the staged entries were moved there)."""
+        base = root or self.root
         for rel in sorted(self.dir_attrs, reverse=True):
             mode, mtime_ns = self.dir_attrs[rel]
-            path = str(self.root / rel)
+            path = str(base / rel)
             if os.path.islink(path) or not os.path.isdir(path):
                 continue  # replaced since; its record would have been dropped, but be safe
             os.chmod(path, mode)
@@ -843,6 +852,149 @@ class _Restorer:
             counts["bytes"] += size
         counts["deleted"] = self.deleted
         return counts
+
+
+# --- staged restore: a temporary sibling, moved into place only when all is well ---------
+
+STAGE_MARK = ".restoring-"
+
+
+def _make_stage(dest: Path) -> Path:
+    """A new, empty 0700 directory ``<into>.restoring-<random>`` beside the destination
+    (beside its real directory when ``into`` is a symlink to one), on the same file system
+    so the final step is a rename. Missing parents of ``into`` are created."""
+    real = dest.resolve() if dest.exists() else dest.absolute()
+    real.parent.mkdir(parents=True, exist_ok=True)
+    prefix = real.name[:200] + STAGE_MARK
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=real.parent))  # mode 0700
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a staged tree, even one whose directories were made read-only."""
+
+    def _unlock(func: Any, p: str, _exc: Any) -> None:
+        parent = os.path.dirname(p)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+        func(p)
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=_unlock)
+
+
+def _default_dir_mode() -> int:
+    """What ``mkdir`` would give a new ``into`` (as before staged restores existed)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _commit(stage: Path, dest: Path, restorer: _Restorer) -> None:
+    """Make the staged restore the result. A new ``into`` is the staged directory renamed;
+    into an existing one (empty, or ``overwrite``) each restored entry is moved over what
+    is there, after every move was checked to be possible (a symlink or file where the
+    backup only implies a directory is refused before anything is moved)."""
+    if not os.path.lexists(dest):
+        restorer.finish()
+        os.chmod(stage, _default_dir_mode())
+        try:
+            os.rename(stage, dest)
+        except OSError as e:
+            raise RestoreRefused(
+                f"restore destination {dest} appeared while the restore ran ({e}); nothing "
+                "was written to it; restore again into an empty or new directory"
+            ) from e
+        return
+    root = dest.resolve()
+    moves: list[tuple[str, str]] = []
+    _plan_merge(str(stage), str(root), "", set(restorer.dir_attrs), moves)
+    stale = _stale_deletions(root, restorer)
+    for src, dst in moves:
+        _clear(dst)
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            shutil.move(src, dst)  # ``into`` is a mount point: copy across
+    for path in stale:
+        _clear(path)
+    restorer.finish(root)
+    _remove_tree(stage)
+
+
+def _plan_merge(
+    src_dir: str, dst_dir: str, rel: str, explicit: set[str], moves: list[tuple[str, str]]
+) -> None:
+    """Collect (staged path, destination path) moves, merging into directories that exist
+    at the destination as real directories."""
+    for name in sorted(os.listdir(src_dir)):
+        src, dst, r = os.path.join(src_dir, name), os.path.join(dst_dir, name), _join(rel, name)
+        try:
+            there = os.lstat(dst)
+        except FileNotFoundError:
+            moves.append((src, dst))
+            continue
+        src_is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
+        if src_is_dir and stat.S_ISDIR(there.st_mode):
+            _plan_merge(src, dst, r, explicit, moves)
+        elif src_is_dir and r not in explicit:
+            # The backup only implies this directory (a parent of what it holds): the
+            # symlink or file there is the user's, and writing through it could land
+            # outside the restore directory.
+            raise IntegrityError(
+                f"refusing to restore into {dst_dir}: {dst} is a "
+                f"{'symlink' if stat.S_ISLNK(there.st_mode) else 'file'} where the backup "
+                "has a directory, and writing through it could land outside the restore "
+                "directory; remove it or restore into an empty directory"
+            )
+        else:
+            moves.append((src, dst))
+
+
+def _stale_deletions(root: Path, restorer: _Restorer) -> list[str]:
+    """Paths the chain deleted (and did not bring back) that exist at the destination:
+    the restored state says they are gone, as a restore straight into it did."""
+    alive: set[str] = set()
+    for rel in restorer.state:
+        parts = rel.split("/")
+        alive.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    out = []
+    for rel in sorted(restorer.removed):
+        if rel in alive:
+            continue
+        path = str(root / rel)
+        if _inside_real_dirs(root, rel) and os.path.lexists(path):
+            out.append(path)
+    return out
+
+
+def _inside_real_dirs(root: Path, rel: str) -> bool:
+    """True if no parent of ``rel`` below root is a symlink (or missing): deleting
+    through a symlink would remove something outside the restore directory."""
+    cur = str(root)
+    for part in rel.split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def _clear(path: str) -> None:
+    """Remove whatever is at ``path``, never following a symlink."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        _remove_tree(Path(path))
+    else:
+        os.unlink(path)
 
 
 # --- small helpers ------------------------------------------------------------------------
