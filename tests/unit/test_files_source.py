@@ -884,7 +884,8 @@ def test_overwrite_applies_the_chain_over_an_existing_tree(
     _write(into / "already-here.txt", b"keep me")
     _write(under(into, uploads) / "a" / "run.sh", b"deleted by the chain")
     _write(under(into, uploads) / "mine.txt", b"not in the backup")
-    stats = _restore_sealed(src, [(full[0], _sealed(full[1])), (inc[0], _sealed(inc[1]))], into, overwrite=True)
+    chain = [(full[0], _sealed(full[1])), (inc[0], _sealed(inc[1]))]
+    stats = _restore_sealed(src, chain, into, overwrite=True)
     assert stats["deleted"] == 1
     assert not (under(into, uploads) / "a" / "run.sh").exists()
     assert (into / "already-here.txt").read_bytes() == b"keep me"
