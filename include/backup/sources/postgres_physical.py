@@ -47,9 +47,11 @@ import logging
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -61,8 +63,10 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from include.backup.catalog.manifest import Manifest
-from include.backup.errors import IntegrityError, RestoreRefused, SourceError
+from include.backup.dr.params import check_path
+from include.backup.errors import BackupError, IntegrityError, RestoreRefused, SourceError
 from include.backup.sources.base import DumpResult
+from include.backup.sources.walrestore import wal_file_name_ok
 
 log = logging.getLogger(__name__)
 
@@ -425,37 +429,36 @@ class PhysicalPostgres:
 
         last_end = end_time(manifests[-1])
         target_time = None if until is None else self._target_time(manifests, until)
+        # Everything refused below is refused before anything is touched.
         data_dir, port = _parse_into(into)
         _check_data_dir(data_dir, overwrite)
-        wal_dir = Path(str(data_dir) + ".wal")
-        created = not data_dir.exists()
+        python = _restore_python()
+        work = _Workspace.create(data_dir)
         started = False
         try:
-            if wal_dir.exists():
-                shutil.rmtree(wal_dir)
-            data_dir.mkdir(parents=True, exist_ok=True)
-            wal_dir.mkdir(parents=True)
-            self._extract_base(links[0][1], data_dir, wal_dir)
+            self._extract_base(links[0][1], work.staging, work.wal, manifests[0].backup_id)
             for m, stream in links[1:]:
-                _extract_wal(stream, wal_dir, m.backup_id)
-            _check_wal_complete(wal_dir, manifests)
+                _extract_wal(stream, work.wal, m.backup_id)
+            _check_wal_complete(work.wal, manifests)
             port = port or _free_port()
-            _write_recovery_conf(data_dir, wal_dir, port, target_time)
-            _own(data_dir, wal_dir)
+            command = _restore_command(python, _install_wal_restore(work.wal), work.wal)
+            _write_recovery_conf(work.staging, data_dir, command, port, target_time)
+            _write_marker(work.staging, manifests)
+            work.publish()
+            work.own()
             t0 = time.monotonic()
             started = True
             _pg_ctl(data_dir, "start", server_major=manifests[0].position.get("server_version_num"))
             _wait_recovered(data_dir, port, self.name)
             replay_s = time.monotonic() - t0
             tables = _count_tables(port, data_dir)
-        except BaseException:
+        except BaseException as exc:
             if started:
                 stop_restored_server(str(data_dir), quiet=True)
-            if created:
-                shutil.rmtree(data_dir, ignore_errors=True)
+            _add_note(exc, work.discard())
             raise
         finally:
-            shutil.rmtree(wal_dir, ignore_errors=True)
+            shutil.rmtree(work.wal, ignore_errors=True)
         recovered_to = format_time(target_time) if target_time else f"end of WAL ({format_time(last_end)})"
         return {
             "data_dir": str(data_dir),
@@ -514,17 +517,22 @@ class PhysicalPostgres:
             return until
         return None
 
-    def _extract_base(self, stream: BinaryIO, data_dir: Path, wal_dir: Path) -> None:
+    def _extract_base(self, stream: BinaryIO, data_dir: Path, wal_dir: Path, backup_id: str) -> None:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK) as outer:
             for member in outer:
                 f = outer.extractfile(member) if member.isfile() else None
                 if f is None:
                     continue
                 if member.name == "base.tar":
-                    with tarfile.open(fileobj=f, mode="r|", bufsize=BLOCK) as inner:
-                        inner.extractall(data_dir, filter="tar")
+                    _extract_data_dir(f, data_dir, backup_id)
                 elif member.name.startswith("wal/"):
-                    _copy_member(f, wal_dir / Path(member.name).name)
+                    name = member.name[len("wal/") :]
+                    if not wal_file_name_ok(name):
+                        raise IntegrityError(
+                            f"base backup {backup_id}: member {member.name!r} is not a WAL file "
+                            "name; refusing the payload (restore from another target or backup)"
+                        )
+                    _copy_member(f, wal_dir / name)
                 elif member.name == "backup_manifest":
                     _copy_member(f, wal_dir / "backup_manifest")
 
@@ -604,6 +612,8 @@ def _open_shared(path: Path) -> int | None:
 
 
 def _parse_into(into: str) -> tuple[Path, int | None]:
+    """``/path`` or ``/path:PORT``, checked strictly (see ``check_path``): the path reaches
+    pg_ctl, which starts the server through /bin/sh with it in double quotes."""
     m = re.fullmatch(r"(.+?):(\d{2,5})", into)
     path, port = (m.group(1), int(m.group(2))) if m else (into, None)
     if not path.startswith("/"):
@@ -611,10 +621,22 @@ def _parse_into(into: str) -> tuple[Path, int | None]:
             f"into {into!r}: a physical restore goes into a new data directory given as an "
             "absolute path, optionally followed by :PORT (e.g. /srv/pg-restored:5440)"
         )
-    return Path(path), port
+    check_path(path, "into")
+    if port is not None and not 1 <= port <= 65535:
+        raise RestoreRefused(f"into {into!r}: port {port} is not between 1 and 65535")
+    data_dir = Path(path)
+    if data_dir.parent == data_dir:
+        raise RestoreRefused(f"into {into!r} is the root directory; give a new data directory")
+    return data_dir, port
 
 
 def _check_data_dir(data_dir: Path, overwrite: bool) -> None:
+    """Refuse a destination the restore may not fill; deletes nothing (a replaced data
+    directory goes only once the new one is extracted, see ``_Workspace.publish``)."""
+    if data_dir.is_symlink():
+        raise RestoreRefused(
+            f"{data_dir} is a symbolic link; give the directory it points to, or a new path"
+        )
     if data_dir.exists() and not data_dir.is_dir():
         raise RestoreRefused(f"{data_dir} exists and is not a directory")
     if data_dir.is_dir() and any(data_dir.iterdir()):
@@ -623,9 +645,14 @@ def _check_data_dir(data_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise RestoreRefused(
                 f"{data_dir} is not empty; restore into a new data directory, or pass "
-                "overwrite to replace its contents"
+                "overwrite to replace a data directory an earlier restore created there"
             )
-        shutil.rmtree(data_dir)
+        if not _is_restored_data_dir(data_dir):
+            raise RestoreRefused(
+                f"{data_dir} is not a PostgreSQL data directory restored by this tool (it needs "
+                f"PG_VERSION, global/pg_control and {RESTORE_MARKER}); overwrite replaces only "
+                "those. Restore into a new directory, or remove this one yourself if it must go"
+            )
     if os.geteuid() == 0:
         probe = data_dir.parent
         while not probe.exists():
@@ -638,6 +665,129 @@ def _check_data_dir(data_dir: Path, overwrite: bool) -> None:
                 f"the {PG_OS_USER} OS user cannot reach {probe}; restore into a directory "
                 "under a path it can traverse (e.g. under /tmp or /srv)"
             )
+
+
+# Written into every data directory a restore created: what `overwrite` may replace.
+RESTORE_MARKER = "airflow_backup_restore.json"
+_AUTO_CONF_MARK = "# written by airflow-backup point-in-time restore"
+
+
+def _is_restored_data_dir(data_dir: Path) -> bool:
+    """A PostgreSQL data directory that a restore of ours created: PG_VERSION and
+    global/pg_control, and our marker file (or, from restores before the marker existed,
+    our line in postgresql.auto.conf)."""
+    if not (data_dir / "PG_VERSION").is_file() or not (data_dir / "global" / "pg_control").is_file():
+        return False
+    if (data_dir / RESTORE_MARKER).is_file():
+        return True
+    try:
+        return _AUTO_CONF_MARK in (data_dir / "postgresql.auto.conf").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _write_marker(data_dir: Path, manifests: list[Manifest]) -> None:
+    marker = {
+        "restored_by": "airflow-backup",
+        "restored_at": _iso(datetime.now(UTC)),
+        "chain": [m.backup_id for m in manifests],
+    }
+    (data_dir / RESTORE_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+
+
+class _Workspace:
+    """Where a restore extracts before the result is published at ``data_dir``.
+
+    Both directories are new (mkdtemp) and hidden, so a restore never reuses (nor deletes)
+    a directory it did not create. When ``data_dir`` does not exist they sit beside it
+    and publishing is one rename; when it exists (empty, or a data directory of ours to
+    replace: it may be a mount point, which cannot be renamed) they sit inside it and
+    publishing moves the extracted entries up, PG_VERSION last, so nothing looks like a
+    data directory before the whole base is there."""
+
+    def __init__(self, data_dir: Path, holder: Path, staging: Path, wal: Path) -> None:
+        self.data_dir = data_dir
+        self.holder = holder
+        self.staging = staging
+        self.wal = wal
+        self.published = False
+
+    @classmethod
+    def create(cls, data_dir: Path) -> _Workspace:
+        inside = data_dir.is_dir()
+        if not inside:
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+        holder = data_dir if inside else data_dir.parent
+        prefix = ".restore" if inside else f".{data_dir.name}.restore"
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}-data-", dir=holder))
+        wal = Path(tempfile.mkdtemp(prefix=f"{prefix}-wal-", dir=holder))
+        return cls(data_dir, holder, staging, wal)
+
+    def publish(self) -> None:
+        if self.holder != self.data_dir:
+            os.rename(self.staging, self.data_dir)  # fails if something appeared meanwhile
+        else:
+            # What is here besides our two directories is a data directory of ours that
+            # overwrite replaces (checked by _check_data_dir); it goes only now.
+            self._clear(keep_wal=True)
+            names = sorted(p.name for p in self.staging.iterdir())
+            for name in sorted(names, key=lambda n: n == "PG_VERSION"):
+                os.rename(self.staging / name, self.data_dir / name)
+            self.staging.rmdir()
+            os.chmod(self.data_dir, 0o700)  # PostgreSQL refuses a group/world-readable one
+        self.published = True
+
+    def own(self) -> None:
+        """Hand the data directory and the WAL to the server's OS user (when root)."""
+        if self.holder == self.data_dir:
+            _own(self.data_dir)  # the WAL dir is inside
+        else:
+            _own(self.data_dir, self.wal)
+
+    def discard(self) -> str:
+        """Remove what the restore wrote (not the WAL dir: ``finally`` does); say what."""
+        if not self.published:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if self.holder == self.data_dir:
+                return f"nothing was changed in {self.data_dir}"
+            return f"{self.data_dir} was not created"
+        if self.holder != self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            return f"the partly restored data directory {self.data_dir} was removed"
+        self._clear(keep_wal=True)
+        return f"the partly restored contents of {self.data_dir} were removed (it is empty again)"
+
+    def _clear(self, *, keep_wal: bool) -> None:
+        for p in self.data_dir.iterdir():
+            if p == self.staging or (keep_wal and p == self.wal):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """Append ``note`` to the message of one of our errors (callers and reports show
+    str(exc)); other exceptions get it as a traceback note."""
+    if isinstance(exc, BackupError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]} ({note})",)
+    else:
+        exc.add_note(note)
+
+
+def _extract_data_dir(f: IO[bytes], data_dir: Path, backup_id: str) -> None:
+    """base.tar into ``data_dir`` with tarfile's "data" filter: device nodes, fifos,
+    absolute names, '..' and links leaving the directory are refused, not created."""
+    with tarfile.open(fileobj=f, mode="r|", bufsize=BLOCK) as inner:
+        try:
+            inner.extractall(data_dir, filter="data")
+        except tarfile.FilterError as exc:
+            raise IntegrityError(
+                f"base backup {backup_id}: base.tar member {exc.tarinfo.name!r} refused ({exc}); "
+                "a base backup holds only files and directories inside the data directory. "
+                "Restore from another target or backup"
+            ) from None
 
 
 def _check_wal_complete(wal_dir: Path, manifests: list[Manifest]) -> None:
@@ -656,7 +806,7 @@ def _extract_wal(stream: BinaryIO, wal_dir: Path, backup_id: str) -> None:
     with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK) as tar:
         for member in tar:
             name = Path(member.name).name
-            if not member.isfile() or not (_SEGMENT.match(name) or name.endswith(".history")):
+            if not member.isfile() or not wal_file_name_ok(name):  # only a checked base name is used
                 continue
             f = tar.extractfile(member)
             if f is not None:
@@ -669,14 +819,62 @@ def _copy_member(src: IO[bytes], dest: Path) -> None:
 
 
 def _conf(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A postgresql.conf string: PostgreSQL reads backslash escapes and '' inside quotes."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _write_recovery_conf(data_dir: Path, wal_dir: Path, port: int, target: datetime | None) -> None:
+WAL_RESTORE_SCRIPT = Path(__file__).with_name("walrestore.py")
+
+
+def _install_wal_restore(wal_dir: Path) -> Path:
+    """A copy of walrestore.py in the restore's own WAL dir: the server's OS user can read
+    it there even when it cannot read this code (e.g. a virtualenv under /root)."""
+    dest = wal_dir / WAL_RESTORE_SCRIPT.name  # never a WAL file name: no clash
+    shutil.copyfile(WAL_RESTORE_SCRIPT, dest)
+    os.chmod(dest, 0o644)
+    return dest
+
+
+def _restore_python() -> str:
+    """A Python 3 the server's OS user can run (walrestore.py needs only the stdlib).
+    Our own interpreter first; when root, the first one ``postgres`` can execute."""
+    seen: list[str] = []
+    for c in (sys.executable, os.path.realpath(sys.executable), shutil.which("python3"),
+              "/usr/bin/python3", "/usr/local/bin/python3"):  # fmt: skip
+        if c and c not in seen and os.access(c, os.X_OK):
+            seen.append(c)
+    if os.geteuid() != 0 and seen:
+        return seen[0]
+    for c in seen:
+        probe = subprocess.run(
+            _as_owner([c, "-I", "-c", "import shutil, re"]), check=False, capture_output=True, cwd="/"
+        )
+        if probe.returncode == 0:
+            return c
+    raise RestoreRefused(
+        f"the {PG_OS_USER} OS user can run none of the Python interpreters "
+        f"{', '.join(seen) or '(none found)'}; the restored server's restore_command needs "
+        f"one: install python3 system-wide (e.g. apt-get install python3-minimal)"
+    )
+
+
+def _restore_command(python: str, script: Path, wal_dir: Path) -> str:
+    """restore_command: our fixed program, each of our arguments quoted for /bin/sh and
+    its '%' doubled (PostgreSQL expands %f/%p/%r in the string), then %f and %p (a WAL file
+    name and pg_wal/RECOVERYXLOG: PostgreSQL's own, plain characters)."""
+    ours = [python, "-I", str(script), str(wal_dir)]
+    return " ".join([*(shlex.quote(a).replace("%", "%%") for a in ours), "%f", "%p"])
+
+
+def _write_recovery_conf(
+    staging: Path, data_dir: Path, restore_command: str, port: int, target: datetime | None
+) -> None:
+    """recovery.signal and the restore's settings, written into ``staging`` (the data
+    directory before it is published at ``data_dir``, the path the server will see)."""
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-        (data_dir / stale).unlink(missing_ok=True)
+        (staging / stale).unlink(missing_ok=True)
     settings = {
-        "restore_command": _conf(f'cp "{wal_dir}/%f" "%p"'),
+        "restore_command": _conf(restore_command),
         "recovery_target_action": "'promote'",
         "recovery_target_timeline": "'current'",
         "port": str(port),
@@ -689,11 +887,11 @@ def _write_recovery_conf(data_dir: Path, wal_dir: Path, port: int, target: datet
     if target is not None:
         settings["recovery_target_time"] = _conf(target.isoformat())
         settings["recovery_target_inclusive"] = "on"
-    with open(data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as f:
-        f.write("\n# written by airflow-backup point-in-time restore\n")
+    with open(staging / "postgresql.auto.conf", "a", encoding="utf-8") as f:
+        f.write(f"\n{_AUTO_CONF_MARK}\n")
         f.writelines(f"{k} = {v}\n" for k, v in settings.items())
-    (data_dir / "recovery.signal").write_text("")
-    os.chmod(data_dir, 0o700)
+    (staging / "recovery.signal").write_text("")
+    os.chmod(staging, 0o700)
 
 
 def _own(*paths: Path) -> None:

@@ -19,6 +19,7 @@ import logging
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -275,12 +276,12 @@ class PgCluster:
             "logging_collector": "off",
         }
         if self.archive:
-            archive = self.wal_archive_dir
+            # The spool path quoted for /bin/sh (a quote in it must not end the quoting)
+            # and its '%' doubled (PostgreSQL expands %f/%p in the command).
+            archive = shlex.quote(str(self.wal_archive_dir)).replace("%", "%%")
             settings["archive_mode"] = "on"
             # Never overwrite a segment already archived (the documented safe command).
-            settings["archive_command"] = _conf_str(
-                f"test ! -f '{archive}/%f' && cp '%p' '{archive}/%f'"
-            )
+            settings["archive_command"] = _conf_str(f"test ! -f {archive}/%f && cp %p {archive}/%f")
             settings["archive_timeout"] = "60"
         for key, value in self.extra_settings.items():
             settings[key] = value
