@@ -2,6 +2,9 @@
 
 Verbs:
   validate [PATH]                       check a config file
+  backup SCHEDULE                       take a backup now, without Airflow: the DAG's six steps
+                                        (dump, encrypt, checksum, upload, verify, cleanup);
+                                        prints the backup id
   list --target NAME [--source S] [--json]
                                         the backups a target holds, read from the target
   verify BACKUP_ID [--target NAME] [--deep]
@@ -22,8 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
@@ -250,9 +258,14 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
     from include.backup.pipeline.crypto import DecryptingReader
 
     keys = _keys(args, None if args.key_file or os.environ.get("BACKUP_KEY_FILE") else _config(args))
-    out_tmp = f"{args.out}.partial"
+    out = Path(args.out)
+    # Like crypto.decrypt_file: mkstemp creates a new file (O_CREAT|O_EXCL, never through a
+    # symlink planted at a guessable name), mode 0600 (plaintext), beside OUT so that the
+    # rename is atomic; it reaches OUT only once the last chunk authenticated.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    tmp = Path(tmp_name)
     try:
-        with open(args.input, "rb") as src, open(out_tmp, "wb") as dst:
+        with open(args.input, "rb") as src, os.fdopen(fd, "wb") as dst:
             stream: Any = DecryptingReader(src, keys)
             if args.decompress:
                 stream = decompress_reader(stream, args.decompress)
@@ -260,12 +273,101 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
             while block := stream.read(1 << 20):
                 dst.write(block)
                 total += len(block)
-        os.replace(out_tmp, args.out)
-    finally:
-        if os.path.exists(out_tmp):
-            os.unlink(out_tmp)  # never leave output that looks good after a failure
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave output that looks good after a failure
+        raise
     print(f"decrypted {args.input} -> {args.out} ({total} bytes)")
     return 0
+
+
+# --- backup: the DAG's steps without Airflow ---------------------------------------------
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    """Take a backup of one schedule now: the same step functions as the DAG (tasks.py),
+    hence the same staging, manifests and locks. Progress goes to stderr; stdout's last
+    line is the backup id."""
+    import logging
+
+    from include.backup.config.loader import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    loaded = load_config(args.config)
+    for warning in loaded.issues:
+        print(f"warning: config: {warning}", file=sys.stderr)
+    # The steps read the config and the keys the way tasks do ($BACKUP_CONFIG,
+    # $BACKUP_KEY_FILE): point them at exactly what this command was given.
+    env = {"BACKUP_CONFIG": str(loaded.path)}
+    if args.key_file:
+        env["BACKUP_KEY_FILE"] = str(Path(args.key_file).resolve())
+    with _environ(env):
+        backup_id = run_backup(loaded.config, args.schedule)
+    print(backup_id)
+    return 0
+
+
+def run_backup(config: Any, schedule_name: str, *, when: datetime | None = None) -> str:
+    """dump → encrypt → checksum → upload (each target) → verify (each target) → cleanup,
+    in this process; returns the backup id. Raises on the first failure, after removing
+    the run's staging directory (with any plaintext in it): unlike a DAG run, nothing will
+    retry this run's steps. The config is read by each step from $BACKUP_CONFIG, as in
+    the DAG; ``config`` picks the schedule and the staging root."""
+    from include.backup import tasks
+    from include.backup.errors import BackupError
+
+    try:
+        schedule = config.schedule(schedule_name)
+    except KeyError as exc:
+        raise BackupError(str(exc.args[0])) from None
+    if not schedule.active:
+        print(
+            f"warning: schedule {schedule.name!r} is not active (no DAG runs it); backing up anyway",
+            file=sys.stderr,
+        )
+    when = when or datetime.now(UTC)
+    run_id = f"cli__{when.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
+    # Known before the dump starts, so a failure at any step can remove it.
+    stage = tasks.staging_dir(config, tasks.make_backup_id(schedule.name, when, run_id))
+    tasks.load_keys(config)  # no key ring: fail before a plaintext dump exists
+    try:
+        meta = tasks.run_dump(schedule.name, run_id, when)
+        _step("dump", meta)
+        meta = tasks.run_encrypt(meta)
+        _step("encrypt", meta)
+        meta = tasks.run_checksum(meta)
+        _step("checksum", meta)
+        for target in schedule.targets:
+            tasks.run_upload(meta, target)
+        for target in schedule.targets:
+            tasks.run_verify(meta, target)
+        tasks.run_cleanup(meta, schedule.name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return str(meta["backup_id"])
+
+
+def _step(name: str, meta: dict[str, Any]) -> None:
+    print(f"{name}: {meta['backup_id']} ok", file=sys.stderr)
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration (restored after: main() may run in a
+    test's process)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", help="config file (default: $BACKUP_CONFIG or include/backup_config.yaml)"
     )
     p.set_defaults(handler=_cmd_validate)
+
+    p = sub.add_parser("backup", parents=[common], help="take a backup of a schedule now, without Airflow")
+    p.add_argument("schedule", help="schedule name from the config")
+    p.set_defaults(handler=_cmd_backup)
 
     p = sub.add_parser("list", parents=[common], help="list the backups a target holds")
     p.add_argument("--target", required=True, help="target name from the config")
