@@ -139,6 +139,12 @@ PLUGIN_PROBE = textwrap.dedent("""
     out["bearer"] = get("/dr/api/metrics", headers={"Authorization": "Bearer " + token})
     out["cookie_page"] = get("/dr/", cookies={"_token": token})
     out["health"] = get("/dr/api/health")
+    out["openapi_anonymous"] = {p: get("/dr" + p)["status"] for p in ("/openapi.json", "/docs", "/redoc")}
+    out["openapi_schema_anonymous"] = get("/dr/api/openapi.json")
+    out["openapi_schema_bearer"] = get("/dr/api/openapi.json", headers={"Authorization": "Bearer " + token})
+    out["end_date_overflow"] = get(
+        "/dr/api/backups", params={"end_date": "9999-12-31"}, headers={"Authorization": "Bearer " + token}
+    )
     out["plugins_api"] = get("/api/v2/plugins", headers={"Authorization": "Bearer " + token})
     print("PROBE:" + json.dumps(out))
 """)
@@ -190,5 +196,13 @@ def test_plugin_is_mounted_in_the_api_server_behind_airflow_auth(backups, tmp_pa
     assert metrics["sources"]["docs"]["last_good_backup_id"] == fresh["backup_id"]
     assert metrics["sources"]["docs"]["rpo_ok"] is True
     assert out["cookie_page"]["status"] == 200 and fresh["backup_id"] in out["cookie_page"]["body"]
+    # The OpenAPI schema and FastAPI's docs pages are not served outside Airflow's auth.
+    assert out["openapi_anonymous"] == {"/openapi.json": 404, "/docs": 404, "/redoc": 404}
+    assert out["openapi_schema_anonymous"]["status"] == 401
+    assert out["openapi_schema_bearer"]["status"] == 200
+    assert "/api/backups" in json.loads(out["openapi_schema_bearer"]["body"])["paths"]
+    # A date out of range is the caller's error (422 naming it), not a 500.
+    overflow = out["end_date_overflow"]
+    assert overflow["status"] == 422 and json.loads(overflow["body"])["detail"].startswith("end_date:")
     plugins = json.loads(out["plugins_api"]["body"])["plugins"]
     assert [p["name"] for p in plugins] == ["dr_management"]

@@ -266,3 +266,47 @@ def test_auth_required_when_asked(env):
     assert r.status_code == 401
     page = c.get("/", headers={"accept": "text/html"})
     assert page.status_code == 401 and "log in to the Airflow UI" in page.text
+
+
+@pytest.mark.parametrize("route", ["/api/backups", "/api/metrics"])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"end_date": "9999-12-31"}, "end_date"),  # was a 500: OverflowError adding a day
+        ({"end_date": "9999-12-31T23:59:59-05:00"}, "end_date"),  # overflows converting to UTC
+        ({"start_date": "0001-01-01"}, "start_date"),
+        ({"start_date": "2024-02-30"}, "start_date"),
+        ({"end_date": "31/12/2024"}, "end_date"),
+    ],
+)
+def test_bad_or_out_of_range_dates_are_422_naming_the_parameter(env, route, params, name):
+    run_backup()
+    c = TestClient(create_app(monitor=Monitor(ttl=0)), raise_server_exceptions=False)
+    r = c.get(route, params=params)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"{name}:") and "1970-01-01 to 2999-12-31" in detail
+
+
+def test_date_bounds_inside_the_range_still_filter(env):
+    meta = run_backup()
+    c = client()
+    latest = {"start_date": "1970-01-01", "end_date": "2999-12-31"}
+    assert [r["backup_id"] for r in c.get("/api/backups", params=latest).json()["backups"]] == [
+        meta["backup_id"]
+    ]
+    # a datetime end is an inclusive instant; the backup started after this one
+    past = c.get("/api/backups", params={"end_date": "2000-01-01T00:00:00+00:00"}).json()
+    assert past["count"] == 0
+    swapped = c.get("/api/backups", params={"start_date": "2024-02-02", "end_date": "2024-02-01"})
+    assert swapped.status_code == 422 and "start_date" in swapped.json()["detail"]
+
+
+def test_openapi_and_docs_are_not_served_without_auth(env):
+    c = TestClient(create_app(require_auth=True, monitor=Monitor(ttl=0)))
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert c.get(path).status_code == 404, path
+    assert c.get("/api/openapi.json").status_code == 401
+    # without require_auth (tests, behind an authenticating proxy) the schema is there
+    schema = client().get("/api/openapi.json").json()
+    assert "/api/backups" in schema["paths"] and "/api/openapi.json" not in schema["paths"]

@@ -9,6 +9,10 @@ Routes (relative to the mount point)::
     GET /api/metrics/success-rate      per source: backups, verified, success rate
     GET /api/backups           backups at the targets; ?source= &type= &latest= &start_date= &end_date=
     GET /api/health            {"status": "ok"}: the app is up (no target is touched)
+    GET /api/openapi.json      the OpenAPI schema (no /openapi.json, /docs or /redoc)
+
+Dates (``start_date``, ``end_date``): an ISO date (a whole day, inclusive) or datetime,
+from 1970-01-01 to 2999-12-31; anything else answers 422 naming the parameter.
 
 Every request that needs figures runs :func:`~include.backup.dr.monitor.run_monitor` on
 the config (``$BACKUP_CONFIG``, via ``include.backup.factory._load``), cached for
@@ -38,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -254,24 +258,72 @@ def summarise(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _parse_day(value: str | None, name: str) -> datetime | None:
+# Dates the API accepts: wide enough for any backup, narrow enough that the arithmetic
+# below (a bare end date means "up to the next midnight", offsets converted to UTC) cannot
+# overflow datetime's year 1..9999 range.
+DATE_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+DATE_MAX = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_DATE_RANGE = f"{DATE_MIN.date().isoformat()} to {DATE_MAX.date().isoformat()}"
+
+
+@dataclass(frozen=True)
+class Period:
+    """Backups started in ``[start, end)`` (``end`` exclusive; None: unbounded)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def holds(self, row: dict[str, Any]) -> bool:
+        started = as_utc(datetime.fromisoformat(row["started_at"]))
+        return (self.start is None or started >= self.start) and (self.end is None or started < self.end)
+
+
+def _bad_date(name: str, value: str, why: str) -> HTTPException:
+    return HTTPException(
+        422,
+        f"{name}: {why}, got {value!r}; give an ISO date (YYYY-MM-DD) or datetime "
+        f"(YYYY-MM-DDTHH:MM[:SS][+HH:MM], UTC when no offset) from {_DATE_RANGE}",
+    )
+
+
+def _parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
+    """A query-string date as an aware UTC datetime. A bare date is a whole day: as a start
+    its midnight, as an end the next midnight (exclusive). A datetime is an instant (an end
+    instant is inclusive). 422 naming ``name`` and the accepted range for anything else."""
     if not value:
         return None
+    text = value.strip()
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise HTTPException(422, f"{name}: expected an ISO date or datetime, got {value!r}") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+        day: date | None = date.fromisoformat(text) if len(text) <= 10 else None
+        parsed = (
+            datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+            if day is not None
+            else datetime.fromisoformat(text)
+        )
+    except ValueError:
+        raise _bad_date(name, value, "not an ISO date or datetime") from None
+    try:
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00
+        raise _bad_date(name, value, "out of range") from None
+    if not DATE_MIN <= parsed <= DATE_MAX:
+        raise _bad_date(name, value, "out of range")
+    if end:
+        # Inside DATE_MAX, neither step can overflow.
+        parsed = parsed + timedelta(days=1) if day is not None else parsed + timedelta(microseconds=1)
     return parsed
 
 
-def _in_range(row: dict[str, Any], start: datetime | None, end: datetime | None, end_is_day: bool) -> bool:
-    started = datetime.fromisoformat(row["started_at"])
-    if start and started < start:
-        return False
-    # a bare date is inclusive of its whole day; a datetime is an inclusive instant
-    return end is None or (started < end + timedelta(days=1) if end_is_day else started <= end)
+def parse_period(start_date: str | None, end_date: str | None) -> Period:
+    """The ``start_date`` / ``end_date`` query parameters, checked (422 when bad)."""
+    period = Period(
+        _parse_bound(start_date, "start_date", end=False), _parse_bound(end_date, "end_date", end=True)
+    )
+    if period.start is not None and period.end is not None and period.start >= period.end:
+        raise HTTPException(
+            422, f"start_date {start_date!r} is after end_date {end_date!r}: give start_date <= end_date"
+        )
+    return period
 
 
 def period_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -572,6 +624,9 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
     app = FastAPI(
         title="DR Management",
         description="Backup and disaster-recovery figures: RPO/RTO, success rates, storage, DR tests.",
+        # FastAPI would serve /openapi.json, /docs and /redoc outside the routes' auth
+        # dependency: none of them here; the schema is at /api/openapi.json, behind it.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
@@ -600,6 +655,10 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
     def health() -> dict[str, Any]:
         return {"status": "ok"}
 
+    @app.get("/api/openapi.json", dependencies=deps, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     @app.get("/", response_class=HTMLResponse, dependencies=deps)
     def page(refresh: bool = False) -> HTMLResponse:
         return HTMLResponse(render_page(mon.snapshot(refresh=refresh)), headers={"Cache-Control": "no-store"})
@@ -610,16 +669,15 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         start_date: str | None = Query(None, description="ISO date/datetime: adds a 'period' section"),
         end_date: str | None = Query(None, description="ISO date (inclusive) or datetime"),
     ) -> JSONResponse:
+        period = parse_period(start_date, end_date)  # a bad date: 422 before any work
         snap = mon.snapshot(refresh=refresh)
         if snap.report is None:
             return JSONResponse({"error": snap.error or "no figures"}, status_code=503)
         body = snap.report.to_json()
         body["summary"] = summarise(snap)
         if start_date or end_date:
-            start, end = _parse_day(start_date, "start_date"), _parse_day(end_date, "end_date")
             rows, problems = mon.backups(refresh=refresh)
-            day_end = end_date is not None and len(end_date) == 10
-            chosen = [r for r in rows if _in_range(r, start, end, day_end)]
+            chosen = [r for r in rows if period.holds(r)]
             body["period"] = {
                 "start_date": start_date,
                 "end_date": end_date,
@@ -680,19 +738,18 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         end_date: str | None = None,
         refresh: bool = False,
     ) -> JSONResponse:
+        period = parse_period(start_date, end_date)  # a bad date: 422 before any work
         try:
             rows, problems = mon.backups(refresh=refresh)
         except Exception as exc:  # noqa: BLE001 - config cannot be loaded
             return JSONResponse({"error": f"cannot list backups: {redact(exc)}"}, status_code=503)
-        start, end = _parse_day(start_date, "start_date"), _parse_day(end_date, "end_date")
-        day_end = end_date is not None and len(end_date) == 10
         chosen = [
             r
             for r in rows
             if (source is None or r["source"] == source)
             and (type is None or r["type"] == type.upper())
             and (verified is None or r["verified"] == verified)
-            and _in_range(r, start, end, day_end)
+            and period.holds(r)
         ]
         if latest:
             newest: dict[str, dict[str, Any]] = {}
