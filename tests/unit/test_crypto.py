@@ -491,7 +491,8 @@ def test_doc_test_vector_matches_code(marker: str, version: int, context: bytes)
     )
     out = io.BytesIO()
     result = encrypt_stream(
-        io.BytesIO(VECTOR_PLAINTEXT), out, kek, "test-key", 16, context=context, _fixed=fixed, _version=version
+        io.BytesIO(VECTOR_PLAINTEXT), out, kek, "test-key", 16,
+        context=context, _fixed=fixed, _version=version,
     )
     assert out.getvalue() == container
     assert result.wrapped_key in DOC.read_text()
