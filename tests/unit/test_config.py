@@ -1060,3 +1060,194 @@ def test_path_that_is_a_directory(tmp_path: Path) -> None:
         load_config(tmp_path)
     (issue,) = caught.value.issues
     assert issue.startswith(f"{tmp_path} is not a file; point BACKUP_CONFIG")
+
+
+# --- hostile or self-defeating configs ----------------------------------------------------
+
+
+def _alias_bomb() -> str:
+    """The classic "billion laughs" (about 570 bytes): nine anchors, each a list of nine
+    aliases of the one before, in a schedule's description. Fully expanded it is 387
+    million strings."""
+    lines = [
+        "targets:",
+        "  disk: {type: local, path: /var/backups/a}",
+        "sources:",
+        "  docs: {type: files, paths: [/data/docs]}",
+        "schedules:",
+        "  - name: s",
+        "    source: docs",
+        "    cron: '@daily'",
+        "    targets: [disk]",
+        "    description:",
+        "      - &a [" + ",".join(['"lol"'] * 9) + "]",
+    ]
+    names = "abcdefghi"
+    for a, b in zip(names, names[1:], strict=False):
+        lines.append(f"      - &{b} [" + ",".join([f"*{a}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def _load_in_a_box(path: Path, memory_mb: int = 1024, seconds: int = 60) -> subprocess.CompletedProcess[str]:
+    """load_config in a child with a memory and CPU rlimit: a regression fails the test
+    instead of taking the machine down."""
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({memory_mb << 20}, {memory_mb << 20}))\n"
+        f"resource.setrlimit(resource.RLIMIT_CPU, ({seconds}, {seconds}))\n"
+        "from include.backup.config.loader import load_config\n"
+        "from include.backup.errors import ConfigError\n"
+        "try:\n"
+        "    load_config(sys.argv[1])\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True, text=True, timeout=seconds + 30, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_alias_bomb_is_refused_quickly_naming_file_and_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, _alias_bomb())
+    assert path.stat().st_size < 600
+    done = _load_in_a_box(path)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert str(path) in done.stdout
+    assert "alias bomb" in done.stdout and "line " in done.stdout
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    text = "targets: &t\n  loop: *t\n"
+    (issue,) = fatal_issues(tmp_path, text)
+    assert "recursive alias" in issue
+
+
+def test_anchors_shared_by_many_schedules_are_fine(tmp_path: Path) -> None:
+    text = (
+        "targets:\n  local: {type: local, path: /var/backups/a}\n"
+        "  nas: {type: local, path: /mnt/nas/backups, offsite: true}\n"
+        "sources:\n  pg: {type: postgres, conn_id: pg}\n"
+        "schedules:\n"
+        "  - &s {name: s0, source: pg, cron: '@daily', targets: [local, nas],"
+        " retention: &r {daily: 7, weekly: 4}}\n"
+    )
+    text += "".join(f"  - {{<<: *s, name: s{i}, retention: *r}}\n" for i in range(1, 300))
+    loaded = load(tmp_path, text)
+    assert loaded.issues == []
+    assert len(loaded.config.schedules) == 300
+
+
+def test_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("# padding\n" * 500_000)  # 5 MB of comments
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.source == str(path)
+    (issue,) = caught.value.issues
+    assert "larger than 4 MiB" in issue
+
+
+def test_files_source_covering_the_staging_dir_is_refused(tmp_path: Path) -> None:
+    data = base()
+    data["staging_dir"] = "/srv/airflow/staging"
+    data["sources"]["uploads"]["paths"] = ["/data/uploads", "/srv/airflow"]
+    loaded = load(tmp_path, data)
+    (issue,) = [i for i in loaded.issues if i.startswith("sources.uploads")]
+    assert issue.startswith("sources.uploads.paths[1]: '/srv/airflow' contains the staging directory")
+    assert "'/srv/airflow/staging/'" in issue and "exclude" in issue
+    assert "uploads" not in loaded.config.sources
+    assert "uploads_6h" in loaded.broken_schedules
+
+    # Excluding the staging directory is the documented fix.
+    data["sources"]["uploads"]["exclude"] = ["/srv/airflow/staging/"]
+    assert load(tmp_path, data).issues == []
+
+    # A path inside staging is refused too: it holds plaintext dumps.
+    data["sources"]["uploads"]["paths"] = ["/srv/airflow/staging/x"]
+    (issue,) = [i for i in load(tmp_path, data).issues if i.startswith("sources.")]
+    assert "inside the staging directory" in issue
+
+
+def test_files_source_covering_a_local_target_is_refused(tmp_path: Path) -> None:
+    data = base()
+    data["sources"]["uploads"]["paths"] = ["/var/backups"]
+    loaded = load(tmp_path, data)
+    (issue,) = [i for i in loaded.issues if i.startswith("sources.")]
+    assert "uploads_6h" in loaded.broken_schedules
+    assert issue.startswith(
+        "sources.uploads.paths[0]: '/var/backups' contains local target 'local' (/var/backups/a)"
+    )
+    assert "back up itself" in issue
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "key"),
+    [
+        ({"type": "local", "path": "/var/backups/a"}, {"type": "local", "path": "/var/backups/a/"}, "path"),
+        ({"type": "local", "path": "/var/backups"}, {"type": "local", "path": "/var/backups/a/b"}, "path"),
+        (
+            {"type": "sftp", "conn_id": "c", "path": "/b"},
+            {"type": "sftp", "conn_id": "c", "path": "/b"},
+            "path",
+        ),
+        (
+            {"type": "s3", "conn_id": "c", "bucket": "bk", "prefix": "em/"},
+            {"type": "s3", "conn_id": "c", "bucket": "bk", "prefix": "em"},
+            "prefix",
+        ),
+        (
+            {"type": "gcs", "conn_id": "c", "bucket": "bk"},
+            {"type": "gcs", "conn_id": "c", "bucket": "bk", "prefix": "x/"},
+            "prefix",
+        ),
+    ],
+)
+def test_two_targets_on_one_place_are_refused(
+    tmp_path: Path, first: dict, second: dict, key: str
+) -> None:
+    data = base()
+    data["targets"] = {"one": first, "two": second}
+    for s in data["schedules"]:
+        s["targets"] = ["one"]
+    loaded = load(tmp_path, data)
+    (issue,) = loaded.issues
+    assert issue.startswith(f"targets.two.{key}: ")
+    assert "target 'one'" in issue and f"give targets.two a {key} of its own" in issue
+    assert list(loaded.config.targets) == ["one"]
+
+
+def test_targets_in_different_places_are_fine(tmp_path: Path) -> None:
+    data = base()
+    data["targets"] = {
+        "a": {"type": "s3", "conn_id": "c", "bucket": "bk", "prefix": "em/"},
+        "b": {"type": "s3", "conn_id": "c", "bucket": "bk", "prefix": "em2/"},
+        "c": {"type": "s3", "conn_id": "other", "bucket": "bk", "prefix": "em/"},
+        "d": {"type": "sftp", "conn_id": "c", "path": "/var/backups/a"},
+        "e": {"type": "local", "path": "/var/backups/a"},
+        "f": {"type": "local", "path": "/var/backups/ab"},
+    }
+    for s in data["schedules"]:
+        s["targets"] = ["a", "e"]
+    assert load(tmp_path, data).issues == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix", "says"),
+    [
+        ("s3", "em/../other/", "'..' or '.' part"),
+        ("s3", "../x", "'..' or '.' part"),
+        ("azure_blob", "/abs/", "starts with '/'"),
+        ("gcs", "a\\b/", "backslash"),
+    ],
+)
+def test_object_store_prefix_must_be_plain(tmp_path: Path, kind: str, prefix: str, says: str) -> None:
+    data = base()
+    bucket = {"container": "c"} if kind == "azure_blob" else {"bucket": "b"}
+    data["targets"]["remote"] = {"type": kind, "conn_id": "x", "prefix": prefix, **bucket}
+    (issue,) = load(tmp_path, data).issues
+    assert issue.startswith(f"targets.remote.prefix: prefix {prefix!r} ")
+    assert says in issue
+    assert "plain folder names" in issue

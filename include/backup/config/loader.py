@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import fnmatch
 import os
+import posixpath
 import re
 import sys
 import types
@@ -42,6 +44,7 @@ from include.backup.config.schema import (
     supported_types,
 )
 from include.backup.errors import ConfigError
+from include.backup.settings import staging_root
 
 ENV_VAR = "BACKUP_CONFIG"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "backup_config.yaml"
@@ -88,6 +91,18 @@ class _DuplicateKeyError(ConstructorError):
     pass
 
 
+class _TooBigError(ConstructorError):
+    """The document would expand (through aliases) beyond what any config needs."""
+
+
+# A config with a thousand schedules is ~50,000 values and ~200 KB. The limits are far
+# above that and far below what exhausts a worker: a 569-byte "billion laughs" document
+# (nine anchors, each a list of nine aliases of the previous one) expands to 387 million
+# values, and the validator runs at every DAG parse.
+MAX_CONFIG_BYTES = 4 << 20
+MAX_EXPANDED_VALUES = 1_000_000
+
+
 # libyaml's parser when PyYAML was built with it: 8x faster on a config with hundreds of
 # schedules, which matters because the dag processor re-reads the file on every parse.
 _SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -119,12 +134,72 @@ class _UniqueKeyLoader(_SafeBase):  # type: ignore[misc]
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
+    def get_single_data(self) -> Any:
+        # Composition keeps an alias as a second reference to its anchor's node, so the
+        # node graph stays as small as the text; the expansion happens in construction
+        # (merge keys) and in everything that walks the result (validation, repr). Weigh
+        # the expanded size on the graph first and refuse a bomb before it goes off.
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return self.construct_document(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that expands to more than MAX_EXPANDED_VALUES values, or that
+    contains itself (a recursive alias). Iterative, memoized: linear in the graph's size."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the ancestors of the node being weighed
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            total = 1 + sum(size[id(c)] for c in _children(node))
+            if total > MAX_EXPANDED_VALUES:
+                raise _TooBigError(
+                    None,
+                    None,
+                    f"this value expands through aliases (*name) to more than "
+                    f"{MAX_EXPANDED_VALUES:,} values, which no backup config needs (an "
+                    "alias bomb, \"billion laughs\"); write the values out or use fewer "
+                    "nested aliases",
+                    node.start_mark,
+                )
+            size[key] = total
+            continue
+        if key in size:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:
+                raise _TooBigError(
+                    None,
+                    None,
+                    "a recursive alias: this value contains itself through an alias "
+                    "(*name inside the &name it refers to); remove the alias",
+                    child.start_mark,
+                )
+            if id(child) not in size:
+                stack.append((child, False))
+
 
 def _yaml_issue(exc: yaml.YAMLError) -> str:
     if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
         return f"not valid YAML ({exc}); fix the YAML syntax"
     where = f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
-    if isinstance(exc, _DuplicateKeyError):
+    if isinstance(exc, (_DuplicateKeyError, _TooBigError)):
         return f"{where}: {exc.problem}"
     context = f" {exc.context}" if exc.context else ""
     return (
@@ -149,7 +224,16 @@ def _read_document(path: Path) -> dict[str, Any]:
             ],
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            issue = (
+                f"the file is larger than {MAX_CONFIG_BYTES >> 20} MiB, far more than any "
+                "backup config needs; refusing to parse it — check that the path points at "
+                "the backup config"
+            )
+            raise ConfigError(str(path), [issue])
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         issue = f"cannot read the file ({exc}); check its permissions and that it is UTF-8 text"
         raise ConfigError(str(path), [issue]) from None
@@ -556,6 +640,116 @@ def _validate_named(
     return valid, broken
 
 
+# --- where things live: no backup of itself, one place per target ---------------------
+
+
+def _norm(path: str) -> str:
+    # Lexical only: the config is validated at DAG parse time, where no file-system
+    # look-ups happen, and the paths may not exist on this machine.
+    return posixpath.normpath("/" + path.strip("/"))
+
+
+def _covers(outer: str, inner: str) -> bool:
+    """``inner`` is ``outer`` or below it."""
+    o, i = _norm(outer), _norm(inner)
+    return i == o or i.startswith(o.rstrip("/") + "/")
+
+
+def _place(target: Any) -> tuple[tuple[str, ...], str, str]:
+    """(the store a target writes to, its folder in that store, the key naming it)."""
+    if target.type == "local":
+        return ("local",), target.path, "path"
+    if target.type in ("sftp", "ftp"):
+        return (target.type, target.conn_id), target.path, "path"
+    container = target.container if target.type == "azure_blob" else target.bucket
+    return (target.type, target.conn_id, container), target.prefix, "prefix"
+
+
+def _target_overlaps(targets: dict[str, Any]) -> dict[str, list[str]]:
+    """A target whose folder is another's (or inside it, or around it): the two would be
+    one copy, and each one's retention would delete the other's backups."""
+    broken: dict[str, list[str]] = {}
+    seen: list[tuple[str, tuple[str, ...], str]] = []
+    for name, target in targets.items():
+        store, folder, key = _place(target)
+        for other, other_store, other_folder in seen:
+            if store == other_store and (_covers(folder, other_folder) or _covers(other_folder, folder)):
+                same = "the same place as" if _norm(folder) == _norm(other_folder) else "a place overlapping"
+                broken[str(name)] = [
+                    f"targets.{name}.{key}: {folder!r} is {same} target {other!r} "
+                    f"({other_folder!r} on the same {'/'.join(other_store)}); two targets there "
+                    "hold one copy, not two, and each one's retention deletes the other's "
+                    f"backups — give targets.{name} a {key} of its own"
+                ]
+                break
+        else:
+            seen.append((str(name), store, folder))
+    return broken
+
+
+def _excluded_below(source: Any, root: str, inner: str) -> bool:
+    """Whether the files source's excludes skip ``inner`` (or a directory above it,
+    below ``root``). The same matching as sources/files.py: anchored patterns against the
+    absolute path, others against the base name and the path below the root."""
+    root_n, cur = _norm(root), _norm(inner)
+    while cur != root_n and cur != "/":
+        rel = cur[len(root_n.rstrip("/")) + 1 :]
+        for raw in source.exclude:
+            glob = raw.strip("/")
+            if not glob:
+                continue
+            if raw.startswith("/"):
+                hit = fnmatch.fnmatchcase(cur.lstrip("/"), glob)
+            else:
+                hit = fnmatch.fnmatchcase(posixpath.basename(cur), glob) or fnmatch.fnmatchcase(rel, glob)
+            if hit:
+                return True
+        cur = posixpath.dirname(cur)
+    return False
+
+
+def _source_overlaps(
+    sources: dict[str, Any], targets: dict[str, Any], staging: str
+) -> dict[str, list[str]]:
+    """A files source that would back up the staging directory (plaintext dumps of every
+    backup) or a local target (every earlier backup, again in each run)."""
+    broken: dict[str, list[str]] = {}
+    places = [(f"the staging directory {staging}", staging, "staging_dir (or BACKUP_STAGING_DIR)")]
+    places += [
+        (f"local target {t!r} ({cfg.path})", cfg.path, f"targets.{t}.path")
+        for t, cfg in targets.items()
+        if cfg.type == "local"
+    ]
+    for name, source in sources.items():
+        if source.type != "files":
+            continue
+        issues = []
+        for i, path in enumerate(source.paths):
+            where = f"sources.{name}.paths[{i}]"
+            if _covers(staging, path) and _norm(path) != _norm(staging):
+                issues.append(
+                    f"{where}: {path!r} is inside the staging directory {staging}, which holds "
+                    "the plaintext dumps of running backups; back up the data itself instead"
+                )
+                continue
+            for what, inner, key in places:
+                if _covers(path, inner) and not _excluded_below(source, path, inner):
+                    issues.append(
+                        f"{where}: {path!r} contains {what}, so the backup would back up "
+                        f"itself; add {_norm(inner) + '/'!r} to sources.{name}.exclude, "
+                        f"narrow the path, or move {key} elsewhere"
+                    )
+        if issues:
+            broken[str(name)] = issues
+    return broken
+
+
+def _drop_broken(valid: dict[str, Any], broken: dict[str, list[str]], found: dict[str, list[str]]) -> None:
+    for name, issues in found.items():
+        valid.pop(name, None)
+        broken.setdefault(name, []).extend(issues)
+
+
 # --- schedules -------------------------------------------------------------------------
 
 
@@ -849,6 +1043,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     settings = _validate_settings(raw, cfg_path)
     targets, broken_targets = _validate_named("targets", raw.get("targets"), "target")
     sources, broken_sources = _validate_named("sources", raw.get("sources"), "source")
+    staging = str(staging_root(settings))
+    _drop_broken(sources, broken_sources, _source_overlaps(sources, targets, staging))
+    _drop_broken(targets, broken_targets, _target_overlaps(targets))
     known = _Known(targets, sources, broken_targets, broken_sources)
     schedules = _validate_schedules(raw.get("schedules"), known)
     config = BackupConfig(

@@ -167,12 +167,32 @@ class LocalTarget(Strict):
     _absolute = field_validator("path")(_absolute_path)
 
 
+def _plain_prefix(prefix: str) -> str:
+    # Object keys are not paths, but every store and tool shows them as paths: a prefix
+    # with ".." or "." parts, a leading "/" or a backslash would put the backups somewhere
+    # else than the config seems to say (or outside a bucket policy's prefix).
+    problem = (
+        "starts with '/'" if prefix.startswith("/")
+        else "contains a backslash" if "\\" in prefix
+        else "has a '..' or '.' part" if any(p in (".", "..") for p in prefix.split("/"))
+        else None
+    )
+    if problem:
+        raise ValueError(
+            f"prefix {prefix!r} {problem}; use plain folder names separated by '/', e.g. "
+            "'event-manager/'"
+        )
+    return prefix
+
+
 class S3Target(Strict):
     type: Literal["s3"]
     conn_id: str
     bucket: str
     prefix: str = ""
     offsite: bool = True
+
+    _prefix = field_validator("prefix")(_plain_prefix)
 
 
 class AzureBlobTarget(Strict):
@@ -182,6 +202,8 @@ class AzureBlobTarget(Strict):
     prefix: str = ""
     offsite: bool = True
 
+    _prefix = field_validator("prefix")(_plain_prefix)
+
 
 class GCSTarget(Strict):
     type: Literal["gcs"]
@@ -189,6 +211,8 @@ class GCSTarget(Strict):
     bucket: str
     prefix: str = ""
     offsite: bool = True
+
+    _prefix = field_validator("prefix")(_plain_prefix)
 
 
 class SFTPTarget(Strict):
