@@ -16,13 +16,13 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from include.backup.catalog.inflight import run_lock
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -35,6 +35,14 @@ from include.backup.catalog.manifest import (
 )
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
 from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, TargetError
+from include.backup.settings import plaintext_grace_s
+from include.backup.staging import (
+    StagingFile,
+    backup_stage,
+    remove_stale_staging,
+    sweep_plaintext,
+    write_private,
+)
 
 if TYPE_CHECKING:
     from include.backup.catalog.inflight import InFlight
@@ -96,9 +104,36 @@ def _read_draft(stage: Path) -> Manifest:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_private(path, data)  # 0600, and a full disk named (include/backup/staging.py)
+
+
+def _config_schedule(config: BackupConfig, name: str, step: str, backup_id: str | None = None) -> Schedule:
+    """The schedule ``name``, or an error saying that it left the config (removed, made
+    invalid, or renamed) after the run began, instead of a bare KeyError."""
+    try:
+        return config.schedule(name)
+    except KeyError:
+        run = f" of backup {backup_id}" if backup_id else ""
+        raise BackupError(
+            f"the {step} step{run} cannot run: schedule {name!r} is no longer a valid schedule "
+            "of the config (it was removed, renamed or broken by an edit after this run was "
+            "created; `python -m include.backup validate` names what is wrong). Restore the "
+            "schedule and clear the task, or let the run fail"
+        ) from None
+
+
+def _config_target(config: BackupConfig, name: str, step: str, backup_id: str) -> Any:
+    """The config of target ``name``, or an error saying that it left the config."""
+    from include.backup.targets import build_target
+
+    if name not in config.targets:
+        raise BackupError(
+            f"the {step} step of backup {backup_id} cannot run: target {name!r} is no longer "
+            "in the config (removed or broken by an edit after this run was created; "
+            "`python -m include.backup validate` names what is wrong). Restore the target "
+            "and clear the task; the next run uses the new config"
+        )
+    return build_target(name, config.targets[name])
 
 
 def _targets(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
@@ -172,36 +207,42 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
     from include.backup.sources import build_source
 
     config = load_config()
-    schedule = config.schedule(schedule_name)
+    schedule = _config_schedule(config, schedule_name, "dump")
     started = utcnow()
     backup_id = make_backup_id(schedule.name, logical_date or started, run_id)
     stage = staging_dir(config, backup_id)
+    # Plaintext of any schedule's runs that died with their worker (staging.py).
+    sweep_plaintext(stage.parent, grace_s=plaintext_grace_s(), skip=backup_id)
     if stage.exists():  # a retry: start the step again from nothing
         shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    backup_stage(stage.parent, backup_id)
 
     source_cfg = config.sources[schedule.source]
     source = build_source(schedule.source, source_cfg)
 
     algo = config.pipeline.compression
     partial = stage / (DUMP_NAME + ".partial")
+    raw_out: StagingFile | None = None
     try:
-        # Held from before the parent is chosen to the end of the dump: a physical
-        # PostgreSQL source's spool is then not pruned under this run (postgres_physical).
-        with _spool_in_use(source_cfg):
+        # The run lock tells the plaintext sweep that this dump is at work, however long
+        # the source keeps it from writing. Held from before the parent is chosen to the
+        # end of the dump: a physical PostgreSQL source's spool is then not pruned under
+        # this run (postgres_physical).
+        with run_lock(stage, purpose=f"dump of {backup_id}"), _spool_in_use(source_cfg):
             parent = _choose_parent(config, schedule, stage, backup_id)
-            with open(partial, "wb") as raw_out:
+            with StagingFile(partial) as raw_out:
                 with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
                     counter = CountingWriter(zout)
                     # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
                     result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
-                raw_out.flush()
-                os.fsync(raw_out.fileno())
-    except BaseException:
+                raw_out.sync()
+            os.replace(partial, stage / DUMP_NAME)
+    except BaseException as exc:
         # A failed dump leaves nothing behind (a retry starts again from nothing anyway).
         shutil.rmtree(stage, ignore_errors=True)
+        if raw_out is not None and raw_out.full is not None and exc is not raw_out.full:
+            raise raw_out.full from exc  # the source wrapped the full disk in its own error
         raise
-    os.replace(partial, stage / DUMP_NAME)
 
     manifest = Manifest(
         backup_id=backup_id,
@@ -235,16 +276,46 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
 
 
 def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
-    """Encrypt the compressed dump into the payload container with a fresh data key."""
+    """Encrypt the compressed dump into the payload container with a fresh data key.
+
+    The plaintext dump goes as soon as the container is complete, and when this step
+    fails (whatever the cause: a missing key, a full disk, a config that no longer
+    loads): it is never kept for a retry, which then fails asking for the dump task to be
+    cleared."""
+    stage = Path(meta["staging"])
+    if not stage.is_dir():
+        raise BackupError(
+            f"staging {stage} of backup {meta['backup_id']} is gone (cleaned up, or on another "
+            "worker's disk: staging must be a volume every worker shares); clear the dump task "
+            "to run the backup again"
+        )
+    _touch(stage)
+    with run_lock(stage, purpose=f"encrypt of {meta['backup_id']}"):
+        try:
+            return _encrypt_dump(meta, stage)
+        except BaseException:
+            for name in (PAYLOAD_NAME + ".partial", DUMP_NAME):
+                (stage / name).unlink(missing_ok=True)
+            log.warning("encrypt of %s failed: its plaintext dump was removed", meta["backup_id"])
+            raise
+
+
+def _encrypt_dump(meta: dict[str, Any], stage: Path) -> dict[str, Any]:
     from include.backup.pipeline.crypto import encrypt_stream
 
+    if not (stage / DUMP_NAME).exists():
+        raise BackupError(
+            f"staging {stage} holds no plaintext dump of backup {meta['backup_id']}: it is "
+            "removed when an encrypt fails and by the staging sweep once untouched for "
+            f"{plaintext_grace_s() / 3600:g} h, never kept; clear the dump task to run the "
+            "backup again"
+        )
     config = load_config()
-    stage = Path(meta["staging"])
-    _touch(stage)
     manifest = _read_draft(stage)
     key_id, kek = load_keys(config).active()
     partial = stage / (PAYLOAD_NAME + ".partial")
-    with open(stage / DUMP_NAME, "rb") as src, open(partial, "wb") as dst:
+    needed = _container_size(stage / DUMP_NAME, config.pipeline.chunk_size)
+    with open(stage / DUMP_NAME, "rb") as src, StagingFile(partial, needed=needed) as dst:
         enc = encrypt_stream(
             src,
             dst,
@@ -253,16 +324,22 @@ def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
             chunk_size=config.pipeline.chunk_size,
             context=manifest.payload_context(),  # binds the payload to this backup
         )
-        dst.flush()
-        os.fsync(dst.fileno())
+        dst.sync()
     os.replace(partial, stage / PAYLOAD_NAME)
+    # The container is complete: the plaintext (compressed) dump goes at once.
+    (stage / DUMP_NAME).unlink()
     manifest.encryption = EncryptionInfo(
         key_id=enc.key_id, wrapped_key=enc.wrapped_key, chunk_size=enc.chunk_size
     )
     _write_atomic(stage / DRAFT_NAME, manifest.to_json())
-    # The plaintext (compressed) dump is no longer needed: don't leave it lying around.
-    (stage / DUMP_NAME).unlink()
     return {**meta, "key_id": enc.key_id, "stored_size": enc.ciphertext_size}
+
+
+def _container_size(dump: Path, chunk_size: int) -> int:
+    """About what the container of ``dump`` takes: 16 bytes of tag per chunk plus a
+    header (for the full-disk message only)."""
+    size = dump.stat().st_size
+    return size + 16 * (size // chunk_size + 1) + 4096
 
 
 def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
@@ -291,9 +368,15 @@ def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
     stage = Path(meta["staging"])
     _touch(stage)
     manifest = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
-    from include.backup.targets import build_target
-
-    target = build_target(target_name, config.targets[target_name])
+    target = _config_target(config, target_name, "upload", manifest.backup_id)
+    schedule = _config_schedule(config, manifest.schedule, "upload", manifest.backup_id)
+    if target_name not in schedule.targets:
+        raise BackupError(
+            f"the upload step of backup {manifest.backup_id} cannot run: target {target_name!r} "
+            f"is no longer one of schedule {schedule.name!r}'s targets (the config was edited "
+            "after this run was created; its retention would never prune it there). Put it "
+            "back and clear the task, or let the run fail; the next run uses the new config"
+        )
     prefix = backup_prefix(manifest.source, manifest.backup_id)
     for obj in manifest.objects:
         info = target.put(f"{prefix}/{obj.name}", stage / obj.name)
@@ -315,10 +398,9 @@ def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> di
     so it can be re-run after cleanup."""
     from include.backup.catalog.catalog import find_backup, verify_object, write_manifest
     from include.backup.catalog.signing import authenticate
-    from include.backup.targets import build_target
 
     config = load_config()
-    target = build_target(target_name, config.targets[target_name])
+    target = _config_target(config, target_name, "verify", meta["backup_id"])
     stored = find_backup(target, meta["backup_id"])
     problems: list[str] = []
     try:
@@ -376,16 +458,48 @@ def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False)
     """Remove this run's staging, stale staging of earlier failed runs, and apply the
     schedule's retention at every target."""
     config = load_config()
-    schedule = config.schedule(schedule_name)
     stage = Path(meta["staging"])
     if not dry_run:
         from include.backup.metrics import emit_backup_run
 
-        emit_backup_run(meta, schedule.name, stage)  # reads the manifest in stage; never raises
+        emit_backup_run(meta, schedule_name, stage)  # reads the manifest in stage; never raises
+        # Before the schedule is looked up: a schedule edited out of the config since the
+        # dump must not leave this run's staging behind.
         shutil.rmtree(stage, ignore_errors=True)
-        _remove_stale_staging(stage.parent, schedule.name)
+        _remove_stale_staging(stage.parent, schedule_name, known={s.name for s in config.schedules})
+        sweep_plaintext(stage.parent, grace_s=plaintext_grace_s())
+    schedule = _config_schedule(config, schedule_name, "cleanup", meta["backup_id"])
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
-    return {"backup_id": meta["backup_id"], "deleted": deleted}
+    orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
+    return {"backup_id": meta["backup_id"], "deleted": deleted, "orphans": orphans}
+
+
+def sweep_schedule_orphans(
+    config: BackupConfig, schedule: Schedule, *, dry_run: bool = False
+) -> dict[str, list[str]]:
+    """Remove, at each of the schedule's targets, the objects of the source's backups that
+    never got a manifest (an upload whose manifest write failed) once their id is older
+    than ORPHAN_GRACE_HOURS and no run of the source is in flight with that id. An
+    unreachable target is skipped with a warning: the next cleanup tries again."""
+    from include.backup.catalog.inflight import read_inflight
+    from include.backup.retention import sweep_orphans
+    from include.backup.settings import ORPHAN_GRACE_HOURS, staging_root
+
+    root = staging_root(config)
+    removed: dict[str, list[str]] = {}
+    for name, target in _targets(config, schedule).items():
+        try:
+            removed[name] = sweep_orphans(
+                target,
+                schedule.source,
+                now=utcnow(),
+                grace=timedelta(hours=ORPHAN_GRACE_HOURS),
+                in_flight=lambda: {r.backup_id for r in read_inflight(root, schedule.source)},
+                dry_run=dry_run,
+            )
+        except TargetError as exc:
+            log.warning("orphan sweep at target %s skipped: %s", name, exc)
+    return removed
 
 
 def apply_schedule_retention(
@@ -450,30 +564,13 @@ def spare_in_flight(
             log.info("retention at target %s: keeping %s (%s)", target_name, backup_id, why)
 
 
-def _remove_stale_staging(root: Path, schedule_name: str) -> None:
+def _remove_stale_staging(root: Path, schedule_name: str, *, known: set[str] | None = None) -> None:
     """Staging of failed runs is kept for retries; after a week nobody will retry it.
-
-    Only this schedule's own directories (a schedule named ``pg`` must not touch those of
-    ``pg-hourly``), and only when neither the directory nor anything in it changed for a
-    week: every step touches its staging (_touch), so a run being worked on is never stale."""
-    cutoff = datetime.now().timestamp() - timedelta(days=STALE_STAGING_DAYS).total_seconds()
-    own = re.compile(re.escape(schedule_name) + r"-\d{8}T\d{6}Z-[0-9a-f]{6}")
-    for d in root.glob(f"{schedule_name}-*"):  # schedule names hold no glob characters
-        if own.fullmatch(d.name) and d.is_dir() and _last_change(d) < cutoff:
-            log.info("removing stale staging %s", d)
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _last_change(directory: Path) -> float:
-    """The newest mtime of the directory and its entries; "now" when something in it
-    changes while we look (that is a run at work, not a stale directory)."""
-    try:
-        newest = directory.stat().st_mtime
-        for entry in os.scandir(directory):
-            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-    except FileNotFoundError:
-        return datetime.now().timestamp()
-    return newest
+    Only this schedule's own directories, plus, with ``known``, those of schedules gone
+    from the config (include/backup/staging.py)."""
+    remove_stale_staging(
+        root, schedule_name, stale_s=timedelta(days=STALE_STAGING_DAYS).total_seconds(), known=known
+    )
 
 
 def summary(meta: dict[str, Any]) -> str:

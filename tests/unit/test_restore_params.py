@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.backup.config.schema import BackupConfig
-from include.backup.dr.params import RestoreRequest, parse_restore_params
+from include.backup.dr.params import RestoreRequest, check_destination, parse_restore_params
 from include.backup.errors import RestoreRefused
 
 CONFIG = BackupConfig.model_validate(
@@ -58,3 +58,53 @@ def test_future_point_in_time_is_refused():
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     with pytest.raises(RestoreRefused, match="in the future"):
         parse(source="events_pg", into="x", point_in_time=later)
+
+
+# --- destinations are checked strictly, before anything is touched ---------------------------
+
+
+@pytest.mark.parametrize(
+    "into",
+    [
+        "/tmp/x$(touch /tmp/pwned)",
+        "/tmp/x`touch /tmp/pwned`",
+        "/tmp/x; rm -rf /",
+        '/srv/a" -c archive_command="x',
+        "/srv/a|b",
+        "/srv/a\\b",
+        "/srv/a\nb",
+        "/srv/a\x00b",
+        "/srv/a\u202eb",
+        "/srv/../etc",
+        "events copy",
+        "events;drop",
+        "conn:a b",
+        "conn:x/$(id)",
+        "-d",
+    ],
+)
+def test_a_destination_with_shell_or_control_characters_is_refused_naming_the_param(into):
+    with pytest.raises(RestoreRefused, match="param 'into'"):
+        parse(source="events_pg", into=into)
+
+
+@pytest.mark.parametrize(
+    "into",
+    [
+        "/srv/pg-restored:5440",
+        "/srv/restore dir/it's 100%",
+        "/srv/2026-01-02T03:04",
+        "events_copy",
+        "events-copy.v2",
+        "conn:staging_pg",
+        "conn:mongo.standby/events",
+    ],
+)
+def test_plain_destinations_pass(into):
+    assert parse(source="events_pg", into=into).into == into
+
+
+def test_check_destination_names_the_param_it_checks():
+    with pytest.raises(RestoreRefused, match=r"param 'target_environment' .* shell metacharacters"):
+        check_destination("/srv/$(id)", "target_environment")
+    assert check_destination("/srv/dr", "secondary") == "/srv/dr"

@@ -879,7 +879,8 @@ def _write_recovery_conf(
         "recovery_target_timeline": "'current'",
         "port": str(port),
         "listen_addresses": "'127.0.0.1'",
-        "unix_socket_directories": _conf(str(data_dir)),
+        # A list setting: double quotes keep a ',' or spaces in the path one directory.
+        "unix_socket_directories": _conf(f'"{data_dir}"'),
         "archive_mode": "'off'",
         "archive_command": "''",
         "logging_collector": "off",
