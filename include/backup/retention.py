@@ -18,14 +18,19 @@ Rules, in order (a backup is kept when any rule keeps it):
 4. Safety: the newest backup and the newest verified backup are always kept.
 5. Safety: every ancestor (parent, grandparent, … up to the FULL) of a kept backup is
    kept, so nothing kept ever becomes unrestorable.
+
+Apart from the policy, :func:`sweep_orphans` removes what is not a backup at all: the
+objects of a folder with no manifest (an upload whose manifest write failed), once old
+enough and not from a run in flight.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from include.backup.catalog.catalog import (
     as_utc,
@@ -33,7 +38,7 @@ from include.backup.catalog.catalog import (
     manifest_key,
     sort_key,
 )
-from include.backup.catalog.manifest import Manifest, backup_prefix
+from include.backup.catalog.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from include.backup.config.schema import GFSRetention
 from include.backup.targets.base import Target
 
@@ -326,3 +331,79 @@ def _delete_backup(target: Target, manifest: Manifest) -> None:
     prefix = backup_prefix(manifest.source, manifest.backup_id) + "/"
     for info in list(target.list(prefix)):
         target.delete(info.key)
+
+
+# --- orphans ---------------------------------------------------------------------------
+
+# <schedule>-<UTC stamp>-<sha256(run id)[:6]>: only folders named like our backup ids are
+# ever swept, whatever else shares the target.
+_ORPHAN_ID_RE = re.compile(r".+-(?P<stamp>\d{8}T\d{6}Z)-[0-9a-f]{6}")
+
+
+def find_orphans(
+    target: Target,
+    source: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    in_flight: Callable[[], set[str]],
+) -> dict[str, list[str]]:
+    """The objects of each backup folder of ``source`` at ``target`` that has no manifest
+    (a run whose manifest upload failed, or a delete cut short), by backup id.
+
+    A folder is an orphan only when its id's time (the run's logical date) is older than
+    ``grace`` and no run in flight has that id. ``in_flight`` is called after the listing,
+    so a run that starts meanwhile is seen."""
+    folders: dict[str, list[str]] = {}
+    with_manifest: set[str] = set()
+    for info in target.list(f"{source}/"):
+        parts = info.key.split("/")
+        if len(parts) < 3:
+            continue
+        folders.setdefault(parts[1], []).append(info.key)
+        if len(parts) == 3 and parts[2] == MANIFEST_NAME:
+            with_manifest.add(parts[1])
+    cutoff = as_utc(now) - grace
+    candidates = {
+        backup_id: keys
+        for backup_id, keys in folders.items()
+        if backup_id not in with_manifest and _id_time(backup_id, default=cutoff) < cutoff
+    }
+    if not candidates:
+        return {}
+    running = in_flight()
+    return {b: sorted(keys) for b, keys in sorted(candidates.items()) if b not in running}
+
+
+def _id_time(backup_id: str, *, default: datetime) -> datetime:
+    """The time in a backup id; ``default`` for a name that is not one of our ids."""
+    match = _ORPHAN_ID_RE.fullmatch(backup_id)
+    if match is None:
+        return default
+    return datetime.strptime(match["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def sweep_orphans(
+    target: Target,
+    source: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    in_flight: Callable[[], set[str]],
+    dry_run: bool = False,
+    log: logging.Logger | logging.LoggerAdapter = logger,  # type: ignore[type-arg]
+) -> list[str]:
+    """Delete every orphan :func:`find_orphans` names (with ``dry_run``, only log them);
+    returns their backup ids. Nothing with a manifest is ever touched: an object without
+    one is not a backup, and no restore can use it."""
+    orphans = find_orphans(target, source, now=now, grace=grace, in_flight=in_flight)
+    for backup_id, keys in orphans.items():
+        if dry_run:
+            log.info("orphans at target %s: would delete %s (%d object(s) and no manifest)",
+                     target.name, backup_id, len(keys))
+            continue
+        for key in keys:
+            target.delete(key)
+        log.info("orphans at target %s: deleted %s (%d object(s), no manifest, older than %s)",
+                 target.name, backup_id, len(keys), grace)
+    return list(orphans)

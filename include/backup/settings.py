@@ -25,6 +25,34 @@ def staging_root(config: BackupConfig) -> Path:
     return airflow_home() / "backup-staging"
 
 
+# How long plaintext (the compressed dump) may sit in staging untouched, with no step at
+# work on it, before a sweep removes it. The dump and encrypt steps hold the run's lock
+# while they work, so this only has to outlast the wait between the two steps (queueing,
+# retry back-off), not a dump: a few hours is plenty.
+PLAINTEXT_GRACE_HOURS = 6.0
+# Staging of a failed run is kept for retries (its payload is encrypted by then).
+STALE_STAGING_DAYS = 7
+# Objects at a target with no manifest, from a run no longer in flight, are removed by
+# cleanup once their backup id's time is this old (docs/concurrency.md, orphans).
+ORPHAN_GRACE_HOURS = 48.0
+
+
+def plaintext_grace_s() -> float:
+    """PLAINTEXT_GRACE_HOURS, or $BACKUP_PLAINTEXT_GRACE_HOURS when set (> 0)."""
+    env = os.environ.get("BACKUP_PLAINTEXT_GRACE_HOURS")
+    hours = PLAINTEXT_GRACE_HOURS
+    if env:
+        try:
+            hours = float(env)
+        except ValueError:
+            raise ValueError(
+                f"BACKUP_PLAINTEXT_GRACE_HOURS={env!r} is not a number of hours; set e.g. 6"
+            ) from None
+        if hours <= 0:
+            raise ValueError(f"BACKUP_PLAINTEXT_GRACE_HOURS={env!r} must be more than 0")
+    return hours * 3600
+
+
 def key_file_override() -> Path | None:
     """A JSON key file used instead of the Airflow connection (CLI and demo)."""
     env = os.environ.get("BACKUP_KEY_FILE")

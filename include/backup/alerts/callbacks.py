@@ -45,6 +45,7 @@ from include.backup.alerts.notify import Alert, AlertKind, redact, send
 log = logging.getLogger(__name__)
 
 DEADLINE_CALLBACK_PATH = "include.backup.alerts.callbacks.deadline_missed"
+BACKUP_DAG_PREFIX = "backup__"  # Schedule.dag_id
 ERROR_MAX_CHARS = 600
 
 
@@ -193,12 +194,9 @@ def failure_alert(context: Mapping[str, Any], config: Any = None) -> Alert:
     )
 
 
-def mark_staging_failed(config: Any, schedule: Any, context: Mapping[str, Any]) -> Path | None:
-    """Write the monitor's FAILED_MARKER into the failed run's staging directory, if it
-    is still there, so that ``dr_monitor`` does not take the failed run for a slow one
-    (BACKUP_SLOW). The backup id is rebuilt the way the dump task built it. Returns the
-    marker's path, or None."""
-    from include.backup.dr.monitor import FAILED_MARKER
+def failed_stage(config: Any, schedule_name: str, context: Mapping[str, Any]) -> Path | None:
+    """The staging directory of the failed run in ``context``, if it is still there. The
+    backup id is rebuilt the way the dump task built it."""
     from include.backup.tasks import make_backup_id, staging_dir
 
     ti = context.get("task_instance") or context.get("ti")
@@ -208,36 +206,70 @@ def mark_staging_failed(config: Any, schedule: Any, context: Mapping[str, Any]) 
     when = _as_dt(context.get("logical_date")) or _as_dt(_get(dag_run, "run_after"))
     if not run_id or when is None:
         return None
-    stage = staging_dir(config, make_backup_id(schedule.name, when, str(run_id)))
-    if not stage.is_dir():
-        return None  # a failed dump removes its staging itself
+    stage = staging_dir(config, make_backup_id(schedule_name, when, str(run_id)))
+    return stage if stage.is_dir() else None  # a failed dump removes its staging itself
+
+
+def mark_staging_failed(config: Any, schedule: Any, context: Mapping[str, Any]) -> Path | None:
+    """Write the monitor's FAILED_MARKER into the failed run's staging directory, if it
+    is still there, so that ``dr_monitor`` does not take the failed run for a slow one
+    (BACKUP_SLOW). Returns the marker's path, or None."""
+    from include.backup.dr.monitor import FAILED_MARKER
+    from include.backup.staging import write_private
+
+    stage = failed_stage(config, schedule.name, context)
+    if stage is None:
+        return None
+    ti = context.get("task_instance") or context.get("ti")
+    dag_run = context.get("dag_run")
     marker = stage / FAILED_MARKER
-    marker.write_text(
+    write_private(
+        marker,
         json.dumps(
             {
                 "failed_at": datetime.now(UTC).isoformat(),
                 "dag_id": _get(ti, "dag_id") or _get(dag_run, "dag_id"),
-                "run_id": str(run_id),
+                "run_id": str(context.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id")),
                 "task_id": _get(ti, "task_id"),
             }
-        ),
-        encoding="utf-8",
+        ).encode(),
     )
     return marker
 
 
+def remove_failed_plaintext(config: Any, dag_id: str | None, context: Mapping[str, Any]) -> list[Path]:
+    """Remove the plaintext dump of the failed run in ``context`` from its staging
+    (include/backup/staging.py). Works from the DAG id, so also for a schedule that an
+    edit has removed from the config since the run began."""
+    from include.backup.staging import remove_plaintext
+
+    if not dag_id or not dag_id.startswith(BACKUP_DAG_PREFIX):
+        return []
+    stage = failed_stage(config, dag_id[len(BACKUP_DAG_PREFIX):], context)
+    if stage is None:
+        return []
+    task_id = _get(context.get("task_instance") or context.get("ti"), "task_id")
+    return remove_plaintext(stage, f"task {task_id} of its run failed")
+
+
 def _record_failure(context: Mapping[str, Any], config: Any) -> None:
-    """The failure's metrics (``backup.run.<schedule>.failure`` / ``last_run_ok``) and the
-    staging marker; best effort, for backup DAGs only."""
+    """For a task of a backup DAG that failed for good: its run's plaintext removed, the
+    failure's metrics (``backup.run.<schedule>.failure`` / ``last_run_ok``) and the
+    staging marker; best effort."""
     ti = context.get("task_instance") or context.get("ti")
     dag_id = _get(ti, "dag_id") or _get(context.get("dag_run"), "dag_id")
     dag_id = dag_id or _get(context.get("dag"), "dag_id")
+    task_failed = _get(ti, "task_id") is not None
+    if task_failed:  # the task callback runs on a worker, where the staging is
+        try:
+            remove_failed_plaintext(config, dag_id, context)
+        except Exception as exc:  # noqa: BLE001 - the sweep catches what this misses
+            log.warning("could not remove the failed run's plaintext: %s", redact(exc))
     schedule = schedule_of(config, dag_id)
     if schedule is None:
         return
     from include.backup import metrics
 
-    task_failed = _get(ti, "task_id") is not None
     metrics.emit_backup_failure(schedule.name, task_failed=task_failed)
     if task_failed:  # the task callback runs on a worker, where the staging is
         try:
@@ -254,8 +286,10 @@ def on_backup_failure(
 ) -> None:
     """Task / DAG ``on_failure_callback``: mail a BACKUP_FAILED alert to
     ``dr.notification_emails``. One mail per DAG run (the task and the DAG callback of one
-    run share the dedupe key). Also the failure metrics, and the staging marker that tells
-    ``dr_monitor`` the run is over (:func:`mark_staging_failed`). Never raises."""
+    run share the dedupe key). Also, for a failed task, the removal of its run's plaintext
+    dump from staging (:func:`remove_failed_plaintext`), the failure metrics, and the
+    staging marker that tells ``dr_monitor`` the run is over (:func:`mark_staging_failed`).
+    Never raises."""
     try:
         if config is None:
             try:

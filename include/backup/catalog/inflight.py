@@ -6,6 +6,7 @@ records it in its staging directory; retention reads those records and keeps wha
 name. Layout in the staging root (a volume every worker shares)::
 
     <staging>/<backup_id>/inflight.json   one per run in flight (removed with its staging)
+    <staging>/<backup_id>/run.lock        held while the run's dump or encrypt step works
     <staging>/.locks/<source>.lock        the per-source lock below
 
 Choosing a parent and writing the record happen under the source's lock, and so does
@@ -17,6 +18,12 @@ dies, so a killed worker never leaves a stale lock. It works across hosts on NFS
 NFSv3 with lockd), which is what a staging volume shared by Celery workers usually is.
 POSIX locks belong to a process, not a file descriptor, so the lock is not re-entrant
 within one process: nesting it is refused.
+
+The run lock (:func:`run_lock`) is the same kind of lock on a file in the run's own
+staging. The dump and encrypt steps, the only ones that handle plaintext, hold it while
+they work; the plaintext sweep (include/backup/staging.py) removes nothing from a staging
+whose run lock is held, so a long dump that has not written for hours is never mistaken
+for an abandoned one.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +45,7 @@ from include.backup.errors import BackupError
 log = logging.getLogger(__name__)
 
 INFLIGHT_NAME = "inflight.json"
+RUN_LOCK_NAME = "run.lock"
 LOCK_DIR = ".locks"
 LOCK_WAIT_S = 1800.0  # longer than any retention pass or parent look-up should take
 POLL_S = 0.1
@@ -63,7 +71,11 @@ class InFlight:
 def write_inflight(stage: Path, record: InFlight) -> None:
     path = stage / INFLIGHT_NAME
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(record), sort_keys=True))
+    # 0600 like every staging file (include/backup/staging.py), whatever the umask.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with open(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        f.write(json.dumps(asdict(record), sort_keys=True).encode())
     os.replace(tmp, path)
 
 
@@ -120,6 +132,59 @@ def source_lock(root: Path, source: str, *, purpose: str, wait_s: float = LOCK_W
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def run_lock(stage: Path, *, purpose: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the run lock of the backup staged in ``stage`` (waiting up to ``wait_s``:
+    only a plaintext sweep or a failure callback holds it briefly besides the steps)."""
+    path = stage / RUN_LOCK_NAME
+    if (os.getpid(), path) in _held:
+        raise RuntimeError(f"lock {path} is already held by this process (it is not re-entrant)")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        _acquire(fd, path, purpose, wait_s)
+        mine = (os.getpid(), path)
+        _held.add(mine)
+        try:
+            yield
+        finally:
+            _held.discard(mine)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def try_run_lock(stage: Path) -> Iterator[bool]:
+    """The run lock of ``stage`` without waiting: yields False when a step holds it (in
+    this process too: opening and closing the file here would release a POSIX lock this
+    process holds), or when the staging is gone."""
+    path = stage / RUN_LOCK_NAME
+    if (os.getpid(), path) in _held:
+        yield False
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+            yield False
+            return
+        mine = (os.getpid(), path)
+        _held.add(mine)
+        try:
+            yield True
+        finally:
+            _held.discard(mine)
+    finally:
+        with suppress(OSError):
+            os.close(fd)
 
 
 def _acquire(fd: int, path: Path, purpose: str, wait_s: float) -> None:

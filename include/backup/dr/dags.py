@@ -471,8 +471,10 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
             from include.backup import tasks
             from include.backup.dr.monitor import notify_report, run_monitor
             from include.backup.metrics import emit_monitor_report
+            from include.backup.staging import sweep_configured_staging
 
             config = tasks.load_config()
+            sweep_configured_staging(config)  # plaintext of dead runs (include/backup/staging.py)
             report = run_monitor(config)
             emit_monitor_report(report, rto_hours=config.dr.rto_hours)  # before mail: SMTP may raise
             sent = notify_report(report, config)
