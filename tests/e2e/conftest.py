@@ -13,9 +13,13 @@ the end of the session.
   ``env_extra``;
 * a second throwaway PostgreSQL 15 cluster (:class:`PgCluster`) with the backup source
   databases ``events`` and ``slow_events`` (sample data);
-* a backup config (a files source, a postgres source, two local-disk targets) and the key
-  ring in ``AIRFLOW_CONN_BACKUP_ENCRYPTION`` (like scripts/demo.py); the ``e2e_pg`` source's
-  connection is *not* in the environment: the tests create it through the REST API;
+* a backup config (a files source, a postgres source, two local-disk targets); the key
+  ring connection ``backup_encryption`` is created through the REST API once the stack is
+  up (with apache-airflow-client, in the masked shape: keys under the extra
+  ``secret_keys``), so it lives in the metadata DB where the connections API and the UI
+  show it, and the tasks read it through the execution API (tests/e2e/test_key_masking.py
+  checks what the API shows); the ``e2e_pg`` source's connection is *not* in the
+  environment either: the tests create it through the REST API;
 * the alert mails go to a real SMTP catcher (``smtp_server`` from
   tests/integration/smtp_service.py), and a third files schedule (``e2e_gone_full``) whose
   directory a test deletes to force a failure;
@@ -67,6 +71,7 @@ SLOW_SOURCE = "e2e_slow_pg"
 SLOW_DB = "slow_events"
 SLOW_CONN_ID = "e2e_slow_pg"
 KEY_ID = "e2e-key-1"
+KEY_CONN_ID = "backup_encryption"
 E2E_AIRFLOW_SETTINGS = {
     # short heartbeats and re-parse intervals: the tests wait seconds, not minutes
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -136,6 +141,7 @@ class AirflowDeployment:
     files_root: Path
     config_path: Path
     key_material: str
+    """The base64 of the active key (the tests check it appears nowhere)."""
     source_pg: PgCluster
     smtp: SmtpServer
 
@@ -169,11 +175,10 @@ class AirflowDeployment:
         return self.stack.logs(component)
 
 
-def project_env(
-    base: Path, config_path: Path, key_json: dict[str, object], source_pg: PgCluster
-) -> dict[str, str]:
+def project_env(base: Path, config_path: Path, source_pg: PgCluster) -> dict[str, str]:
     """What the deployment gets on top of the stack: the e2e Airflow settings, the backup
-    config, alerts, the key ring and the connections that live in the environment."""
+    config, alerts and the connections that live in the environment (not the key ring:
+    :func:`create_key_connection`)."""
     return {
         **E2E_AIRFLOW_SETTINGS,
         "BACKUP_CONFIG": str(config_path),
@@ -183,7 +188,6 @@ def project_env(
         # the alert mails go to the SMTP catcher (aiosmtpd, plain SMTP)
         "AIRFLOW_CONN_SMTP_DEFAULT": os.environ["AIRFLOW_CONN_SMTP_DEFAULT"],
         "BACKUP_ALERTS_STATE_DIR": str(base),
-        "AIRFLOW_CONN_BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "extra": key_json}),
         f"AIRFLOW_CONN_{SLOW_CONN_ID.upper()}": json.dumps(
             {
                 "conn_type": "postgres",
@@ -196,6 +200,19 @@ def project_env(
     }
 
 
+def create_key_connection(stack: AirflowStack, ring: KeyRing) -> None:
+    """``POST /api/v2/connections`` of the key ring connection, as an operator would make it
+    (docs/keys.md): keys under the extra ``secret_keys``."""
+    from airflow_client.client import ConnectionApi, ConnectionBody
+
+    conn = ring.to_connection()
+    body = ConnectionBody(
+        connection_id=KEY_CONN_ID, conn_type=conn["conn_type"], extra=json.dumps(conn["extra"])
+    )
+    with stack.api_client() as client:
+        ConnectionApi(client).post_connection(body)
+
+
 @pytest.fixture(scope="session")
 def airflow_deployment(
     tmp_path_factory: pytest.TempPathFactory,
@@ -206,9 +223,8 @@ def airflow_deployment(
     (base / "gone/a.txt").write_text("deleted by the failure test\n")
     files_root = base / "data"
     make_files(files_root)
-    KeyRing.generate(base / "keys.json", KEY_ID)
-    key_json = json.loads((base / "keys.json").read_text())
-    (base / "keys.json").unlink()  # the ring lives only in the connection env, as in production
+    ring = KeyRing.generate(base / "keys.json", KEY_ID)
+    (base / "keys.json").unlink()  # the ring lives only in the connection, as in production
     config_path = base / "backup_config.yaml"
     config_path.write_text(backup_config(base, files_root))
 
@@ -218,7 +234,7 @@ def airflow_deployment(
         stack = AirflowStack(
             base,
             ROOT / "dags",
-            project_env(base, config_path, key_json, source_pg),
+            project_env(base, config_path, source_pg),
             parallelism=8,
             plugins_folder=ROOT / "plugins",
             pythonpath=ROOT,
@@ -229,12 +245,13 @@ def airflow_deployment(
         except AirflowStackError as e:
             pytest.fail(str(e))
         try:
+            create_key_connection(stack, ring)
             yield AirflowDeployment(
                 stack=stack,
                 base=base,
                 files_root=files_root,
                 config_path=config_path,
-                key_material=key_json["keys"][KEY_ID],
+                key_material=ring.to_json()["keys"][KEY_ID],
                 source_pg=source_pg,
                 smtp=smtp_server,
             )

@@ -341,6 +341,16 @@ class AirflowStack:
             timeout=timeout,
         )
 
+    def api_client(self) -> Any:
+        """An ``apache-airflow-client`` ApiClient on this deployment, with the token; use
+        it in a ``with`` block. Build the API classes on it (``ConnectionApi(client)``)."""
+        # Imported here: the REST client is a test dependency (requirements-dev), not one of
+        # the runtime pins the image installs.
+        import airflow_client.client as airflow_client
+
+        config = airflow_client.Configuration(host=self.url, access_token=self.token())
+        return airflow_client.ApiClient(config)
+
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.out"
 
