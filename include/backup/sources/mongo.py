@@ -58,7 +58,7 @@ from typing import IO, Any, BinaryIO
 from include.backup.catalog.manifest import Manifest
 from include.backup.config import schema
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
-from include.backup.sources.base import DumpResult
+from include.backup.sources.base import DumpResult, drain
 
 log = logging.getLogger(__name__)
 
@@ -609,12 +609,21 @@ class MongoSource:
         try:
             db = conn.client[db_name]
             known = self._known_collections(manifests)
-            self._check_destination(db, db_name, into, only, overwrite, known)
+            clash = self._check_destination(db, db_name, into, only, overwrite, known)
             src_db = manifests[0].source_state.get("database") or manifests[0].stats.get("database")
-            state = _RestoreState(db=db, src_db=src_db, only=set(only) if only else None, until=until)
-            for manifest, stream in items:
-                self._restore_one(manifest, stream, state)
-            state.finish()
+            # The chain is restored into a temporary database and moved into ``into`` only
+            # once every payload read to its authenticated end; a failure drops it and
+            # leaves ``into`` as it was (a crashed worker leaves "<db>_restoring_<hex>").
+            work = conn.client[_temp_db_name(db_name)]
+            try:
+                state = _RestoreState(db=work, src_db=src_db, only=set(only) if only else None, until=until)
+                for manifest, stream in items:
+                    self._restore_one(manifest, stream, state)
+                    drain(stream)  # authenticates the container's last chunk
+                state.finish()
+                self._move_into(conn.client, work, db, clash, into)
+            finally:
+                conn.client.drop_database(work.name)
             restored = sorted(state.touched if state.only is None else state.touched & state.only)
             names = set(db.list_collection_names())
             counts = {n: db[n].count_documents({}) for n in restored if n in names and n not in state.views}
@@ -630,6 +639,37 @@ class MongoSource:
             raise self._err(f"restore into {db_name!r} failed: {_redact(str(exc))}") from None
         finally:
             conn.close()
+
+    @staticmethod
+    def _move_into(client: Any, work: Any, db: Any, clash: list[str], into: str) -> None:
+        """Move the restored collections from ``work`` into ``db``; views are re-created.
+        What ``overwrite`` replaces is dropped only now, after the restore succeeded. A
+        collection that appeared in ``db`` meanwhile is never replaced: the move is refused
+        before it starts. Only the move of each collection is atomic, not the whole set."""
+        infos = [i for i in work.list_collections() if not i["name"].startswith("system.")]
+        existing = set(db.list_collection_names())
+        in_the_way = sorted({i["name"] for i in infos} & (existing - set(clash)))
+        if in_the_way:
+            raise RestoreRefused(
+                f"database {db.name!r} ({into}) gained collection(s) {', '.join(in_the_way)} while "
+                "the restore ran; nothing was changed — restore again, with overwrite to replace them"
+            )
+        for name in clash:
+            log.info("overwrite: dropping %s.%s, replaced by the restored one", db.name, name)
+            db.drop_collection(name)
+        for info in infos:
+            if info.get("type") == "view":
+                continue
+            if info.get("options"):
+                _copy_collection(work, db, info)
+            else:
+                # Across databases renameCollection keeps documents and indexes.
+                client.admin.command(
+                    "renameCollection", f"{work.name}.{info['name']}", to=f"{db.name}.{info['name']}"
+                )
+        for info in infos:  # views after the collections they read
+            if info.get("type") == "view":
+                db.command({"create": info["name"], **(info.get("options") or {})})
 
     def _check_chain(
         self,
@@ -729,7 +769,8 @@ class MongoSource:
 
     def _check_destination(
         self, db: Any, db_name: str, into: str, only: list[str] | None, overwrite: bool, known: set[str]
-    ) -> None:
+    ) -> list[str]:
+        """Refuse what cannot be restored; return the collections ``overwrite`` replaces."""
         if only:
             unknown = [c for c in only if c not in known]
             if unknown:
@@ -739,17 +780,13 @@ class MongoSource:
                 )
         existing = [n for n in db.list_collection_names() if not n.startswith("system.")]
         clash = [n for n in existing if n in set(only)] if only else existing
-        if not clash:
-            return
-        if not overwrite:
+        if clash and not overwrite:
             what = f"collection(s) {', '.join(sorted(clash))}" if only else f"{len(clash)} collection(s)"
             raise RestoreRefused(
                 f"database {db_name!r} ({into}) is not empty: it holds {what}; restore into "
                 "another database, or set overwrite to replace them"
             )
-        for name in clash:
-            log.info("overwrite: dropping %s.%s before the restore", db_name, name)
-            db.drop_collection(name)
+        return clash
 
     def _restore_one(self, manifest: Manifest, stream: BinaryIO, state: _RestoreState) -> None:
         with tarfile.open(fileobj=stream, mode="r|", format=tarfile.PAX_FORMAT) as tar:
@@ -771,6 +808,41 @@ class MongoSource:
                 else:
                     log.warning("backup %s: ignoring unexpected member %s", manifest.backup_id, name)
         state.finish_data()
+
+
+RESTORING_MARK = "_restoring_"
+
+
+def _temp_db_name(db_name: str) -> str:
+    """``<db>_restoring_<8 hex>`` within MongoDB's 63-byte database name limit."""
+    suffix = f"{RESTORING_MARK}{os.urandom(4).hex()}"
+    return db_name.encode()[: 63 - len(suffix)].decode("utf-8", "ignore") + suffix
+
+
+def _copy_collection(work: Any, db: Any, info: dict[str, Any]) -> None:
+    """Copy one collection with options (validator, capped, collation...) from ``work``
+    into ``db``: created with its options first, documents in natural order, then its
+    indexes. A rename would be cheaper, but not every server carries the options along
+    (SecantusDB drops them), and a restore that loses a validator is not a restore."""
+    from bson import CodecOptions, decode_all
+    from bson.raw_bson import RawBSONDocument
+
+    name = info["name"]
+    db.command({"create": name, **info["options"]})
+    src, dst = work[name], db[name]
+    raw = CodecOptions(document_class=RawBSONDocument)
+    for batch in src.find_raw_batches(batch_size=BATCH_DOCS):
+        docs = decode_all(batch, raw)
+        if docs:
+            dst.insert_many(docs, ordered=True, bypass_document_validation=True)
+    indexes = [
+        {k: v for k, v in ix.items() if k not in ("ns", "v")}
+        for ix in src.list_indexes()
+        if ix.get("name") != "_id_"
+    ]
+    if indexes:
+        db.command({"createIndexes": name, "indexes": indexes})
+    work.drop_collection(name)
 
 
 # --- restore state and oplog replay -------------------------------------------------------

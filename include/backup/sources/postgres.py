@@ -20,6 +20,7 @@ import glob
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ from typing import Any, BinaryIO, cast
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import PostgresSource as PostgresSourceConfig
 from include.backup.errors import RestoreRefused, SourceError
-from include.backup.sources.base import DumpResult
+from include.backup.sources.base import DumpResult, drain
 
 log = logging.getLogger(__name__)
 
@@ -415,12 +416,22 @@ class PostgresSource:
         server_major = self._server_major(target)
         exists = self._check_target(target, overwrite=overwrite)
         pg_restore = find_client_binary("pg_restore", server_major)
+        # Nothing that looks restored before the whole payload authenticated (the
+        # container's last chunk is only checked when read):
+        # - a new database is restored under a temporary name, renamed to ``into`` at the
+        #   end, dropped on any failure (a crashed worker leaves "<into>_restoring_<hex>",
+        #   never something named ``into``);
+        # - into an existing database the dump is spooled to a file and read to its end
+        #   before pg_restore starts, and restored in one transaction.
+        work = target if exists else target.with_db(_temp_db_name(target.dbname))
         with tempfile.TemporaryDirectory(prefix="pgrestore-", dir=self.work_dir) as tmp:
-            archive = self._materialize(manifest, stream, Path(tmp), need_file=bool(only))
+            archive = self._materialize(manifest, stream, Path(tmp), need_file=bool(only) or exists)
+            if archive.path is not None:
+                drain(stream)  # the spooled or extracted payload authenticated to its end
             args = [
                 pg_restore,
                 "--no-password",
-                f"--dbname={_dbname_arg(target.dbname)}",
+                f"--dbname={_dbname_arg(work.dbname)}",
                 "--no-owner",
                 "--exit-on-error",
             ]
@@ -439,15 +450,16 @@ class PostgresSource:
             parallel = archive.directory and self.cfg.jobs > 1 and not exists
             args.append(f"--jobs={self.cfg.jobs}" if parallel else "--single-transaction")
             args.append("--format=directory" if archive.directory else "--format=custom")
-            created = False
             if not exists:
-                self._create_database(target)
-                created = True
+                self._create_database(work)
             try:
-                self._run_restore(args, archive, stream, target, partial=bool(only))
+                self._run_restore(args, archive, stream, work, partial=bool(only))
+                drain(stream)  # streamed into pg_restore: its tail is checked here
+                if not exists:
+                    self._rename_database(work, target)
             except BaseException:
-                if created:  # leave nothing that looks like a restored database
-                    self._drop_database(target)
+                if not exists:  # leave nothing that looks like a restored database
+                    self._drop_database(work)
                 raise
         with _connect(target, self.name) as conn, conn.cursor() as cur:
             counts = _table_row_counts(cur, exact=True)
@@ -530,6 +542,29 @@ class PostgresSource:
                 sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target.dbname))
             )
         log.info("created the database to restore into: %s", target.describe())
+
+    def _rename_database(self, work: PgParams, target: PgParams) -> None:
+        """The restored temporary database becomes ``target`` (refused if a database of
+        that name appeared meanwhile: it is never replaced)."""
+        import psycopg2
+        from psycopg2 import sql
+
+        try:
+            with self._maintenance(target) as conn, conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(work.dbname), sql.Identifier(target.dbname)
+                    )
+                )
+        except psycopg2.Error as exc:
+            detail = redact(str(exc).strip(), target.password)
+            raise RestoreRefused(
+                f"postgres source {self.name!r}: the restore into the temporary database "
+                f"{work.dbname!r} succeeded but it could not be renamed to {target.dbname!r} "
+                f"({detail}); a database of that name may have been created meanwhile: "
+                "restore again into a new name"
+            ) from None
+        log.info("renamed the restored database %s to %s", work.dbname, target.describe())
 
     def _drop_database(self, target: PgParams) -> None:
         from psycopg2 import sql  # type: ignore[import-untyped]
@@ -924,6 +959,17 @@ def _start_counting(cur: Any, info: dict[str, Any]) -> _Counting:
     counting = _Counting(cur, info["tables"])
     counting.start()
     return counting
+
+
+RESTORING_MARK = "_restoring_"
+
+
+def _temp_db_name(dbname: str) -> str:
+    """``<dbname>_restoring_<8 hex>``, cut to PostgreSQL's 63 bytes (the name is cut, never
+    the mark: a leftover must say what it is)."""
+    suffix = f"{RESTORING_MARK}{secrets.token_hex(4)}"
+    head = dbname.encode()[: 63 - len(suffix)].decode("utf-8", "ignore")
+    return head + suffix
 
 
 def _dbname_arg(dbname: str) -> str:
