@@ -464,6 +464,7 @@ def test_dev_connections_fit_their_services(
     services = compose["services"]
     ring = json.loads(worker_env[f"AIRFLOW_CONN_{backup_config.encryption.key_conn_id.upper()}"])["extra"]
     assert KeyRing.from_json(ring).active_id.startswith("dev"), "the compose key ring must say it is dev-only"
+    assert "secret_keys" in ring and "keys" not in ring, "keys go under the masked field (docs/keys.md)"
     smtp = _connection(worker_env[f"AIRFLOW_CONN_{backup_config.dr.smtp_conn_id.upper()}"])
     assert smtp["host"] == "mailpit" and smtp["extra"].get("disable_tls") and smtp["extra"].get("disable_ssl")
     assert str(smtp["port"]) in " ".join(map(str, services["mailpit"]["ports"]))
