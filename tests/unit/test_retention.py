@@ -573,3 +573,40 @@ def test_apply_is_idempotent(stocked: RecordingTarget) -> None:
     )
     apply_retention(stocked, "events_pg", "daily_full", plan)
     assert apply_retention(stocked, "events_pg", "daily_full", plan) == []
+
+
+# --- orphans: objects of a backup folder with no manifest ------------------------------
+
+
+def test_orphan_sweep_removes_only_old_manifestless_folders_not_in_flight(tmp_path: Path) -> None:
+    from include.backup.retention import find_orphans, sweep_orphans
+
+    target = LocalTarget("disk", tmp_path / "t")
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    old, young, running = (
+        "full-20260301T000000Z-aaaaaa", "full-20260310T110000Z-bbbbbb", "full-20260302T000000Z-cccccc",
+    )
+    for backup_id in (old, young, running):
+        target.put_bytes(f"src/{backup_id}/payload", b"sealed")
+    target.put_bytes("src/full-20260301T000000Z-dddddd/payload", b"sealed")  # a real backup
+    target.put_bytes("src/full-20260301T000000Z-dddddd/manifest.json", b"{}")
+    target.put_bytes("src/someone-else/payload", b"not ours")  # not one of our ids
+    target.put_bytes("other/full-20260301T000000Z-eeeeee/payload", b"another source")
+    asked = []
+
+    def in_flight() -> set[str]:
+        asked.append(True)
+        return {running}
+
+    found = find_orphans(target, "src", now=now, grace=timedelta(hours=48), in_flight=in_flight)
+    assert found == {old: [f"src/{old}/payload"]} and asked
+    assert sweep_orphans(target, "src", now=now, grace=timedelta(hours=48), in_flight=in_flight,
+                         dry_run=True) == [old]
+    assert target.stat(f"src/{old}/payload") is not None  # a dry run deletes nothing
+    assert sweep_orphans(target, "src", now=now, grace=timedelta(hours=48), in_flight=in_flight) == [old]
+    left = sorted(o.key for o in target.list(""))
+    assert left == sorted([
+        f"src/{young}/payload", f"src/{running}/payload", "src/full-20260301T000000Z-dddddd/manifest.json",
+        "src/full-20260301T000000Z-dddddd/payload", "src/someone-else/payload",
+        "other/full-20260301T000000Z-eeeeee/payload",
+    ])
