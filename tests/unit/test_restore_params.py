@@ -108,3 +108,27 @@ def test_check_destination_names_the_param_it_checks():
     with pytest.raises(RestoreRefused, match=r"param 'target_environment' .* shell metacharacters"):
         check_destination("/srv/$(id)", "target_environment")
     assert check_destination("/srv/dr", "secondary") == "/srv/dr"
+
+
+DR_CONFIG = BackupConfig.model_validate(
+    {
+        "targets": {"local": {"type": "local", "path": "/tmp/b"}},
+        "sources": {"events_pg": {"type": "postgres", "conn_id": "events_pg"}},
+        "schedules": [
+            {"name": "daily", "source": "events_pg", "type": "FULL", "cron": "@daily", "targets": ["local"]}
+        ],
+    }
+)
+
+
+@pytest.mark.parametrize("where", ["/srv/x$(touch /tmp/pwned)", "staging;drop", "conn:x y"])
+def test_dr_test_and_failover_destinations_are_checked_the_same_way(where):
+    from include.backup.dr.drtest import parse_dr_test_params
+    from include.backup.dr.failover import parse_failover_params
+
+    with pytest.raises(RestoreRefused, match="param 'target_environment'"):
+        parse_dr_test_params(
+            {"test_type": "RESTORE_TEST", "source": "events_pg", "target_environment": where}, DR_CONFIG
+        )
+    with pytest.raises(RestoreRefused, match="param 'secondary'"):
+        parse_failover_params({"source": "events_pg", "confirm": "events_pg", "secondary": where}, DR_CONFIG)
