@@ -21,6 +21,7 @@ from include.backup.dr.reports import list_reports
 from include.backup.errors import BackupError, RestoreRefused
 from include.backup.keys import KeyRing
 from include.backup.targets import build_target
+from include.backup.testing import PgCluster
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +64,30 @@ def pg_env(pg_cluster, tmp_path, monkeypatch):
     return tmp_path, pg_cluster
 
 
+@pytest.fixture(scope="module")
+def staging_cluster():
+    """A second PostgreSQL server: the staging environment DR tests restore into (smoke
+    queries never run on the source's server)."""
+    with PgCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def staging(staging_cluster, monkeypatch):
+    """``staging(db)`` -> ``conn:staging_pg``, a connection to database ``db`` on the
+    staging server (dropped again at the end)."""
+    made: list[str] = []
+
+    def conn(dbname: str) -> str:
+        monkeypatch.setenv("AIRFLOW_CONN_STAGING_PG", staging_cluster.uri(dbname))
+        made.append(dbname)
+        return "conn:staging_pg"
+
+    yield conn
+    for db in made:
+        staging_cluster.drop_database(db)
+
+
 @pytest.fixture
 def files_env(tmp_path, monkeypatch):
     data = tmp_path / "data"
@@ -96,14 +121,14 @@ def _dr_test(params: dict) -> dict:
     return run_dr_test_task(request.to_xcom(), "manual__test")
 
 
-def test_restore_test_against_postgres_records_rto_and_report(pg_env):
+def test_restore_test_against_postgres_records_rto_and_report(pg_env, staging):
     tmp, cluster = pg_env
     meta = run_schedule("pg_full", "run1")
     result = _dr_test(
         {
             "test_type": "RESTORE_TEST",
             "source": "events_pg",
-            "target_environment": "dr_restore_check",
+            "target_environment": staging("dr_restore_check"),
             "smoke_queries": [
                 "SELECT 1 FROM users LIMIT 1",
                 "SELECT count(*) FROM events HAVING count(*) > 0",
@@ -119,6 +144,7 @@ def test_restore_test_against_postgres_records_rto_and_report(pg_env):
     assert report["measured_rto_seconds"] > 0
     assert report["measured_rpo_seconds"] >= 0
     assert report["participants"] == ["alice@example.com"] and "quarterly" in report["notes"]
+    assert report["target_environment"] == "conn:staging_pg"
     config = load_config().config
     stored = list_reports(build_target("disk1", config.targets["disk1"]), "events_pg")
     assert [r.test_id for r in stored] == [report["test_id"]]
@@ -131,7 +157,7 @@ def test_restore_test_against_postgres_records_rto_and_report(pg_env):
         {
             "test_type": "RECOVERY_TIME_TEST",
             "source": "events_pg",
-            "target_environment": "dr_restore_check2",
+            "target_environment": staging("dr_restore_check2"),
             "smoke_queries": ["SELECT 1 FROM users WHERE false"],
             "notify_on_completion": False,
         }
@@ -143,7 +169,7 @@ def test_restore_test_against_postgres_records_rto_and_report(pg_env):
         {
             "test_type": "RESTORE_TEST",
             "source": "events_pg",
-            "target_environment": "dr_restore_check",
+            "target_environment": staging("dr_restore_check"),
             "notify_on_completion": False,
         }
     )
@@ -266,3 +292,173 @@ def test_failover_dry_run_restores_but_does_not_switch(files_env, monkeypatch):
     assert result["success"] is True, report["issues"]
     assert "dry run: would set Variable" in report["notes"] and report["measured_rto_seconds"] > 0
     assert (tmp / "rehearsal").exists()
+
+
+# --- smoke queries: only in the restored copy, read-only, timed out ------------------------
+
+SMOKE_SRC_DB = "smoke_src"
+
+
+@pytest.fixture
+def smoke_env(pg_cluster, tmp_path, monkeypatch):
+    """Source ``smoke_pg``: database smoke_src on the source server (three rows in ``t``,
+    a function that writes and one that runs COPY ... TO PROGRAM), backed up once to a
+    local target. Yields (source cluster, marker path COPY TO PROGRAM would create)."""
+    marker = f"/tmp/dr-smoke-{os.getpid()}-{tmp_path.name}"
+    pg_cluster.drop_database(SMOKE_SRC_DB)
+    pg_cluster.create_database(SMOKE_SRC_DB)
+    pg_cluster.psql(
+        """
+        CREATE TABLE t (id serial PRIMARY KEY, v text);
+        INSERT INTO t (v) VALUES ('a'), ('b'), ('c');
+        CREATE FUNCTION evil_insert() RETURNS int LANGUAGE plpgsql AS
+          $$ BEGIN INSERT INTO t (v) VALUES ('evil'); RETURN 1; END $$;
+        CREATE FUNCTION evil_copy(path text) RETURNS int LANGUAGE plpgsql AS
+          $$ BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch ' || path); RETURN 1; END $$;
+        """,
+        db=SMOKE_SRC_DB,
+    )
+    _setup(
+        tmp_path,
+        monkeypatch,
+        f"""
+        staging_dir: {tmp_path}/staging
+        targets:
+          disk1: {{type: local, path: {tmp_path}/t1}}
+        sources:
+          smoke_pg: {{type: postgres, conn_id: events_pg, database: {SMOKE_SRC_DB}}}
+        schedules:
+          - {{name: smoke_full, source: smoke_pg, type: FULL, cron: "@daily", targets: [disk1]}}
+    """,
+    )
+    run_schedule("smoke_full", "run1")
+    try:
+        yield pg_cluster, marker
+    finally:
+        pg_cluster.drop_database(SMOKE_SRC_DB)
+        if os.path.exists(marker):
+            os.remove(marker)
+
+
+def _smoke(env: str, queries: list[str]) -> dict:
+    return _dr_test(
+        {
+            "test_type": "RESTORE_TEST",
+            "source": "smoke_pg",
+            "target_environment": env,
+            "smoke_queries": queries,
+            "notify_on_completion": False,
+        }
+    )
+
+
+def test_smoke_queries_run_in_the_restored_copy_not_the_source(smoke_env, staging, staging_cluster):
+    source, _ = smoke_env
+    # The source changes after the backup: the copy must still show the backup's 3 rows.
+    source.psql("INSERT INTO t (v) VALUES ('after the backup')", db=SMOKE_SRC_DB)
+    result = _smoke(
+        staging("dr_smoke_copy"),
+        [
+            "SELECT 1 FROM t HAVING count(*) = 3",
+            "SELECT 1 WHERE current_database() = 'dr_smoke_copy' "
+            f"AND inet_server_port() = {staging_cluster.port}",
+            "SHOW transaction_read_only",
+            "SELECT 1 WHERE current_setting('transaction_read_only') = 'on'",
+            "SELECT count(*) FROM generate_series(1, 10)",
+        ],
+    )
+    (report,) = result["reports"]
+    assert result["success"] is True, report["issues"]
+    assert source.psql("SELECT count(*) FROM t", db=SMOKE_SRC_DB) == "4"
+
+
+def test_smoke_queries_cannot_write_or_run_programs_even_through_functions(
+    smoke_env, staging, staging_cluster, monkeypatch
+):
+    source, marker = smoke_env
+    from include.backup.dr import smoke
+
+    monkeypatch.setattr(smoke, "STATEMENT_TIMEOUT_S", 1.0)
+    started = datetime.now(UTC)
+    result = _smoke(
+        staging("dr_smoke_ro"),
+        [
+            "SELECT evil_insert()",  # passes the filter: the read-only transaction stops it
+            "SELECT nextval('t_id_seq')",
+            f"SELECT evil_copy('{marker}')",  # COPY TO PROGRAM inside a function: the role drop stops it
+            "select pg_sleep(100)",  # the statement timeout stops it
+            "SELECT 1 FROM t HAVING count(*) = 3",  # and the session still works afterwards
+        ],
+    )
+    (report,) = result["reports"]
+    issues = report["issues"]
+    assert result["success"] is False
+    assert len(issues) == 4, issues
+    assert (
+        issues[0].startswith("smoke query 1 (SELECT evil_insert()) failed")
+        and "read-only transaction" in issues[0]
+    )
+    assert "read-only transaction" in issues[1] or "permission denied for sequence" in issues[1]
+    assert "pg_execute_server_program" in issues[2] or "permission denied" in issues[2], issues[2]
+    assert "statement timeout" in issues[3]
+    assert (datetime.now(UTC) - started).total_seconds() < 60
+    assert not os.path.exists(marker)
+    assert staging_cluster.psql("SELECT count(*) FROM t", db="dr_smoke_ro") == "3"
+    assert source.psql("SELECT count(*) FROM t", db=SMOKE_SRC_DB) == "3"
+
+
+def test_unsafe_smoke_queries_are_refused_before_anything_is_restored(smoke_env, staging, staging_cluster):
+    source, marker = smoke_env
+    env = staging("dr_smoke_refused")
+    for query, why in [
+        (f"COPY (select 1) TO PROGRAM 'touch {marker}'", "starts with 'COPY'"),
+        ("UPDATE t SET v = 'pwned'", "starts with 'UPDATE'"),
+        ("CREATE TABLE pwned (id int)", "starts with 'CREATE'"),
+        ("SELECT 1; DROP TABLE t", "more than one statement"),
+        ("WITH x AS (DELETE FROM t RETURNING 1) SELECT 1 FROM x", "DELETE is not allowed"),
+        ("SELECT set_config('default_transaction_read_only', 'off', false)", "set_config"),
+    ]:
+        with pytest.raises(RestoreRefused, match="smoke_queries") as err:
+            _smoke(env, ["SELECT 1", query])
+        assert why in str(err.value) and "query 2" in str(err.value)
+    # Nothing ran anywhere: no program, the source as it was, nothing restored on staging.
+    assert not os.path.exists(marker)
+    assert source.psql("SELECT count(*), max(v) FROM t", db=SMOKE_SRC_DB) == "3|c"
+    assert (
+        not source.database_exists("pwned")
+        and source.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'", db=SMOKE_SRC_DB) == "0"
+    )
+    assert not staging_cluster.database_exists("dr_smoke_refused")
+
+
+def test_smoke_queries_are_refused_for_a_copy_on_the_sources_server(smoke_env):
+    source, marker = smoke_env
+    # A new database on the source's server (the old way): the restore would be fine, but
+    # smoke queries would run there with the source's credentials.
+    with pytest.raises(RestoreRefused, match="source's server"):
+        _smoke("dr_smoke_on_prod", ["SELECT 1 FROM t"])
+    assert not source.database_exists("dr_smoke_on_prod")
+
+
+def test_dr_test_result_is_mailed_to_the_config_recipients_only(smtp_server, files_env):
+    config = files_env / "backup_config.yaml"
+    config.write_text(
+        config.read_text().replace("dr:\n", "dr:\n  notification_emails: [oncall@example.com]\n", 1)
+    )
+    smtp_server.clear()
+    run_schedule("docs_full", "run1")
+    result = _dr_test(
+        {
+            "test_type": "BACKUP_VERIFICATION",
+            "source": "docs",
+            "participants": ["mallory@attacker.example", "Alice (DBA)"],
+            "notify_on_completion": True,
+        }
+    )
+    published = publish_dr_test(result)
+    assert published["mailed"] == 1
+    (msg,) = smtp_server.wait_for(1)
+    assert msg["X-RcptTo"].replace(" ", "") == "oncall@example.com"
+    assert msg["To"].strip() == "oncall@example.com"
+    # participants are names in the report and the mail, never recipients
+    assert result["reports"][0]["participants"] == ["mallory@attacker.example", "Alice (DBA)"]

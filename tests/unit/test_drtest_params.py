@@ -215,3 +215,92 @@ def test_compare_with_manifest():
     assert issues == ["files: 2 restored, the backup recorded 3"]
     issues, _ = compare_with_manifest("mongo", {"collections": {"a": 2}}, {"collections": {"a": 2}})
     assert issues == []
+
+
+# --- smoke queries: one read-only statement, checked before anything is restored ----------
+
+SMOKE_BASE = {"test_type": "RESTORE_TEST", "source": "events_pg", "target_environment": "conn:staging_pg"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT 1 FROM users LIMIT 1",
+        "select count(*) from events having count(*) > 0;",
+        "WITH recent AS (SELECT * FROM events WHERE id > 10) SELECT 1 FROM recent",
+        "VALUES (1)",
+        "TABLE users",
+        "(SELECT 1)",
+        "EXPLAIN SELECT * FROM users",
+        "SHOW server_version",
+        "SELECT 'insert into; copy ... to program' AS text_is_data",
+        "SELECT $$ DROP TABLE users; $$, $tag$ delete $tag$",
+        "SELECT 1 -- update users set x = 1\n",
+        "SELECT /* nested /* delete */ comment */ 1",
+        'SELECT "update" FROM "into"',
+        "SELECT E'it\\'s ; COPY'",
+        "SELECT pg_sleep(0.1)",
+        "SELECT last_update, created_at FROM users",
+    ],
+)
+def test_read_only_smoke_queries_pass(query):
+    req = parse_dr_test_params({**SMOKE_BASE, "smoke_queries": [query]}, CONFIG)
+    assert req.smoke_queries == [query.strip().rstrip(";")]
+
+
+@pytest.mark.parametrize(
+    "query,why",
+    [
+        ("COPY (select 1) TO PROGRAM 'touch /tmp/x'", "starts with 'COPY'"),
+        ("copy users to '/tmp/users.csv'", "starts with 'COPY'"),
+        ("UPDATE users SET name = 'x'", "starts with 'UPDATE'"),
+        ("CREATE TABLE pwned (id int)", "starts with 'CREATE'"),
+        ("DELETE FROM users", "starts with 'DELETE'"),
+        ("DO $$ BEGIN PERFORM 1; END $$", "starts with 'DO'"),
+        ("CALL refresh_everything()", "starts with 'CALL'"),
+        ("SET ROLE postgres", "starts with 'SET'"),
+        ("SELECT 1; DROP TABLE users", "more than one statement"),
+        ("SELECT 1 /* ; */ ; COPY (select 1) TO PROGRAM 'id'", "more than one statement"),
+        ("SELECT E'\\''; COPY (select 1) TO PROGRAM 'id' --'", "more than one statement"),
+        ("WITH gone AS (DELETE FROM users RETURNING 1) SELECT 1 FROM gone", "DELETE is not allowed"),
+        ("WITH x AS (INSERT INTO users DEFAULT VALUES RETURNING 1) SELECT 1", "INSERT is not allowed"),
+        ("SELECT * INTO pwned FROM users", "INTO is not allowed"),
+        ("SELECT 1 FROM users FOR UPDATE", "UPDATE is not allowed"),
+        ("SELECT 1 FROM users FOR SHARE", "row locks"),
+        ("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1", "CREATE is not allowed"),
+        ("EXPLAIN ANALYZE EXECUTE p", "EXECUTE is not allowed"),
+        ("SELECT set_config('role', 'postgres', false)", "set_config"),
+        ("SELECT pg_catalog.set_config('default_transaction_read_only', 'off', false)", "set_config"),
+        ("SELECT \"set_config\"('role', 'none', true)", "set_config"),
+        ("SELECT lo_export(16384, '/tmp/x')", "lo_export"),
+        ("SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+        ("SELECT * FROM pg_ls_dir('/')", "pg_ls_dir"),
+        ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "pg_terminate_backend"),
+        ("SELECT * FROM dblink('host=prod', 'delete from users') AS t(x int)", "dblink"),
+        ("SELECT query_to_xml('select 1', true, true, '')", "query_to_xml"),
+        ("SELECT U&\"\\0073et_config\"('role', 'none', true)", "U& escape"),
+        ("SELECT 'unterminated", "unterminated"),
+        ("SELECT 1 /* never closed", "unterminated"),
+    ],
+)
+def test_smoke_queries_that_are_not_read_only_are_refused(query, why):
+    with pytest.raises(RestoreRefused, match="smoke_queries") as err:
+        parse_dr_test_params({**SMOKE_BASE, "smoke_queries": ["SELECT 1", query]}, CONFIG)
+    assert why in str(err.value) and "query 2" in str(err.value)
+
+
+def test_smoke_queries_never_run_on_the_sources_server():
+    # A bare name is a new database on the source's server, reached with its credentials.
+    with pytest.raises(RestoreRefused, match="staging connection .*source's server"):
+        parse_dr_test_params(
+            {**SMOKE_BASE, "target_environment": "dr_check", "smoke_queries": ["SELECT 1"]}, CONFIG
+        )
+    # Without smoke queries the same restore is fine.
+    assert parse_dr_test_params({**SMOKE_BASE, "target_environment": "dr_check"}, CONFIG)
+    # A failover rehearsal runs no smoke queries: saying so instead of ignoring them.
+    with pytest.raises(RestoreRefused, match="RESTORE_TEST and RECOVERY_TIME_TEST"):
+        parse_dr_test_params(
+            {**SMOKE_BASE, "test_type": "FAILOVER_TEST", "smoke_queries": ["SELECT 1"]}, CONFIG
+        )
+    with pytest.raises(RestoreRefused, match="list of SQL strings"):
+        parse_dr_test_params({**SMOKE_BASE, "smoke_queries": ["SELECT 1", 2]}, CONFIG)

@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.backup.config.schema import BackupConfig
-from include.backup.dr.params import check_destination, text_param
+from include.backup.dr import smoke as smoke_mod
+from include.backup.dr.params import text_param
 from include.backup.dr.reports import TEST_TYPES, DRTestReport, write_report
 from include.backup.errors import BackupError, RestoreRefused
 
@@ -133,9 +134,7 @@ def own_connection(config: BackupConfig, source: str) -> str | None:
 
 
 def check_not_production(config: BackupConfig, source: str, where: str, param: str) -> None:
-    """Refuse to restore into the source itself (its own connection, its own paths), and a
-    destination that is not a plain path, database name or conn:<id> (params.check_destination)."""
-    check_destination(where.strip(), param)
+    """Refuse to restore into the source itself (its own connection, its own paths)."""
     cfg = config.sources[source]
     conn_id = getattr(cfg, "conn_id", None)
     value = where.strip()
@@ -209,14 +208,7 @@ def parse_dr_test_params(params: Mapping[str, Any], config: BackupConfig) -> DRT
         check_not_production(config, source, env, "target_environment")
     if source is not None and not source_targets(config, source):
         raise RestoreRefused(f"source {source!r} has no schedule with a target: there is nothing to test")
-    smoke = _list(params, "smoke_queries", split=None)
-    if smoke:
-        if test_type == "BACKUP_VERIFICATION":
-            raise RestoreRefused("param 'smoke_queries' needs a restore: use RESTORE_TEST")
-        if config.sources[source].type != "postgres":  # type: ignore[index]
-            raise RestoreRefused("param 'smoke_queries' only applies to postgres sources")
-        if len(smoke) > MAX_SMOKE_QUERIES:
-            raise RestoreRefused(f"param 'smoke_queries': at most {MAX_SMOKE_QUERIES} queries")
+    smoke = _smoke_param(params, config, test_type, source, env)
     notes = params.get("notes") or ""
     if not isinstance(notes, str):
         raise RestoreRefused("param 'notes' must be a string")
@@ -231,6 +223,32 @@ def parse_dr_test_params(params: Mapping[str, Any], config: BackupConfig) -> DRT
         target=target,
         overwrite=_bool(params, "overwrite", False),
     )
+
+
+def _smoke_param(
+    params: Mapping[str, Any], config: BackupConfig, test_type: str, source: str | None, env: str | None
+) -> list[str]:
+    """``smoke_queries``, refused before anything is restored unless every query is one
+    read-only statement and the copy they would run in is not on the source's server."""
+    raw = params.get("smoke_queries")
+    if isinstance(raw, list) and not all(isinstance(q, str) for q in raw):
+        raise RestoreRefused("param 'smoke_queries' must be a list of SQL strings")
+    smoke = _list(params, "smoke_queries", split=None)
+    if not smoke:
+        return []
+    if test_type not in ("RESTORE_TEST", "RECOVERY_TIME_TEST"):
+        raise RestoreRefused(
+            f"param 'smoke_queries' applies to RESTORE_TEST and RECOVERY_TIME_TEST, not {test_type}"
+        )
+    if source is None or config.sources[source].type != "postgres":
+        raise RestoreRefused("param 'smoke_queries' only applies to postgres sources")
+    if len(smoke) > MAX_SMOKE_QUERIES:
+        raise RestoreRefused(f"param 'smoke_queries': at most {MAX_SMOKE_QUERIES} queries")
+    checked = smoke_mod.check_smoke_queries(smoke)
+    problem = smoke_mod.smoke_place_problem(resolve_environment(config, source, env or ""))
+    if problem:
+        raise RestoreRefused(problem)
+    return checked
 
 
 # --- integrity checks ------------------------------------------------------------------
@@ -309,28 +327,15 @@ def compare_with_manifest(  # noqa: C901 - one rule per source type
     return issues, notes
 
 
-def run_smoke_queries(into: str, source_cfg: Any, queries: list[str]) -> list[str]:
-    """Each query must return at least one row in the restored database; the issues."""
-    from include.backup.sources.postgres import _connect, params_from_connection
-
-    if into.startswith(CONN_PREFIX):
-        params = params_from_connection(into[len(CONN_PREFIX) :])
-    else:
-        params = params_from_connection(source_cfg.conn_id, source_cfg.database).with_db(into)
-    issues: list[str] = []
-    with _connect(params, "dr_test") as conn:
-        for i, query in enumerate(queries, 1):
-            label = query if len(query) <= 80 else query[:79] + "…"
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(query)
-                    row = cur.fetchone() if cur.description else None
-            except Exception as exc:  # noqa: BLE001 - psycopg2 errors: the query failed
-                issues.append(f"smoke query {i} ({label}) failed: {str(exc).strip().splitlines()[0]}")
-                continue
-            if row is None:
-                issues.append(f"smoke query {i} ({label}) returned no row")
-    return issues
+def run_smoke_queries(
+    into: str, source_cfg: Any, queries: list[str], stats: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Each query must return at least one row in the restored copy; the issues. Only in
+    the copy (never the source's connection or server), read-only, with a statement
+    timeout, each query checked again first: see :mod:`include.backup.dr.smoke`."""
+    smoke_mod.check_smoke_queries(queries)  # before looking anything up
+    params = smoke_mod.smoke_connection(source_cfg, into, stats or {})
+    return smoke_mod.run_smoke_queries(params, queries)
 
 
 # --- the tests -------------------------------------------------------------------------
@@ -409,7 +414,7 @@ def restore_and_check(
         issues += found
         notes += more
         if smoke_queries:
-            issues += run_smoke_queries(into, config.sources[source], smoke_queries)
+            issues += run_smoke_queries(into, config.sources[source], smoke_queries, result.stats)
     except Exception as exc:  # noqa: BLE001
         log.exception("DR test check of %s failed", source)
         issues.append(f"integrity check failed: {_error(exc)}")
@@ -635,6 +640,13 @@ def result_alert(report: DRTestReport, dag_id: str | None = None, run_id: str | 
     )
 
 
+def report_recipients(config: BackupConfig) -> list[str]:
+    """Who gets a DR test result: ``dr.notification_emails`` and nobody else. Whoever
+    triggers the DAG chooses ``participants``; were they recipients, a run could mail the
+    result (sources, backup ids, issues) to any address. They stay names in the report."""
+    return list(config.dr.notification_emails)
+
+
 def mail_reports(
     config: BackupConfig,
     reports: list[DRTestReport],
@@ -645,11 +657,9 @@ def mail_reports(
 ) -> int:
     from include.backup.alerts.notify import send
 
-    recipients = list(config.dr.notification_emails)
-    for r in reports:
-        recipients += [p for p in r.participants if "@" in p and p not in recipients]
+    recipients = report_recipients(config)
     if not recipients:
-        log.warning("notify_on_completion: no dr.notification_emails nor participant addresses")
+        log.warning("notify_on_completion: dr.notification_emails is empty: the DR test result is not mailed")
         return 0
     return send(
         [result_alert(r, dag_id, run_id) for r in reports],
