@@ -28,13 +28,17 @@ just before the segment switch, so every target time inside a log's range is fol
 a commit record in that log and ``recovery_target_time`` is always reached.
 
 Restore: ``into`` is a new (missing or empty) data directory, optionally followed by
-``:PORT`` (default: a free port). The base is extracted, the chain's WAL goes to
-``<into>.wal``, ``recovery.signal`` and ``postgresql.auto.conf`` settings are written
-(restore_command, recovery_target_time when ``until`` is inside the chain,
+``:PORT`` (default: a free port), checked strictly before anything is touched (pg_ctl
+starts the server through /bin/sh). The base is extracted (tarfile's "data" filter) into
+a new hidden directory of the restore, the chain's WAL into another, ``recovery.signal``
+and ``postgresql.auto.conf`` settings are written (restore_command = walrestore.py with
+shlex-quoted arguments, recovery_target_time when ``until`` is inside the chain,
 recovery_target_action = promote, port, listen_addresses 127.0.0.1, the socket in the data
-dir, archive_mode off), and the server is started as the ``postgres`` OS user (when root)
-with pg_ctl, then waited for until recovery is over. The server is left running: stop it
-with :func:`stop_restored_server`.
+dir, archive_mode off), the result is published at ``into`` by rename, and the server is
+started as the ``postgres`` OS user (when root) with pg_ctl, then waited for until
+recovery is over. A failure removes what the restore wrote and says so. ``overwrite``
+replaces only a data directory an earlier restore created (``RESTORE_MARKER``). The
+server is left running: stop it with :func:`stop_restored_server`.
 """
 
 from __future__ import annotations
