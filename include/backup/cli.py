@@ -26,8 +26,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -303,10 +305,28 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     env = {"BACKUP_CONFIG": str(loaded.path)}
     if args.key_file:
         env["BACKUP_KEY_FILE"] = str(Path(args.key_file).resolve())
-    with _environ(env):
+    with _environ(env), _sigterm_as_exit():
         backup_id = run_backup(loaded.config, args.schedule)
     print(backup_id)
     return 0
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (a cron or systemd timeout, ``kill``) raises SystemExit instead of ending the
+    process on the spot, so that run_backup removes its staging (plaintext) on the way out."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_backup(config: Any, schedule_name: str, *, when: datetime | None = None) -> str:

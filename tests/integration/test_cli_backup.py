@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from include.backup.catalog.catalog import list_backups
@@ -130,6 +133,39 @@ def test_failed_backup_exits_non_zero_and_leaves_no_plaintext(setup: dict[str, P
     assert "Traceback" not in done.stderr
     assert staged_files(setup) == []
     assert held(setup) == {}
+
+
+def test_terminated_backup_leaves_no_plaintext(setup: dict[str, Path], pg_cluster: PgCluster) -> None:
+    """SIGTERM while the dump runs (held up by a table lock, so the moment is certain):
+    the command ends with 143 and its staging is gone."""
+    conn = psycopg2.connect(**pg_cluster.conn_params(PG_SAMPLE_DB))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "include.backup", "backup", "events_full",
+             "--config", str(setup["config"]), "--key-file", str(setup["keys"])],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not any((setup["tmp"] / "staging").glob("events_full-*/*")):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.2)
+            time.sleep(1)  # into the dump, waiting on the lock
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        conn.rollback()
+        conn.close()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert out.strip() == ""
+    assert staged_files(setup) == [] and not list((setup["tmp"] / "staging").glob("events_full-*"))
 
 
 def test_backup_without_keys_fails_before_dumping(setup: dict[str, Path]) -> None:
