@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from datetime import UTC, datetime
 
@@ -462,3 +463,52 @@ def test_dr_test_result_is_mailed_to_the_config_recipients_only(smtp_server, fil
     assert msg["To"].strip() == "oncall@example.com"
     # participants are names in the report and the mail, never recipients
     assert result["reports"][0]["participants"] == ["mallory@attacker.example", "Alice (DBA)"]
+
+
+@pytest.mark.slow
+def test_smoke_queries_of_a_physical_restore_run_in_the_cluster_it_started(tmp_path, monkeypatch):
+    from include.backup.sources.postgres_physical import stop_restored_server
+
+    with PgCluster(archive=True) as pg:
+        pg.create_database("shop")
+        pg.psql(
+            "CREATE TABLE keepme (id int PRIMARY KEY); INSERT INTO keepme SELECT generate_series(1, 50)",
+            db="shop",
+        )
+        monkeypatch.setenv("AIRFLOW_CONN_SHOP_PG", pg.uri("shop"))
+        _setup(
+            tmp_path,
+            monkeypatch,
+            f"""
+            staging_dir: {tmp_path}/staging
+            targets:
+              disk1: {{type: local, path: {tmp_path}/t1}}
+            sources:
+              shop: {{type: postgres, conn_id: shop_pg, method: physical,
+                      wal_archive_dir: {pg.wal_archive_dir}}}
+            schedules:
+              - {{name: shop_base, source: shop, type: FULL, cron: "@daily", targets: [disk1]}}
+        """,
+        )
+        run_schedule("shop_base", "run1")
+        pg.psql("DROP TABLE keepme", db="shop")  # after the backup: only the copy has it
+        into = f"{pg.base_dir}-drtest"
+        try:
+            result = _dr_test(
+                {
+                    "test_type": "RESTORE_TEST",
+                    "source": "shop",
+                    "target_environment": into,
+                    "smoke_queries": [
+                        "SELECT 1 FROM keepme HAVING count(*) = 50",
+                        f"SELECT 1 WHERE current_database() = 'shop' AND inet_server_port() <> {pg.port}",
+                        "SELECT 1 WHERE current_setting('transaction_read_only') = 'on'",
+                    ],
+                    "notify_on_completion": False,
+                }
+            )
+            (report,) = result["reports"]
+            assert result["success"] is True, report["issues"]
+        finally:
+            stop_restored_server(into, quiet=True)
+            shutil.rmtree(into, ignore_errors=True)
