@@ -304,3 +304,15 @@ def test_smoke_queries_never_run_on_the_sources_server():
         )
     with pytest.raises(RestoreRefused, match="list of SQL strings"):
         parse_dr_test_params({**SMOKE_BASE, "smoke_queries": ["SELECT 1", 2]}, CONFIG)
+
+
+def test_the_production_database_is_recognised_however_its_host_is_spelled(monkeypatch):
+    from include.backup.dr.drtest import check_not_same_database
+
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_PG", "postgres://app@127.0.0.1:5432/events")
+    monkeypatch.setenv("AIRFLOW_CONN_SNEAKY_PG", "postgres://other@localhost/events")
+    monkeypatch.setenv("AIRFLOW_CONN_STAGING_PG", "postgres://app@staging.internal:5432/events")
+    with pytest.raises(RestoreRefused, match="production database"):
+        check_not_same_database(CONFIG, "events_pg", "conn:sneaky_pg")
+    check_not_same_database(CONFIG, "events_pg", "conn:staging_pg")  # another server: fine
+    check_not_same_database(CONFIG, "events_pg", "events_copy")  # another database: fine

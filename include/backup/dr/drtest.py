@@ -169,7 +169,11 @@ def check_not_same_database(config: BackupConfig, source: str, into: str) -> Non
         dest = params_from_connection(into[len(CONN_PREFIX) :])
     else:
         dest = prod.with_db(into)
-    if (dest.host, dest.port, dest.dbname) == (prod.host, prod.port, prod.dbname):
+    # localhost, 127.0.0.1, ::1 and a socket directory are one server, however spelled.
+    if (smoke_mod.server_key(dest.host, dest.port), dest.dbname) == (
+        smoke_mod.server_key(prod.host, prod.port),
+        prod.dbname,
+    ):
         raise RestoreRefused(
             f"{into!r} is the production database of source {source!r} "
             f"({prod.describe()}); restore into a staging database"

@@ -245,7 +245,7 @@ def check_smoke_queries(queries: list[str]) -> list[str]:
 # --- where and how they run ----------------------------------------------------------------
 
 
-def _server(host: str | None, port: int | None) -> tuple[str, int]:
+def server_key(host: str | None, port: int | None) -> tuple[str, int]:
     """(host, port) with the local spellings folded together: the same server, however named."""
     h = (host or "").strip().lower()
     if h in ("", "localhost", "127.0.0.1", "::1", "0.0.0.0") or h.startswith("/"):  # noqa: S104 - compared, not bound
@@ -295,7 +295,7 @@ def smoke_connection(source_cfg: Any, into: str, stats: Mapping[str, Any]) -> An
                 f"the restore reported database {stats['database']!r}, the connection names "
                 f"{dest.dbname!r}: smoke queries run only in the restored copy"
             )
-    if _server(dest.host, dest.port) == _server(prod.host, prod.port):
+    if server_key(dest.host, dest.port) == server_key(prod.host, prod.port):
         raise RestoreRefused(
             f"smoke queries never run on the source's server ({prod.describe()}): the copy in "
             f"{dest.describe()} is on it; restore into a staging connection on another server"
