@@ -843,6 +843,9 @@ def test_corrupt_last_chunk_leaves_no_restored_tree(
         tree_digest(tree["uploads"], exclude=EXCLUDES), tree_digest(under(into, tree["uploads"]))
     ) == []
     assert _siblings(into) == []
+    probe = tmp_path / "probe"
+    probe.mkdir()  # a new ``into`` gets the mode mkdir gives, not the staging 0700
+    assert into.stat().st_mode == probe.stat().st_mode
 
 
 def test_corrupt_incremental_leaves_an_existing_destination_unchanged(

@@ -862,11 +862,17 @@ STAGE_MARK = ".restoring-"
 def _make_stage(dest: Path) -> Path:
     """A new, empty 0700 directory ``<into>.restoring-<random>`` beside the destination
     (beside its real directory when ``into`` is a symlink to one), on the same file system
-    so the final step is a rename. Missing parents of ``into`` are created."""
+    so the final step is a rename. Missing parents of ``into`` are created. When only the
+    existing ``into`` itself is writable (a mount point in a root-owned directory), the
+    staged tree goes inside it as ``.restoring-<random>``."""
     real = dest.resolve() if dest.exists() else dest.absolute()
     real.parent.mkdir(parents=True, exist_ok=True)
-    prefix = real.name[:200] + STAGE_MARK
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=real.parent))  # mode 0700
+    try:
+        return Path(tempfile.mkdtemp(prefix=real.name[:200] + STAGE_MARK, dir=real.parent))
+    except PermissionError:
+        if not real.is_dir():
+            raise
+        return Path(tempfile.mkdtemp(prefix=STAGE_MARK, dir=real))
 
 
 def _remove_tree(path: Path) -> None:
@@ -885,7 +891,16 @@ def _remove_tree(path: Path) -> None:
 
 
 def _default_dir_mode() -> int:
-    """What ``mkdir`` would give a new ``into`` (as before staged restores existed)."""
+    """What ``mkdir`` would give a new ``into`` (as before staged restores existed). The
+    umask is read from /proc where it can be: setting it to read it back would briefly
+    change it for every thread of the worker."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o777 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o777 & ~mask
