@@ -295,6 +295,11 @@ def test_smoke_queries_never_run_on_the_sources_server():
         parse_dr_test_params(
             {**SMOKE_BASE, "target_environment": "dr_check", "smoke_queries": ["SELECT 1"]}, CONFIG
         )
+    # For a logical source an absolute path is a database name too, on the same server.
+    with pytest.raises(RestoreRefused, match="source's server"):
+        parse_dr_test_params(
+            {**SMOKE_BASE, "target_environment": "/srv/pg-copy", "smoke_queries": ["SELECT 1"]}, CONFIG
+        )
     # Without smoke queries the same restore is fine.
     assert parse_dr_test_params({**SMOKE_BASE, "target_environment": "dr_check"}, CONFIG)
     # A failover rehearsal runs no smoke queries: saying so instead of ignoring them.

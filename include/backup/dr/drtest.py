@@ -249,7 +249,8 @@ def _smoke_param(
     if len(smoke) > MAX_SMOKE_QUERIES:
         raise RestoreRefused(f"param 'smoke_queries': at most {MAX_SMOKE_QUERIES} queries")
     checked = smoke_mod.check_smoke_queries(smoke)
-    problem = smoke_mod.smoke_place_problem(resolve_environment(config, source, env or ""))
+    physical = getattr(config.sources[source], "method", "logical") == "physical"
+    problem = smoke_mod.smoke_place_problem(resolve_environment(config, source, env or ""), physical=physical)
     if problem:
         raise RestoreRefused(problem)
     return checked

@@ -253,10 +253,11 @@ def server_key(host: str | None, port: int | None) -> tuple[str, int]:
     return h, int(port or 5432)
 
 
-def smoke_place_problem(into: str) -> str | None:
+def smoke_place_problem(into: str, *, physical: bool) -> str | None:
     """Why smoke queries cannot run in a copy restored into ``into`` (resolved: ``conn:<id>``,
-    an absolute data directory, or a database name on the source's server), or None."""
-    if into.startswith(CONN_PREFIX) or into.startswith("/"):
+    an absolute data directory for a ``physical`` source, or else a database name on the
+    source's server), or None."""
+    if into.startswith(CONN_PREFIX) or (physical and into.startswith("/")):
         return None
     return (
         f"param 'smoke_queries' needs target_environment to be a staging connection "
@@ -271,11 +272,12 @@ def smoke_connection(source_cfg: Any, into: str, stats: Mapping[str, Any]) -> An
     restored copy only. Refuses the source's connection and the source's server."""
     from include.backup.sources.postgres import PgParams, params_from_connection
 
-    problem = smoke_place_problem(into)
+    physical = "port" in stats and "data_dir" in stats  # what a physical restore reports
+    problem = smoke_place_problem(into, physical=physical)
     if problem:
         raise RestoreRefused(problem)
     prod = params_from_connection(source_cfg.conn_id, source_cfg.database)
-    if "port" in stats and "data_dir" in stats:
+    if physical:
         # A physical restore: the cluster it started on this machine (trust auth as postgres).
         dest = PgParams(
             conn_id=f"restored cluster {stats['data_dir']}",
