@@ -22,7 +22,7 @@ Report JSON (format_version 1)::
      "measured_rpo_seconds": 3120.0,                  # null when not measured
      "issues": ["..."],
      "notes": "",
-     "participants": ["alice@example.com"],
+     "participants": ["Alice (DBA)"],
      "backup_id": "daily_full-20250101T010000Z-1a2b3c",   # optional: the backup tested
      "dag_run_id": "manual__2025-01-01T02:00:00+00:00"}   # optional
 

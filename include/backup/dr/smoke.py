@@ -67,7 +67,6 @@ FORBIDDEN_FUNCTIONS = frozenset(
         "pg_create_restore_point", "pg_stat_file", "pg_notify", "pg_import_system_collations",
         "pg_log_backend_memory_contexts", "pg_start_backup", "pg_stop_backup",
         "pg_drop_replication_slot", "pg_truncate_visibility_map", "pg_stat_statements_reset",
-        "pg_sleep_until",
     }
 )  # fmt: skip
 FORBIDDEN_PREFIXES = (
