@@ -231,7 +231,9 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
         with run_lock(stage, purpose=f"dump of {backup_id}"), _spool_in_use(source_cfg):
             parent = _choose_parent(config, schedule, stage, backup_id)
             with StagingFile(partial) as raw_out:
-                with compress_writer(raw_out, algo, config.pipeline.compression_level) as zout:
+                with compress_writer(
+                    cast(BinaryIO, raw_out), algo, config.pipeline.compression_level
+                ) as zout:
                     counter = CountingWriter(zout)
                     # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
                     result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
@@ -315,7 +317,8 @@ def _encrypt_dump(meta: dict[str, Any], stage: Path) -> dict[str, Any]:
     key_id, kek = load_keys(config).active()
     partial = stage / (PAYLOAD_NAME + ".partial")
     needed = _container_size(stage / DUMP_NAME, config.pipeline.chunk_size)
-    with open(stage / DUMP_NAME, "rb") as src, StagingFile(partial, needed=needed) as dst:
+    with open(stage / DUMP_NAME, "rb") as src, StagingFile(partial, needed=needed) as staged:
+        dst = cast(BinaryIO, staged)  # a raw binary stream: what encrypt_stream writes to
         enc = encrypt_stream(
             src,
             dst,
@@ -324,7 +327,7 @@ def _encrypt_dump(meta: dict[str, Any], stage: Path) -> dict[str, Any]:
             chunk_size=config.pipeline.chunk_size,
             context=manifest.payload_context(),  # binds the payload to this backup
         )
-        dst.sync()
+        staged.sync()
     os.replace(partial, stage / PAYLOAD_NAME)
     # The container is complete: the plaintext (compressed) dump goes at once.
     (stage / DUMP_NAME).unlink()
