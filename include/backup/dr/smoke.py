@@ -157,9 +157,9 @@ def tokens(sql: str) -> Iterator[Token]:  # noqa: C901 - one branch per lexical 
             i = end + len(m.group(0))
             yield Token("other", "$…$")
         elif _WORD_START.match(ch):
-            m = _WORD.match(sql, i + 1)
-            word = sql[i : m.end()]
-            i = m.end()
+            rest = _WORD.match(sql, i + 1)  # "*": always matches
+            end = rest.end() if rest else i + 1
+            word, i = sql[i:end], end
             if word.lower() in ("u", "e") and i < len(sql) and sql[i] == "&":
                 raise _Refused("a U& escape (write the characters themselves)")
             if word.lower() == "e" and i < len(sql) and sql[i] == "'":
