@@ -33,7 +33,7 @@ from typing import Any
 
 from include.backup.config.schema import BackupConfig
 from include.backup.dr import smoke as smoke_mod
-from include.backup.dr.params import text_param
+from include.backup.dr.params import check_destination, text_param
 from include.backup.dr.reports import TEST_TYPES, DRTestReport, write_report
 from include.backup.errors import BackupError, RestoreRefused
 
@@ -134,7 +134,9 @@ def own_connection(config: BackupConfig, source: str) -> str | None:
 
 
 def check_not_production(config: BackupConfig, source: str, where: str, param: str) -> None:
-    """Refuse to restore into the source itself (its own connection, its own paths)."""
+    """Refuse to restore into the source itself (its own connection, its own paths), and a
+    destination that is not a plain path, database name or conn:<id> (params.check_destination)."""
+    check_destination(where.strip(), param)
     cfg = config.sources[source]
     conn_id = getattr(cfg, "conn_id", None)
     value = where.strip()

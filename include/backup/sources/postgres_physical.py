@@ -1012,7 +1012,9 @@ def _count_tables(port: int, data_dir: Path) -> dict[str, dict[str, int]]:
 
 def stop_restored_server(data_dir: str, *, quiet: bool = False) -> None:
     """Stop a cluster started by a physical restore (pg_ctl stop -m fast)."""
-    path = Path(_parse_into(data_dir)[0]) if ":" in data_dir else Path(data_dir)
+    # No destination check here: stopping runs pg_ctl with an argv (no shell), and a
+    # server restored before the check existed must still be stoppable.
+    path = Path(re.sub(r":\d{2,5}\Z", "", data_dir))
     if not (path / "postmaster.pid").exists():
         return
     try:
