@@ -280,10 +280,10 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
 def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
     """Encrypt the compressed dump into the payload container with a fresh data key.
 
-    The plaintext dump goes as soon as the container is complete, and when this step
-    fails (whatever the cause: a missing key, a full disk, a config that no longer
-    loads): it is never kept for a retry, which then fails asking for the dump task to be
-    cleared."""
+    The plaintext dump goes as soon as the container is complete. When this step fails it
+    stays (0600, in a 0700 directory) for Airflow's retry of this step only: once the task
+    has failed for good, the failure callback removes it (alerts/callbacks.py), and a
+    worker killed outright is covered by the staging sweep (staging.py)."""
     stage = Path(meta["staging"])
     if not stage.is_dir():
         raise BackupError(
@@ -296,9 +296,7 @@ def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
         try:
             return _encrypt_dump(meta, stage)
         except BaseException:
-            for name in (PAYLOAD_NAME + ".partial", DUMP_NAME):
-                (stage / name).unlink(missing_ok=True)
-            log.warning("encrypt of %s failed: its plaintext dump was removed", meta["backup_id"])
+            (stage / (PAYLOAD_NAME + ".partial")).unlink(missing_ok=True)
             raise
 
 
@@ -308,7 +306,7 @@ def _encrypt_dump(meta: dict[str, Any], stage: Path) -> dict[str, Any]:
     if not (stage / DUMP_NAME).exists():
         raise BackupError(
             f"staging {stage} holds no plaintext dump of backup {meta['backup_id']}: it is "
-            "removed when an encrypt fails and by the staging sweep once untouched for "
+            "removed when the run fails for good and by the staging sweep once untouched for "
             f"{plaintext_grace_s() / 3600:g} h, never kept; clear the dump task to run the "
             "backup again"
         )
@@ -439,12 +437,15 @@ def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> di
 
 
 def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any = None) -> list[str]:
-    """Decrypt and decompress the payload to the end (authenticates every chunk). ``keys``
+    """Check the manifest's signature, then decrypt and decompress the payload to the end
+    (authenticates every chunk and the payload's binding to this backup). ``keys``
     defaults to the configured key ring."""
+    from include.backup.catalog.signing import authenticate
     from include.backup.pipeline.stream import open_sealed
 
     keys = keys if keys is not None else load_keys(config)
     try:
+        authenticate(manifest, keys)
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
             plain = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
             total = 0

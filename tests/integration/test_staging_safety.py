@@ -100,20 +100,41 @@ def test_staging_is_owner_only_whatever_the_umask(env: tuple[Path, Path]) -> Non
 # --- defect 3: plaintext removed on every failure path ----------------------------------
 
 
-def test_failed_encrypt_removes_the_plaintext_and_its_retry_says_what_to_do(
+def test_failed_encrypt_keeps_the_dump_for_its_retry_and_the_final_failure_removes_it(
     env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tmp, _ = env
-    meta = tasks.run_dump("docs_full", "run-enc", datetime.now(UTC))
+    logical = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    meta = tasks.run_dump("docs_full", "scheduled__2026-03-01", logical)
     stage = Path(meta["staging"])
-    assert (stage / DUMP).exists()
+    # A transient failure (the key connection briefly unreachable): Airflow retries the
+    # encrypt task alone, so the dump must still be there, owner-only, with no partial payload.
     monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp / "no-such-keys.json"))
     with pytest.raises(Exception, match="no-such-keys"):
         tasks.run_encrypt(meta)
-    assert sorted(p.name for p in stage.iterdir() if p.name.startswith(("dump", "payload"))) == []
+    assert sorted(p.name for p in stage.iterdir() if p.name.startswith(("dump", "payload"))) == [DUMP]
+    assert stat.S_IMODE((stage / DUMP).stat().st_mode) == 0o600
+    # The retries run out: the task's failure callback removes the plaintext.
+    ctx = {"ti": TI("backup__docs_full", "encrypt"), "run_id": "scheduled__2026-03-01",
+           "logical_date": logical, "exception": RuntimeError("no key ring")}
+    callbacks.on_backup_failure(ctx, state_path=tmp / "alert-state")
+    assert not (stage / DUMP).exists()
     monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp / "keys.json"))
     with pytest.raises(BackupError, match="clear the dump task"):
         tasks.run_encrypt(meta)
+
+
+def test_retried_encrypt_after_a_transient_failure_completes(
+    env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, _ = env
+    meta = tasks.run_dump("docs_full", "run-retry", datetime.now(UTC))
+    monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp / "no-such-keys.json"))
+    with pytest.raises(Exception, match="no-such-keys"):
+        tasks.run_encrypt(meta)
+    monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp / "keys.json"))
+    done = tasks.run_encrypt(meta)  # Airflow's retry of the same task
+    assert not (Path(done["staging"]) / DUMP).exists() and (Path(done["staging"]) / PAYLOAD_NAME).exists()
 
 
 def test_encrypt_removes_the_dump_once_the_container_is_complete(env: tuple[Path, Path]) -> None:
@@ -287,7 +308,7 @@ def test_full_staging_during_the_dump_names_path_and_free_space(
     assert list((small_fs / "staging").iterdir()) == []  # nothing partial left
 
 
-def test_full_staging_during_encrypt_names_the_size_needed_and_removes_everything(
+def test_full_staging_during_encrypt_names_the_size_needed_and_removes_the_partial_payload(
     env: tuple[Path, Path], small_fs: Path
 ) -> None:
     tmp, data = env
@@ -298,7 +319,10 @@ def test_full_staging_during_encrypt_names_the_size_needed_and_removes_everythin
     stage = Path(meta["staging"])
     with pytest.raises(StagingFull, match=r"payload\.partial .* this step needs about 1\.\d MiB"):
         tasks.run_encrypt(meta)
-    assert not (stage / DUMP).exists() and not (stage / (PAYLOAD_NAME + ".partial")).exists()
+    assert not (stage / (PAYLOAD_NAME + ".partial")).exists()
+    # The dump stays for a retry once space is freed; the final failure's callback or the
+    # sweep removes it (test_failed_encrypt_keeps_the_dump_for_its_retry_...).
+    assert stat.S_IMODE((stage / DUMP).stat().st_mode) == 0o600
 
 
 # --- defect 8: payloads whose manifest never arrived ------------------------------------
