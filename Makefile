@@ -53,10 +53,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd; \
 	fi
 
-# The servers the integration tests start on 127.0.0.1: sshd (apt), Azurite (npm); the
-# Python ones (moto, GCS emulator, pyftpdlib, aiosmtpd, SecantusDB) come with the venv.
+# The servers the integration tests start on 127.0.0.1: sshd (apt), Azurite (npm, into
+# tests/services/azurite from its lock file there); the Python ones (moto, GCS emulator,
+# pyftpdlib, aiosmtpd, SecantusDB) come with the venv.
 test-services: venv
 	bash scripts/install-test-services.sh
 
-clean: ## remove the venv, the demo and the local Airflow home
-	rm -rf $(VENV) .demo .airflow .pytest_cache node_modules
+clean: ## remove the venv, the demo, the local Airflow home and the npm-installed test servers
+	rm -rf $(VENV) .demo .airflow .pytest_cache tests/services/azurite/node_modules

@@ -230,7 +230,7 @@ def start_servers(stores: list[str], workdir: Path) -> tuple[dict[str, str], lis
         port = free_port()
         (workdir / "azurite").mkdir(exist_ok=True)
         cmd = [
-            str(REPO / "node_modules" / ".bin" / "azurite-blob"),
+            str(REPO / "tests" / "services" / "azurite" / "node_modules" / ".bin" / "azurite-blob"),
             "--blobHost",
             "127.0.0.1",
             "--blobPort",

@@ -5,7 +5,7 @@
 #   S3          moto_server            pip  moto[server]          (requirements-dev.txt)
 #   GCS         gcp-storage-emulator   pip  gcp-storage-emulator  (requirements-dev.txt)
 #   FTP         pyftpdlib              pip  pyftpdlib             (requirements-dev.txt)
-#   Azure Blob  azurite-blob           npm  azurite               (package.json, package-lock.json)
+#   Azure Blob  azurite-blob           npm  azurite               (tests/services/azurite/package*.json)
 #   SFTP        sshd                   apt  openssh-server
 #
 # The Python packages come with the venv (make venv installs requirements-dev.txt); this
@@ -52,15 +52,18 @@ if [ "$(id -u)" -eq 0 ]; then
     mkdir -p /run/sshd  # sshd's privilege separation directory
 fi
 
-# --- Azure Blob: Azurite from npm, pinned by package-lock.json ---
+# --- Azure Blob: Azurite from npm, pinned by tests/services/azurite/package-lock.json ---
+# Installed into tests/services/azurite/node_modules (not tracked); `npm ci` only when the
+# installed version differs from the pinned one.
+AZURITE_DIR=tests/services/azurite
 if ! command -v npm >/dev/null 2>&1; then
     echo "install-test-services: installing nodejs and npm"
     apt_install nodejs npm
 fi
-if [ ! -x node_modules/.bin/azurite-blob ] \
-    || ! node -e 'const v=require("./node_modules/azurite/package.json").version, w=require("./package.json").devDependencies.azurite; process.exit(v===w?0:1)' 2>/dev/null; then
-    echo "install-test-services: npm install (azurite)"
-    npm install --no-audit --no-fund
+if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] \
+    || ! (cd "$AZURITE_DIR" && node -e 'const v=require("./node_modules/azurite/package.json").version, w=require("./package.json").devDependencies.azurite; process.exit(v===w?0:1)') 2>/dev/null; then
+    echo "install-test-services: npm ci in $AZURITE_DIR (azurite)"
+    (cd "$AZURITE_DIR" && npm ci --no-audit --no-fund)
 fi
 
 # --- S3, GCS, FTP: Python packages, into the project's venv ---
@@ -81,4 +84,4 @@ else
     echo "install-test-services: no .venv yet; 'make venv' installs moto, gcp-storage-emulator and pyftpdlib"
 fi
 
-echo "install-test-services: ok (sshd: $(command -v sshd || echo /usr/sbin/sshd), azurite $(node -p 'require("./node_modules/azurite/package.json").version'))"
+echo "install-test-services: ok (sshd: $(command -v sshd || echo /usr/sbin/sshd), azurite $(cd "$AZURITE_DIR" && node -p 'require("./node_modules/azurite/package.json").version'))"

@@ -8,7 +8,7 @@ runs in a process group of its own, so sshd's per-session children go with it).
 | fixture        | server                                   | install (scripts/install-test-services.sh) |
 |----------------|------------------------------------------|--------------------------------------------|
 | moto_server    | moto_server (S3, IAM auth enforced)      | pip: moto[server]                          |
-| azurite        | azurite-blob (Azure Blob)                | npm install (package.json: azurite)        |
+| azurite        | azurite-blob (Azure Blob)                | npm ci in tests/services/azurite           |
 | gcs_emulator   | gcp-storage-emulator (GCS)               | pip: gcp-storage-emulator                  |
 | sshd           | OpenSSH sshd, internal-sftp, key login   | apt: openssh-server                        |
 | ftp_server     | pyftpdlib, user + password               | pip: pyftpdlib                             |
@@ -52,6 +52,8 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INSTALL = "scripts/install-test-services.sh (as root, from the repo root)"
+# npm installs Azurite beside its lock file (tests/services/azurite/package-lock.json).
+AZURITE_BIN = ROOT / "tests" / "services" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 START_TIMEOUT_S = 60
 
 S3_CONN_ID = "s3_test"
@@ -275,9 +277,9 @@ class AzureService:
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureService]:
     """Azurite's blob service, with its state in a fresh directory."""
     exe = require(
-        ROOT / "node_modules" / ".bin" / "azurite-blob",
+        AZURITE_BIN,
         "azurite (npm)",
-        f"{INSTALL}, or `npm install --no-audit --no-fund` in the repo root",
+        f"{INSTALL}, or `npm ci` in tests/services/azurite",
     )
     if not shutil.which("node"):
         pytest.fail(f"node is not installed; install it with: {INSTALL}", pytrace=False)
