@@ -374,7 +374,7 @@ def test_point_in_time_recovery_through_the_pipeline(pipeline, client, dbname):
 
 def test_mongod_update_diff_forms_become_set_unset():
     """mongod's $v 2 diffs (not produced by SecantusDB) map onto $set/$unset/$push."""
-    from include.backup.sources.mongo import _apply_update
+    from include.backup.sources.mongo.replay import apply_update as _apply_update
 
     calls = []
 
