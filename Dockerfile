@@ -1,8 +1,9 @@
 # The project's Airflow image: the official apache/airflow image of the version pinned in
 # requirements.txt, plus the project's pinned runtime requirements, the PostgreSQL 15 tools
-# the postgres sources run, and the project code (dags/, plugins/, include/) so the same
-# image works where nothing is mounted (KubernetesExecutor pods). docker-compose.yaml builds
-# it (`build: .`) and mounts the working tree over the baked-in code.
+# the postgres sources run, and the project code (dags/, plugins/, and include/ installed as
+# a package) so the same image works where nothing is mounted (KubernetesExecutor pods).
+# docker-compose.yaml builds it (`build: .`) and mounts the working tree over the baked-in
+# code.
 #
 #   docker compose build          # or: docker build -t airflow-backup:3.3.2 .
 #
@@ -50,7 +51,11 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/airf
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
+# The project as a package (pyproject.toml), editable: `include.backup` imports in every
+# process without PYTHONPATH, from /opt/airflow/include, which docker-compose.yaml mounts
+# over. Its dependencies are installed above; setuptools comes with requirements.txt.
+COPY --chown=airflow:0 pyproject.toml /opt/airflow/pyproject.toml
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /opt/airflow
 
-ENV PYTHONPATH=/opt/airflow \
-    BACKUP_CONFIG=/opt/airflow/include/backup_config.yaml \
+ENV BACKUP_CONFIG=/opt/airflow/include/backup_config.yaml \
     BACKUP_STAGING_DIR=/opt/airflow/staging

@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
-export PYTHONPATH := $(CURDIR)
 
 .PHONY: help demo test test-unit test-integration bench lint lock clean system-deps test-services venv
 
@@ -40,10 +39,14 @@ lock: ## re-pin requirements*.txt from requirements*.in
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The project itself goes in editable (pyproject.toml), so `include.backup` imports from any
+# directory and in every Airflow process without PYTHONPATH; its setuptools comes from
+# requirements.txt (--no-build-isolation: nothing is fetched to build it).
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --python $(PY) -r requirements.txt -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 
 # PostgreSQL server binaries (the demo and tests start their own throwaway cluster) and zstd.

@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from include.backup.config.schema import MongoSource as MongoConfig
+from include.backup.pipeline.compression import compress_writer
+from include.backup.pipeline.hashing import CountingWriter
+from include.backup.sources.mongo import MongoSource
 
-from include.backup.config.schema import MongoSource as MongoConfig  # noqa: E402
-from include.backup.pipeline.compression import compress_writer  # noqa: E402
-from include.backup.pipeline.hashing import CountingWriter  # noqa: E402
-from include.backup.sources.mongo import MongoSource  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DB = "bench"
 CONN_ID = "bench_mongo"

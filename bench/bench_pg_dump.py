@@ -14,19 +14,17 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from include.backup.config.schema import PostgresSource as PostgresConfig
+from include.backup.pipeline.compression import compress_writer
+from include.backup.pipeline.hashing import CountingWriter
+from include.backup.sources.postgres import PostgresSource
+from include.backup.testing.postgres import PgCluster, load_sample_data
 
-from include.backup.config.schema import PostgresSource as PostgresConfig  # noqa: E402
-from include.backup.pipeline.compression import compress_writer  # noqa: E402
-from include.backup.pipeline.hashing import CountingWriter  # noqa: E402
-from include.backup.sources.postgres import PostgresSource  # noqa: E402
-from include.backup.testing.postgres import PgCluster, load_sample_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def baseline(pg: PgCluster, out: Path) -> float:

@@ -51,8 +51,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 ZSTD = shutil.which("zstd") or "/usr/bin/zstd"
 MIB = 1 << 20

@@ -18,22 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from include.backup import tasks
+from include.backup.config.loader import load_config
+from include.backup.dr.restore import restore_backup
+from include.backup.keys import KeyRing
+from include.backup.sources import postgres_physical as phys
+from include.backup.testing.postgres import PgCluster
 
-from include.backup import tasks  # noqa: E402
-from include.backup.config.loader import load_config  # noqa: E402
-from include.backup.dr.restore import restore_backup  # noqa: E402
-from include.backup.keys import KeyRing  # noqa: E402
-from include.backup.sources import postgres_physical as phys  # noqa: E402
-from include.backup.testing.postgres import PgCluster  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_schedule(name: str, run_id: str) -> dict:

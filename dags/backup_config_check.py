@@ -5,12 +5,6 @@ one message naming the config file, each key path and the fix, so the Airflow UI
 under import errors, while backup_dags.py keeps loading every valid schedule's DAG.
 """
 
-import sys
-from pathlib import Path
-
-# The project root (for ``include.backup``): Airflow puts dags/ on sys.path, not its parent.
-sys.path.count(_root := str(Path(__file__).resolve().parents[1])) or sys.path.append(_root)
-
-from include.backup.factory import raise_config_errors  # noqa: E402
+from include.backup.factory import raise_config_errors
 
 raise_config_errors()

@@ -1,11 +1,6 @@
-"""Airflow DAGs for disaster recovery, triggered by hand (UI or REST API): ``restore``."""
+"""Airflow DAGs for disaster recovery: ``restore``, ``dr_test`` and ``failover``, triggered by
+hand (UI or REST API), and ``dr_monitor``, every 15 minutes (docs/dr.md)."""
 
-import sys
-from pathlib import Path
-
-# The project root (for ``include.backup``): Airflow puts dags/ on sys.path, not its parent.
-sys.path.count(_root := str(Path(__file__).resolve().parents[1])) or sys.path.append(_root)
-
-from include.backup.dr.dags import register_dr_dags  # noqa: E402
+from include.backup.dr.dags import register_dr_dags
 
 register_dr_dags(globals())

@@ -11,18 +11,9 @@ See docs/dr-management.md.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from airflow.plugins_manager import AirflowPlugin
 
-# The project root (the parent of plugins/) holds the ``include`` package; Airflow puts the
-# dags and plugins folders on sys.path, not the root, so make it importable here too.
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-
-from include.backup.dr.web import create_app  # noqa: E402
+from include.backup.dr.web import create_app
 
 URL_PREFIX = "/dr"
 

@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from include.backup.keys import KeyRing
+from include.backup.sources.files import compare_trees, tree_digest
+from include.backup.testing.postgres import PgCluster, db_fingerprint, load_sample_data
 
-from include.backup.keys import KeyRing  # noqa: E402
-from include.backup.sources.files import compare_trees, tree_digest  # noqa: E402
-from include.backup.testing.postgres import PgCluster, db_fingerprint, load_sample_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Both can be moved (the integration test runs the demo in temporary directories).
 DEMO = Path(os.environ.get("DEMO_DIR", ROOT / ".demo"))
