@@ -58,7 +58,8 @@ class Harness:
 
 
 def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
-    from include.backup.targets.local import LocalTarget, temp_name
+    from include.backup.targets.base import temp_name
+    from include.backup.targets.local import LocalTarget
 
     root = tmp_path / "target-root"
     target = LocalTarget("local-test", root)
@@ -157,7 +158,7 @@ def _gcs(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
 
 
 def _sftp(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
-    from include.backup.targets.local import temp_name
+    from include.backup.targets.base import temp_name
     from include.backup.targets.sftp import SFTPTarget
     from tests.integration.services import unique
 
@@ -194,8 +195,8 @@ def _ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     import ftplib
     import io
 
+    from include.backup.targets.base import temp_name
     from include.backup.targets.ftp import FTPTarget
-    from include.backup.targets.local import temp_name
     from tests.integration.services import unique
 
     ftp_service = request.getfixturevalue("ftp_server")
@@ -674,7 +675,8 @@ def test_local_delete_prunes_empty_folders_but_not_the_root(tmp_path: Path) -> N
 
 
 def test_local_refuses_temp_like_keys_and_works_before_the_root_exists(tmp_path: Path) -> None:
-    from include.backup.targets.local import LocalTarget, temp_name
+    from include.backup.targets.base import temp_name
+    from include.backup.targets.local import LocalTarget
 
     target = LocalTarget("nas", tmp_path / "not" / "yet")
     assert list(target.list()) == []

@@ -437,7 +437,8 @@ def test_large_object_round_trip_with_bounded_memory(
 def test_s3_failed_multipart_upload_is_aborted(
     moto_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from include.backup.targets import _remote, s3
+    from include.backup.targets import s3
+    from include.backup.targets import streams as _remote
 
     prefix = unique()
     target = s3.S3Target(
@@ -557,7 +558,7 @@ def test_sftp_reports_free_space(sshd: Any, request: pytest.FixtureRequest) -> N
 
 @pytest.mark.parametrize("kind", ["sftp", "ftp"])
 def test_temp_like_keys_are_refused(kind: str, request: pytest.FixtureRequest) -> None:
-    from include.backup.targets.local import temp_name
+    from include.backup.targets.base import temp_name
 
     target = _default_target(kind, request)
     with pytest.raises(TargetError, match="temporary"):

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from include.backup.targets import TARGET_TYPES
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 """Names become DAG ids and storage paths: letters, digits, ``_ . -``, at most 100."""
 
@@ -318,7 +320,9 @@ def supported_types(source: object) -> set[BackupType]:
     return SUPPORTED_TYPES.get(str(kind), set())
 
 
-IMPLEMENTED_TARGETS: set[str] = {"local", "s3", "azure_blob", "gcs", "sftp", "ftp"}
+# The target types this version implements: the registry's (include/backup/targets), not a
+# second list kept by hand.
+IMPLEMENTED_TARGETS: set[str] = set(TARGET_TYPES)
 
 
 # --- schedules -------------------------------------------------------------------------

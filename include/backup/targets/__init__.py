@@ -1,9 +1,11 @@
 """Storage targets: one module per kind, all behind :class:`~include.backup.targets.base.Target`.
 
-:func:`build_target` maps a target's config (``cfg.type``) to its implementation. Each
-builder imports its module inside the function, so importing this package stays cheap and
-never pulls in a provider SDK (DAG files are parsed often; the CLI must work without
-Airflow).
+:func:`build_target` maps a target's config (``cfg.type``) to its implementation;
+:data:`TARGET_TYPES`, the types this version implements, is derived from that mapping.
+Importing this package stays cheap and never pulls in a provider SDK (every target module
+imports its provider inside functions): DAG files are parsed often, and the CLI must work
+without Airflow. The key checks live in :mod:`~include.backup.targets.base` and are re-exported
+here for existing importers.
 """
 
 from __future__ import annotations
@@ -12,45 +14,41 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from include.backup.errors import TargetError
+from include.backup.targets.azure import AzureBlobTarget
+from include.backup.targets.base import Target, check_key, check_prefix
+from include.backup.targets.ftp import FTPTarget
+from include.backup.targets.gcs import GCSTarget
+from include.backup.targets.local import LocalTarget
+from include.backup.targets.s3 import S3Target
+from include.backup.targets.sftp import SFTPTarget
 
 if TYPE_CHECKING:
     from include.backup.config.schema import BackupConfig
-    from include.backup.targets.base import Target
+
+__all__ = ["BUILDERS", "TARGET_TYPES", "Target", "build_target", "build_targets", "check_key", "check_prefix"]
 
 
 def _build_local(name: str, cfg: Any) -> Target:
-    from include.backup.targets.local import LocalTarget
-
     return LocalTarget(name, cfg.path)
 
 
 def _build_s3(name: str, cfg: Any) -> Target:
-    from include.backup.targets.s3 import S3Target
-
     return S3Target(name, cfg.conn_id, cfg.bucket, cfg.prefix)
 
 
 def _build_azure_blob(name: str, cfg: Any) -> Target:
-    from include.backup.targets.azure import AzureBlobTarget
-
     return AzureBlobTarget(name, cfg.conn_id, cfg.container, cfg.prefix)
 
 
 def _build_gcs(name: str, cfg: Any) -> Target:
-    from include.backup.targets.gcs import GCSTarget
-
     return GCSTarget(name, cfg.conn_id, cfg.bucket, cfg.prefix)
 
 
 def _build_sftp(name: str, cfg: Any) -> Target:
-    from include.backup.targets.sftp import SFTPTarget
-
     return SFTPTarget(name, cfg.conn_id, cfg.path)
 
 
 def _build_ftp(name: str, cfg: Any) -> Target:
-    from include.backup.targets.ftp import FTPTarget
-
     return FTPTarget(name, cfg.conn_id, cfg.path)
 
 
@@ -65,6 +63,9 @@ BUILDERS: dict[str, Callable[[str, Any], Target]] = {
     "ftp": _build_ftp,
 }
 
+# The target types this version implements (the config schema checks against it).
+TARGET_TYPES: frozenset[str] = frozenset(BUILDERS)
+
 
 def build_target(name: str, cfg: Any) -> Target:
     """The target named ``name`` in the config, built from its config block ``cfg``."""
@@ -72,7 +73,7 @@ def build_target(name: str, cfg: Any) -> Target:
     if builder is None:
         raise TargetError(
             f"target '{name}': target type '{cfg.type}' is not implemented in this version "
-            f"(implemented: {', '.join(sorted(BUILDERS))}); point the schedule at another target"
+            f"(implemented: {', '.join(sorted(TARGET_TYPES))}); point the schedule at another target"
         )
     return builder(name, cfg)
 
@@ -90,53 +91,3 @@ def build_targets(config: BackupConfig, names: Iterable[str]) -> list[Target]:
             )
         targets.append(build_target(name, cfg))
     return targets
-
-
-def check_key(target_name: str, key: str) -> str:
-    """Return ``key`` if it is a valid object key, else raise TargetError.
-
-    Keys are '/'-separated, relative to the target root, with no empty, '.' or '..' parts:
-    a key must never reach outside the root (on disk, over SFTP) nor mean two different
-    objects on stores that normalise paths and stores that do not (S3 keeps 'a//b')."""
-    problem = _key_problem(key, allow_partial_last=False)
-    if problem:
-        raise TargetError(
-            f"target '{target_name}': invalid object key {key!r} ({problem}); keys are "
-            "'/'-separated paths relative to the target root, e.g. 'source/backup-id/payload'"
-        )
-    return key
-
-
-def check_prefix(target_name: str, prefix: str) -> str:
-    """Like :func:`check_key` for a listing prefix: '' and a trailing '/' are allowed, and
-    the last part may be the start of a name."""
-    if prefix == "":
-        return prefix
-    problem = _key_problem(prefix, allow_partial_last=True)
-    if problem:
-        raise TargetError(
-            f"target '{target_name}': invalid listing prefix {prefix!r} ({problem}); "
-            "prefixes are '' or a key's leading part such as 'source/'"
-        )
-    return prefix
-
-
-def _key_problem(key: str, *, allow_partial_last: bool) -> str | None:
-    if not isinstance(key, str) or key == "":
-        return "empty"
-    if key.startswith("/"):
-        return "absolute"
-    if "\\" in key or "\x00" in key:
-        return "contains a backslash or NUL"
-    parts = key.split("/")
-    last = parts[-1]
-    if allow_partial_last:
-        # The last part of a prefix is only matched against names ('src/2024' lists
-        # 'src/2024-01-…'), so it may be empty or a fragment, just never '..'.
-        parts = parts[:-1]
-        if last == "..":
-            return "has a '..' part"
-    for part in parts:
-        if part in ("", ".", ".."):
-            return "has an empty, '.' or '..' part"
-    return None

@@ -1,4 +1,10 @@
-"""Pieces shared by the remote targets (s3, azure, gcs, sftp, ftp).
+"""Pieces shared by the remote targets (s3, azure, gcs, sftp, ftp): the
+:class:`RemoteTarget` base (a name, an Airflow connection, the secrets it must never
+quote), connection look-up and secret scrubbing, error-message helpers, and the upload
+helpers the stores build on (their byte streams are in
+:mod:`~include.backup.targets.streams`). The two families build on it:
+:mod:`~include.backup.targets.object_store` (s3, azure, gcs) and
+:mod:`~include.backup.targets.path_store` (sftp, ftp).
 
 Nothing here imports a provider or an SDK: every remote target module keeps its heavy
 imports inside functions, and so does this one.
@@ -6,77 +12,75 @@ imports inside functions, and so does this one.
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar
 
 from include.backup.errors import TargetError
-
-if TYPE_CHECKING:
-    from include.backup.targets.base import ObjectInfo
+from include.backup.targets.base import Capabilities, ObjectInfo, check_prefix
 
 T = TypeVar("T")
 MiB = 1 << 20
-
-# Connection fields and extras that hold secrets: their values are scrubbed from every
-# message a remote target builds (a last line of defence; messages are written not to
-# quote them in the first place).
-_SECRET_WORDS = ("password", "secret", "key", "token", "connection_string", "credential", "sas")
-
-
-def clamp_range(target: str, offset: int, length: int | None, size: int) -> tuple[int, int]:
-    """The ``[start, end)`` byte range of an object of ``size`` bytes that a read of
-    ``length`` bytes (None: to the end) from ``offset`` covers. Past the end is empty."""
-    if offset < 0 or (length is not None and length < 0):
-        raise ValueError(f"target '{target}': offset and length must be >= 0, got {offset}, {length}")
-    start = min(offset, size)
-    end = size if length is None else min(size, offset + length)
-    return start, max(start, end)
-
-
-def empty_stream() -> BinaryIO:
-    return io.BytesIO(b"")
 
 
 def source_size(target: str, key: str, src: Path) -> int:
     """Size of the file to upload, or a TargetError saying it cannot be read."""
     try:
-        st = os.stat(src)
+        return os.stat(src).st_size
     except OSError as exc:
-        raise TargetError(
-            f"target '{target}': cannot read the file to upload for '{key}' ({src}): "
-            f"{exc.strerror or exc}; check that the staging file still exists"
-        ) from exc
-    return st.st_size
+        raise source_error(target, key, src, exc) from exc
 
 
-def connection_secrets(conn: Any) -> list[str]:
-    """Secret values of an Airflow connection (password and secret-looking extras)."""
-    found: list[str] = []
-    password = getattr(conn, "password", None)
-    if password:
-        found.append(str(password))
+def connection_secrets(conn: Any, fields: Iterable[str]) -> list[str]:
+    """The values of ``conn``'s secret ``fields``, which a target class declares:
+    ``password``, or ``extra.<name>[.<name>…]`` for an extra (nested in a dict or in a
+    JSON string; Airflow's older ``extra__<conn type>__<name>`` spelling included).
+    Every string under a dict counts; a multi-line secret (a PEM key) also line by line."""
     try:
         extra = conn.extra_dejson or {}
-    except Exception:  # noqa: BLE001 - malformed extra: nothing to collect
+    except Exception:  # noqa: BLE001 - malformed extra: nothing to collect there
         extra = {}
-
-    def collect(value: Any, name: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                collect(v, f"{name}.{k}")
-        elif isinstance(value, str) and len(value) >= 4 and any(w in name.lower() for w in _SECRET_WORDS):
-            found.append(value)
-            # Multi-line secrets (PEM keys) may be quoted line by line.
-            found.extend(line for line in value.splitlines() if len(line) >= 16)
-
-    for key, value in extra.items():
-        collect(value, str(key))
+    found: list[str] = []
+    for field in fields:
+        head, _, path = field.partition(".")
+        if head == "extra":
+            _collect(_extra_value(extra, path.split(".")), found)
+        else:
+            value = getattr(conn, head, None)
+            if value:
+                found.append(str(value))
     return found
+
+
+def _extra_value(extra: dict[str, Any], path: list[str]) -> Any:
+    name = path[0]
+    value = extra.get(name)
+    if value is None:
+        old_style = (v for k, v in extra.items() if k.startswith("extra__") and k.endswith(f"__{name}"))
+        value = next(old_style, None)
+    for part in path[1:]:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _collect(value: Any, found: list[str]) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, str) and len(value) >= 4:
+        found.append(value)
+        # Multi-line secrets (PEM keys) may be quoted line by line.
+        found.extend(line for line in value.splitlines() if len(line) >= 16)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -110,168 +114,6 @@ def load_connection(target: str, conn_id: str, example: str) -> Any:
             f"({type(exc).__name__}: {short(exc)}); define it (UI: Admin > Connections, or "
             f"env AIRFLOW_CONN_{conn_id.upper()}='{example}')"
         ) from None
-
-
-class ChunkReader(io.RawIOBase):
-    """A raw stream over ``[start, end)`` of an object, fetched ``chunk`` bytes at a time
-    by ``fetch(pos, n)`` (one ranged request each): memory stays at one chunk."""
-
-    def __init__(
-        self,
-        fetch: Callable[[int, int], bytes],
-        start: int,
-        end: int,
-        chunk: int,
-        on_short: Callable[[int], BaseException],
-    ) -> None:
-        self._fetch = fetch
-        self._pos = start
-        self._end = end
-        self._chunk = chunk
-        self._buf = memoryview(b"")
-        self._on_short = on_short
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if not self._buf:
-            if self._pos >= self._end:
-                return 0
-            n = min(self._chunk, self._end - self._pos)
-            data = self._fetch(self._pos, n)
-            if len(data) != n:
-                # The object shrank (or was replaced) since we looked at its size.
-                raise self._on_short(self._pos)
-            self._pos += n
-            self._buf = memoryview(data)
-        out = memoryview(buffer).cast("B")
-        k = min(len(out), len(self._buf))
-        out[:k] = self._buf[:k]
-        self._buf = self._buf[k:]
-        return k
-
-    def close(self) -> None:
-        self._buf = memoryview(b"")
-        super().close()
-
-
-class IterReader(io.RawIOBase):
-    """A raw stream over an iterator of byte blocks (a streamed HTTP body, a socket),
-    with ``expected`` bytes in all: ending early is an error, not a silent short read."""
-
-    def __init__(
-        self,
-        blocks: Iterator[bytes],
-        expected: int,
-        on_short: Callable[[int], BaseException],
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._blocks = blocks
-        self._left = expected
-        self._got = 0
-        self._buf = memoryview(b"")
-        self._on_short = on_short
-        self._on_close = on_close
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._buf:
-            if self._left <= 0:
-                return 0
-            block = next(self._blocks, None)
-            if block is None:
-                raise self._on_short(self._got)
-            block = block[: self._left]
-            self._left -= len(block)
-            self._got += len(block)
-            self._buf = memoryview(block)
-        out = memoryview(buffer).cast("B")
-        k = min(len(out), len(self._buf))
-        out[:k] = self._buf[:k]
-        self._buf = self._buf[k:]
-        return k
-
-    def close(self) -> None:
-        if not self.closed and self._on_close is not None:
-            try:
-                self._on_close()
-            finally:
-                self._on_close = None
-        super().close()
-
-
-def buffered(raw: io.RawIOBase, buffer_size: int = 256 * 1024) -> BinaryIO:
-    return cast(BinaryIO, io.BufferedReader(raw, buffer_size=buffer_size))
-
-
-class FileSlice(io.RawIOBase):
-    """``length`` bytes of a file from ``offset``, as a seekable stream of its own (its own
-    file handle), so that parts of one file can be sent in parallel without reading them
-    into memory. Positions are relative to the slice."""
-
-    def __init__(self, path: Path, offset: int, length: int) -> None:
-        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self._offset = offset
-        self._length = length
-        self._pos = 0
-        self._f.seek(offset)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self._length
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            new = pos
-        elif whence == io.SEEK_CUR:
-            new = self._pos + pos
-        else:
-            new = self._length + pos
-        self._pos = max(0, min(new, self._length))
-        self._f.seek(self._offset + self._pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")[: self._length - self._pos]
-        if not len(view):
-            return 0
-        n = self._f.readinto(view) or 0
-        self._pos += n
-        return n
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = self._length - self._pos
-        if size is None or size < 0 or size > left:
-            size = left
-        data = self._f.read(size)
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        finally:
-            super().close()
-
-
-def read_slice(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise OSError(f"{path} changed while it was being uploaded (short read at {offset})")
-    return data
 
 
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
@@ -346,8 +188,6 @@ def sorted_infos(found: list[ObjectInfo]) -> Iterator[ObjectInfo]:
 
 def root_prefix(target: str, prefix: str) -> str:
     """A config ``prefix`` as the folder every key lives under: '' or 'a/b/'."""
-    from include.backup.targets import check_prefix
-
     p = prefix.strip("/")
     if not p:
         return ""
@@ -391,3 +231,50 @@ class translating:  # noqa: N801 - used like a function: ``with translating(...)
         ):
             raise source_error(self.target, self.key, self.src, exc) from exc
         raise self.translate(exc, self.action, self.key) from exc
+
+
+def other_error(head: str, exc: BaseException) -> str:
+    """The message for an error no store-specific rule recognised."""
+    if isinstance(exc, OSError):
+        return f"{head}: {exc.strerror or short(exc)}"
+    return f"{head}: {type(exc).__name__}: {short(exc)}"
+
+
+class RemoteTarget(ABC):
+    """What every remote target shares: its name, the Airflow connection it is built from
+    (looked up at first use, never at construction), and the secrets of that connection,
+    which no message it builds may carry.
+
+    A subclass declares ``connection_example`` (the ``AIRFLOW_CONN_…`` value shown when
+    the connection is missing), ``secret_fields`` (see :func:`connection_secrets`) and
+    ``capabilities``."""
+
+    connection_example: str = ""
+    secret_fields: tuple[str, ...] = ("password",)
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str, conn_id: str) -> None:
+        self.name = name
+        self.conn_id = conn_id
+        self._secrets: list[str] = []
+
+    def _load_connection(self) -> Any:
+        """The target's Airflow connection; remembers its secrets for :meth:`_error`."""
+        conn = load_connection(self.name, self.conn_id, self.connection_example)
+        self._secrets = connection_secrets(conn, self.secret_fields)
+        return conn
+
+    def _conn_ref(self) -> str:
+        return f"Airflow connection '{self.conn_id}'"
+
+    def _error(self, msg: str) -> TargetError:
+        """A TargetError with ``msg``, scrubbed of the connection's secrets (a last line of
+        defence: messages are written not to quote them in the first place)."""
+        return TargetError(redact(msg, self._secrets))
+
+    @abstractmethod
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO: ...
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()

@@ -24,29 +24,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from include.backup.errors import ObjectNotFound, TargetError
-from include.backup.targets import check_key, check_prefix
+from include.backup.errors import TargetError
 from include.backup.targets._remote import (
-    ChunkReader,
-    Lazy,
     MiB,
-    buffered,
-    clamp_range,
-    connection_secrets,
-    empty_stream,
-    load_connection,
+    other_error,
     part_ranges,
-    read_slice,
-    redact,
-    root_prefix,
     run_bounded,
     short,
-    sorted_infos,
     source_error,
     source_size,
-    translating,
 )
 from include.backup.targets.base import ObjectInfo
+from include.backup.targets.object_store import ObjectStoreTarget
+from include.backup.targets.streams import read_slice
 
 DEFAULT_BLOCK_SIZE = 4 * MiB
 DEFAULT_CONCURRENCY = 4
@@ -75,74 +65,53 @@ def new_nonce() -> str:
     return secrets.token_hex(6)
 
 
-class AzureBlobTarget:
+class AzureBlobTarget(ObjectStoreTarget):
     """A :class:`~include.backup.targets.base.Target` in an Azure Blob container, under ``prefix``."""
 
-    def __init__(
-        self,
-        name: str,
-        conn_id: str,
-        container: str,
-        prefix: str = "",
-        *,
-        block_size: int = DEFAULT_BLOCK_SIZE,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        read_chunk: int = DEFAULT_READ_CHUNK,
+    connection_example = "wasb://ACCOUNT_NAME:ACCOUNT_KEY@ACCOUNT_NAME.blob.core.windows.net"
+    secret_fields = ("password", "extra.connection_string", "extra.shared_access_key", "extra.sas_token")
+    client_label = "Azure Blob"
+    setup_hint = "the connection's account URL (host), login, key and extra"
+
+    def __init__(  # the store's own options are keyword-only
+        self, name: str, conn_id: str, container: str, prefix: str = "", *,
+        block_size: int = DEFAULT_BLOCK_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
+        read_chunk: int = DEFAULT_READ_CHUNK
     ) -> None:
-        self.name = name
-        self.conn_id = conn_id
         self.container = container
-        self.root = root_prefix(name, prefix)
         self.block_size = block_size
         self.concurrency = max(1, concurrency)
         self.read_chunk = read_chunk
-        self._secrets: list[str] = []
-        self._client = Lazy(self._make_client)
+        super().__init__(name, conn_id, prefix)
 
     def __repr__(self) -> str:
         return f"AzureBlobTarget({self.name!r}, container {self.container!r}, prefix {self.root!r})"
 
     # --- the client ------------------------------------------------------------------
 
-    def _make_client(self) -> Any:
+    def _build_client(self) -> Any:
         from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 
-        conn = load_connection(
-            self.name,
-            self.conn_id,
-            "wasb://ACCOUNT_NAME:ACCOUNT_KEY@ACCOUNT_NAME.blob.core.windows.net",
-        )
-        self._secrets = connection_secrets(conn)
-        try:
-            service = WasbHook(wasb_conn_id=self.conn_id).get_conn()
-            return service.get_container_client(self.container)
-        except TargetError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - anything the hook raises while building
-            raise TargetError(
-                redact(
-                    f"target '{self.name}': cannot set up the Azure Blob client from Airflow "
-                    f"connection '{self.conn_id}' ({type(exc).__name__}: {short(exc)}); check "
-                    "the connection's account URL (host), login, key and extra",
-                    self._secrets,
-                )
-            ) from None
+        service = WasbHook(wasb_conn_id=self.conn_id).get_conn()
+        return service.get_container_client(self.container)
 
     def _container(self) -> Any:
         return self._client.get()
 
-    def _blob(self, key: str) -> Any:
-        check_key(self.name, key)
-        return self._container().get_blob_client(self.root + key)
+    def _blob(self, full: str) -> Any:
+        return self._container().get_blob_client(full)
 
     def _url(self) -> str:
         client = self._client.peek()
         return str(client.url) if client is not None else f"container '{self.container}'"
 
+    def _location(self, key: str) -> str:
+        return f"container '{self.container}', blob '{self.root}{key}'"
+
     # --- writing ---------------------------------------------------------------------
 
     def put(self, key: str, src: Path) -> ObjectInfo:
-        blob = self._blob(key)
+        blob = self._blob(self._key(key))
         size = source_size(self.name, key, src)
         if size <= self.block_size:
             try:
@@ -171,43 +140,26 @@ class AzureBlobTarget:
             blob.commit_block_list([BlobBlock(block_id=i) for i in ids])
         return ObjectInfo(key=key, size=size)
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        blob = self._blob(key)
-        with self._errors("upload", key):
-            blob.upload_blob(data, length=len(data), overwrite=True, validate_content=True)
-        return ObjectInfo(key=key, size=len(data))
+    def _upload_bytes(self, full: str, data: bytes) -> None:
+        self._blob(full).upload_blob(data, length=len(data), overwrite=True, validate_content=True)
 
     # --- reading ---------------------------------------------------------------------
 
-    def _properties(self, key: str) -> Any | None:
+    def _lookup(self, full: str) -> tuple[int, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        blob = self._blob(key)
-        with self._errors("look up", key):
-            try:
-                return blob.get_blob_properties()
-            except ResourceNotFoundError as exc:
-                if _code(exc) == "ContainerNotFound":
-                    raise
-                return None
+        try:
+            props = self._blob(full).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if _code(exc) == "ContainerNotFound":
+                raise
+            return None
+        return int(props.size), props.etag
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        props = self._properties(key)
-        return None if props is None else ObjectInfo(key=key, size=int(props.size))
-
-    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+    def _read_range(self, key: str, full: str, start: int, end: int, version: Any) -> BinaryIO:
         from azure.core import MatchConditions
 
-        if offset < 0 or (length is not None and length < 0):
-            clamp_range(self.name, offset, length, 0)  # raises ValueError
-        props = self._properties(key)
-        if props is None:
-            raise self._not_found(key)
-        start, end = clamp_range(self.name, offset, length, int(props.size))
-        if start == end:
-            return empty_stream()
-        blob = self._blob(key)
-        etag = props.etag
+        blob = self._blob(full)
 
         def fetch(pos: int, n: int) -> bytes:
             with self._errors("read", key):
@@ -215,61 +167,30 @@ class AzureBlobTarget:
                     blob.download_blob(
                         offset=pos,
                         length=n,
-                        etag=etag,
+                        etag=version,
                         match_condition=MatchConditions.IfNotModified,
                         max_concurrency=1,
                     ).readall()
                 )
 
-        def short_read(pos: int) -> TargetError:
-            return TargetError(
-                f"target '{self.name}': '{key}' in {self._url()} is shorter than expected at "
-                f"byte {pos} (changed while being read); retry"
-            )
+        return self._chunked(key, self._url(), fetch, start, end, self.read_chunk)
 
-        return buffered(ChunkReader(fetch, start, end, self.read_chunk, short_read))
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.open(key) as f:
-            return f.read()
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        check_prefix(self.name, prefix)
-        found: list[ObjectInfo] = []
-        with self._errors("list", prefix or "(everything)"):
-            for item in self._container().list_blobs(name_starts_with=self.root + prefix):
-                name = item.name[len(self.root) :]
-                if not name or name.endswith("/"):
-                    continue
-                found.append(ObjectInfo(key=name, size=int(item.size)))
-        return sorted_infos(found)
+    def _names(self, full_prefix: str) -> Iterator[tuple[str, int]]:
+        for item in self._container().list_blobs(name_starts_with=full_prefix):
+            yield item.name, int(item.size)
 
     # --- deleting --------------------------------------------------------------------
 
-    def delete(self, key: str) -> None:
+    def _remove(self, full: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        blob = self._blob(key)
-        with self._errors("delete", key):
-            try:
-                blob.delete_blob(delete_snapshots="include")
-            except ResourceNotFoundError as exc:
-                if _code(exc) == "ContainerNotFound":
-                    raise
-
-    def free_bytes(self) -> int | None:
-        return None  # a storage account reports no free space
+        try:
+            self._blob(full).delete_blob(delete_snapshots="include")
+        except ResourceNotFoundError as exc:
+            if _code(exc) == "ContainerNotFound":
+                raise
 
     # --- errors ----------------------------------------------------------------------
-
-    def _not_found(self, key: str) -> ObjectNotFound:
-        return ObjectNotFound(
-            f"target '{self.name}': object '{key}' not found (container '{self.container}', "
-            f"blob '{self.root}{key}')"
-        )
-
-    def _errors(self, action: str, key: str, src: Path | None = None) -> translating:
-        return translating(self.name, self.translate, action, key, src)
 
     def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
         from azure.core.exceptions import (
@@ -282,7 +203,7 @@ class AzureBlobTarget:
         )
 
         head = f"target '{self.name}': cannot {action} '{key}' (container '{self.container}')"
-        conn = f"Airflow connection '{self.conn_id}'"
+        conn = self._conn_ref()
         if isinstance(exc, ServiceRequestError):
             msg = (
                 f"target '{self.name}': cannot reach the Azure Blob endpoint {self._url()} to "
@@ -321,11 +242,9 @@ class AzureBlobTarget:
             else:
                 first = str(getattr(exc, "reason", "") or "") or short(exc).split(" RequestId:")[0]
                 msg = f"{head}: Azure error {_code(exc) or '?'} (HTTP {status}): {short(Exception(first))}"
-        elif isinstance(exc, OSError):
-            msg = f"{head}: {exc.strerror or short(exc)}"
         else:
-            msg = f"{head}: {type(exc).__name__}: {short(exc)}"
-        return TargetError(redact(msg, self._secrets))
+            msg = other_error(head, exc)
+        return self._error(msg)
 
 
 def _code(exc: Any) -> str:

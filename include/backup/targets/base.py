@@ -1,4 +1,5 @@
-"""The storage target interface (modelled on restic's backend).
+"""The storage target interface (modelled on restic's backend), and the key rules every
+target applies.
 
 Targets move opaque bytes: they never see plaintext and know nothing of compression,
 encryption or manifests. Keys are '/'-separated paths relative to the target's root
@@ -7,10 +8,17 @@ encryption or manifests. Keys are '/'-separated paths relative to the target's r
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
+
+from include.backup.errors import TargetError
+
+# Temporary upload files on stores that publish by renaming (local disk, SFTP, FTP) are
+# named ``.<name>.tmp-<random>``: never listed, and refused as object keys.
+TEMP_MARKER = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -19,9 +27,23 @@ class ObjectInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of store can do beyond the interface's contracts (restic's ``Properties``)."""
+
+    # free_bytes() can report the free space (it may still answer None on a store that
+    # cannot tell today, e.g. an SFTP server without statvfs); object stores are unbounded.
+    free_space: bool = False
+    # A put that replaces an existing object is atomic on every server: readers see the
+    # old or the new object, never none. False where some servers need the old file
+    # removed before the rename (SFTP without posix-rename, FTP).
+    atomic_replace: bool = True
+
+
 @runtime_checkable
 class Target(Protocol):
     name: str  # the target's name in the config; every error message names it
+    capabilities: Capabilities  # declared by each target class
 
     def put(self, key: str, src: Path) -> ObjectInfo:
         """Store the file ``src`` under ``key``, atomically: readers see the whole object
@@ -55,5 +77,86 @@ class Target(Protocol):
         ...
 
     def free_bytes(self) -> int | None:
-        """Free space at the target when the store can tell, else None."""
+        """Free space at the target when the store can tell (``capabilities.free_space``),
+        else None."""
         ...
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def check_key(target_name: str, key: str) -> str:
+    """Return ``key`` if it is a valid object key, else raise TargetError.
+
+    Keys are '/'-separated, relative to the target root, with no empty, '.' or '..' parts:
+    a key must never reach outside the root (on disk, over SFTP) nor mean two different
+    objects on stores that normalise paths and stores that do not (S3 keeps 'a//b')."""
+    problem = _key_problem(key, allow_partial_last=False)
+    if problem:
+        raise TargetError(
+            f"target '{target_name}': invalid object key {key!r} ({problem}); keys are "
+            "'/'-separated paths relative to the target root, e.g. 'source/backup-id/payload'"
+        )
+    return key
+
+
+def check_prefix(target_name: str, prefix: str) -> str:
+    """Like :func:`check_key` for a listing prefix: '' and a trailing '/' are allowed, and
+    the last part may be the start of a name."""
+    if prefix == "":
+        return prefix
+    problem = _key_problem(prefix, allow_partial_last=True)
+    if problem:
+        raise TargetError(
+            f"target '{target_name}': invalid listing prefix {prefix!r} ({problem}); "
+            "prefixes are '' or a key's leading part such as 'source/'"
+        )
+    return prefix
+
+
+def _key_problem(key: str, *, allow_partial_last: bool) -> str | None:
+    if not isinstance(key, str) or key == "":
+        return "empty"
+    if key.startswith("/"):
+        return "absolute"
+    if "\\" in key or "\x00" in key:
+        return "contains a backslash or NUL"
+    parts = key.split("/")
+    last = parts[-1]
+    if allow_partial_last:
+        # The last part of a prefix is only matched against names ('src/2024' lists
+        # 'src/2024-01-…'), so it may be empty or a fragment, just never '..'.
+        parts = parts[:-1]
+        if last == "..":
+            return "has a '..' part"
+    for part in parts:
+        if part in ("", ".", ".."):
+            return "has an empty, '.' or '..' part"
+    return None
+
+
+def temp_name(name: str) -> str:
+    """The temporary name a put of ``name`` writes to (same directory, hidden)."""
+    # Truncated so that the temp name stays within NAME_MAX (255) for long object names.
+    return f".{name[:200]}{TEMP_MARKER}{secrets.token_hex(6)}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def check_not_temp(target_name: str, key: str) -> str:
+    """Return ``key`` unless its name looks like a temporary upload file: such a file
+    would be published but never listed, so it is refused rather than hidden."""
+    if is_temp_name(key.rpartition("/")[2]):
+        raise TargetError(
+            f"target '{target_name}': invalid object key {key!r} (its name looks like a "
+            f"temporary upload file, '.…{TEMP_MARKER}…'); choose another name"
+        )
+    return key
+
+
+def check_file_key(target_name: str, key: str) -> str:
+    """:func:`check_key` and :func:`check_not_temp`: the key rules of the stores that
+    publish by renaming a temporary file (local disk, SFTP, FTP)."""
+    return check_not_temp(target_name, check_key(target_name, key))

@@ -21,25 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from include.backup.errors import ObjectNotFound, TargetError
-from include.backup.targets import check_key, check_prefix
-from include.backup.targets._remote import (
-    ChunkReader,
-    Lazy,
-    MiB,
-    buffered,
-    clamp_range,
-    connection_secrets,
-    empty_stream,
-    load_connection,
-    redact,
-    root_prefix,
-    short,
-    sorted_infos,
-    source_size,
-    translating,
-)
+from include.backup.errors import TargetError
+from include.backup.targets._remote import MiB, other_error, short, source_size
 from include.backup.targets.base import ObjectInfo
+from include.backup.targets.object_store import ObjectStoreTarget
 
 DEFAULT_CHUNK_SIZE = 16 * MiB  # a multiple of 256 KiB, as resumable uploads require
 DEFAULT_READ_CHUNK = 4 * MiB
@@ -48,50 +33,41 @@ TIMEOUT = (10, 120)  # connect, read (seconds) per request
 CHECKSUM = "crc32c"
 
 
-class GCSTarget:
+class GCSTarget(ObjectStoreTarget):
     """A :class:`~include.backup.targets.base.Target` in a GCS bucket, under ``prefix``."""
 
-    def __init__(
-        self,
-        name: str,
-        conn_id: str,
-        bucket: str,
-        prefix: str = "",
-        *,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        read_chunk: int = DEFAULT_READ_CHUNK,
-        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+    connection_example = "google-cloud-platform://?key_path=%2Fsecrets%2Fsa.json&project=my-project"
+    secret_fields = (
+        "extra.keyfile_dict",
+        "extra.keyfile_dict.private_key",
+        "extra.keyfile_dict.private_key_id",
+    )
+    client_label = "GCS"
+
+    def __init__(  # the store's own options are keyword-only
+        self, name: str, conn_id: str, bucket: str, prefix: str = "", *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+        read_chunk: int = DEFAULT_READ_CHUNK, retry_deadline: float = DEFAULT_RETRY_DEADLINE
     ) -> None:
         if chunk_size % (256 * 1024):
             raise ValueError(f"target '{name}': chunk_size must be a multiple of 256 KiB")
-        self.name = name
-        self.conn_id = conn_id
         self.bucket_name = bucket
-        self.root = root_prefix(name, prefix)
         self.chunk_size = chunk_size
         self.read_chunk = read_chunk
         self.retry_deadline = retry_deadline
-        self._secrets: list[str] = []
-        self._client = Lazy(self._make_client)
+        super().__init__(name, conn_id, prefix)
 
     def __repr__(self) -> str:
         return f"GCSTarget({self.name!r}, gs://{self.bucket_name}/{self.root})"
 
     # --- the client ------------------------------------------------------------------
 
-    def _make_client(self) -> Any:
+    def _build_client(self) -> Any:
         from airflow.providers.google.cloud.hooks.gcs import GCSHook
 
-        conn = load_connection(
-            self.name,
-            self.conn_id,
-            "google-cloud-platform://?key_path=%2Fsecrets%2Fsa.json&project=my-project",
-        )
-        self._secrets = connection_secrets(conn)
-        try:
-            return GCSHook(gcp_conn_id=self.conn_id).get_conn()
-        except Exception as exc:  # noqa: BLE001 - anything the hook raises while building
-            raise self.translate(exc, "connect to bucket", self.bucket_name) from None
+        return GCSHook(gcp_conn_id=self.conn_id).get_conn()
+
+    def _setup_error(self, exc: Exception) -> TargetError:
+        return self.translate(exc, "connect to bucket", self.bucket_name)
 
     def _bucket(self) -> Any:
         return self._client.get().bucket(self.bucket_name)
@@ -101,52 +77,36 @@ class GCSTarget:
 
         return DEFAULT_RETRY.with_timeout(self.retry_deadline)
 
-    def _name(self, key: str) -> str:
-        check_key(self.name, key)
-        return self.root + key
+    def _location(self, key: str) -> str:
+        return f"gs://{self.bucket_name}/{self.root}{key}"
 
     # --- writing ---------------------------------------------------------------------
 
     def put(self, key: str, src: Path) -> ObjectInfo:
-        name = self._name(key)
+        name = self._key(key)
         size = source_size(self.name, key, src)
         with self._errors("upload", key, src):
             blob = self._bucket().blob(name, chunk_size=self.chunk_size)
             blob.upload_from_filename(str(src), checksum=CHECKSUM, retry=self._retry(), timeout=TIMEOUT)
         return ObjectInfo(key=key, size=size)
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        name = self._name(key)
-        with self._errors("upload", key):
-            self._bucket().blob(name).upload_from_string(
-                data,
-                content_type="application/octet-stream",
-                checksum=CHECKSUM,
-                retry=self._retry(),
-                timeout=TIMEOUT,
-            )
-        return ObjectInfo(key=key, size=len(data))
+    def _upload_bytes(self, full: str, data: bytes) -> None:
+        self._bucket().blob(full).upload_from_string(
+            data,
+            content_type="application/octet-stream",
+            checksum=CHECKSUM,
+            retry=self._retry(),
+            timeout=TIMEOUT,
+        )
 
     # --- reading ---------------------------------------------------------------------
 
-    def _get(self, key: str) -> Any | None:
-        name = self._name(key)
-        with self._errors("look up", key):
-            return self._bucket().get_blob(name, retry=self._retry(), timeout=TIMEOUT)
+    def _lookup(self, full: str) -> tuple[int, Any] | None:
+        blob = self._bucket().get_blob(full, retry=self._retry(), timeout=TIMEOUT)
+        return None if blob is None else (int(blob.size or 0), blob)
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        blob = self._get(key)
-        return None if blob is None else ObjectInfo(key=key, size=int(blob.size or 0))
-
-    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
-        if offset < 0 or (length is not None and length < 0):
-            clamp_range(self.name, offset, length, 0)  # raises ValueError
-        blob = self._get(key)
-        if blob is None:
-            raise self._not_found(key)
-        start, end = clamp_range(self.name, offset, length, int(blob.size or 0))
-        if start == end:
-            return empty_stream()
+    def _read_range(self, key: str, full: str, start: int, end: int, version: Any) -> BinaryIO:
+        blob = version
         generation = blob.generation
 
         def fetch(pos: int, n: int) -> bytes:
@@ -170,62 +130,32 @@ class GCSTarget:
                 raise self._changed(key)
             return bytes(data)
 
-        def short_read(pos: int) -> TargetError:
-            return TargetError(
-                f"target '{self.name}': '{key}' in gs://{self.bucket_name} is shorter than "
-                f"expected at byte {pos} (changed while being read); retry"
-            )
+        return self._chunked(key, f"gs://{self.bucket_name}", fetch, start, end, self.read_chunk)
 
-        return buffered(ChunkReader(fetch, start, end, self.read_chunk, short_read))
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.open(key) as f:
-            return f.read()
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        check_prefix(self.name, prefix)
-        found: list[ObjectInfo] = []
-        with self._errors("list", prefix or "(everything)"):
-            blobs = self._client.get().list_blobs(
-                self.bucket_name, prefix=self.root + prefix, retry=self._retry(), timeout=TIMEOUT
-            )
-            for blob in blobs:
-                name = blob.name[len(self.root) :]
-                if not name or name.endswith("/"):
-                    continue
-                found.append(ObjectInfo(key=name, size=int(blob.size or 0)))
-        return sorted_infos(found)
+    def _names(self, full_prefix: str) -> Iterator[tuple[str, int]]:
+        blobs = self._client.get().list_blobs(
+            self.bucket_name, prefix=full_prefix, retry=self._retry(), timeout=TIMEOUT
+        )
+        for blob in blobs:
+            yield blob.name, int(blob.size or 0)
 
     # --- deleting --------------------------------------------------------------------
 
-    def delete(self, key: str) -> None:
+    def _remove(self, full: str) -> None:
         from google.api_core.exceptions import NotFound
 
-        name = self._name(key)
-        with self._errors("delete", key):
-            try:
-                self._bucket().delete_blob(name, retry=self._retry(), timeout=TIMEOUT)
-            except NotFound:
-                return
-
-    def free_bytes(self) -> int | None:
-        return None  # a bucket reports no free space
+        try:
+            self._bucket().delete_blob(full, retry=self._retry(), timeout=TIMEOUT)
+        except NotFound:
+            return
 
     # --- errors ----------------------------------------------------------------------
-
-    def _not_found(self, key: str) -> ObjectNotFound:
-        return ObjectNotFound(
-            f"target '{self.name}': object '{key}' not found (gs://{self.bucket_name}/{self.root}{key})"
-        )
 
     def _changed(self, key: str) -> TargetError:
         return TargetError(
             f"target '{self.name}': cannot read '{key}' (gs://{self.bucket_name}): the object "
             "changed while it was being read; retry"
         )
-
-    def _errors(self, action: str, key: str, src: Path | None = None) -> translating:
-        return translating(self.name, self.translate, action, key, src)
 
     def _endpoint(self) -> str:
         client = self._client.peek()
@@ -243,7 +173,7 @@ class GCSTarget:
         if isinstance(exc, gexc.RetryError) and exc.cause is not None:
             cause = exc.cause  # the last error before the retry deadline ran out
         head = f"target '{self.name}': cannot {action} '{key}' (gs://{self.bucket_name})"
-        conn = f"Airflow connection '{self.conn_id}'"
+        conn = self._conn_ref()
         if isinstance(cause, (requests.ConnectionError, ConnectionError)) and not isinstance(
             cause, requests.ReadTimeout
         ):
@@ -272,11 +202,9 @@ class GCSTarget:
             msg = f"{head}: GCS error (HTTP {cause.code}): {short(Exception(cause.message))}"
         elif type(cause).__name__ == "DataCorruption":
             msg = f"{head}: the CRC32C of what GCS stored does not match the file sent; retry"
-        elif isinstance(cause, OSError):
-            msg = f"{head}: {cause.strerror or short(cause)}"
         else:
-            msg = f"{head}: {type(cause).__name__}: {short(cause)}"
-        return TargetError(redact(msg, self._secrets))
+            msg = other_error(head, cause)
+        return self._error(msg)
 
 
 def _auth_message(exc: BaseException, conn: str) -> str:

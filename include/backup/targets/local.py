@@ -11,35 +11,31 @@ listed, and a crash leaves at most such a file behind.
 from __future__ import annotations
 
 import errno
-import io
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from include.backup.errors import ObjectNotFound, TargetError
-from include.backup.targets import check_key, check_prefix
-from include.backup.targets.base import ObjectInfo
+from include.backup.targets.base import (
+    Capabilities,
+    ObjectInfo,
+    check_file_key,
+    check_prefix,
+    is_temp_name,
+    temp_name,
+)
+from include.backup.targets.streams import FileSlice, buffered
 
-TEMP_MARKER = ".tmp-"
 COPY_BLOCK = 1 << 20  # 1 MiB: big enough for full-speed sequential I/O, small in memory
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
-def temp_name(name: str) -> str:
-    """The temporary name a put of ``name`` writes to (same directory, hidden)."""
-    # Truncated so that the temp name stays within NAME_MAX (255) for long object names.
-    return f".{name[:200]}{TEMP_MARKER}{secrets.token_hex(6)}"
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARKER in name
-
-
 class LocalTarget:
     """A :class:`~include.backup.targets.base.Target` on a local (or mounted) file system."""
+
+    capabilities = Capabilities(free_space=True, atomic_replace=True)
 
     def __init__(self, name: str, root: str | Path) -> None:
         self.name = name
@@ -125,8 +121,10 @@ class LocalTarget:
                 f"target '{self.name}': offset and length must be >= 0, got {offset}, {length}"
             )
         path = self._path(key)
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+        try:  # the stream is handed to the caller, who closes it
+            if length is not None:
+                return buffered(FileSlice(path, offset, length), COPY_BLOCK)
+            f = open(path, "rb")  # noqa: SIM115
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise self._not_found(key) from exc
         except OSError as exc:
@@ -135,9 +133,7 @@ class LocalTarget:
             ) from exc
         if offset:
             f.seek(offset)  # past the end is fine: reads then return b""
-        if length is None:
-            return f
-        return cast(BinaryIO, io.BufferedReader(_RangeReader(f, length), buffer_size=COPY_BLOCK))
+        return f
 
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as f:
@@ -219,43 +215,10 @@ class LocalTarget:
     # --- helpers ---------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
-        check_key(self.name, key)
-        if is_temp_name(key.rpartition("/")[2]):
-            # Such a file would be published but never listed: refuse rather than hide it.
-            raise TargetError(
-                f"target '{self.name}': invalid object key {key!r} (its name looks like a "
-                f"temporary upload file, '.…{TEMP_MARKER}…'); choose another name"
-            )
-        return self.root / key
+        return self.root / check_file_key(self.name, key)
 
     def _not_found(self, key: str) -> ObjectNotFound:
         return ObjectNotFound(f"target '{self.name}': object '{key}' not found")
-
-
-class _RangeReader(io.RawIOBase):
-    """At most ``length`` bytes of ``f`` from its current position."""
-
-    def __init__(self, f: BinaryIO, length: int) -> None:
-        self._f = f
-        self._left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._left <= 0:
-            return 0
-        view = memoryview(buffer)[: self._left]
-        n = self._f.readinto(view)  # type: ignore[attr-defined]
-        n = n or 0
-        self._left -= n
-        return n
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        finally:
-            super().close()
 
 
 def _walk(directory: Path, rel: str, prefix: str, out: list[ObjectInfo]) -> None:

@@ -25,29 +25,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from include.backup.errors import ObjectNotFound, TargetError
-from include.backup.targets import check_key, check_prefix
+from include.backup.errors import TargetError
 from include.backup.targets._remote import (
-    FileSlice,
-    IterReader,
-    Lazy,
     MiB,
-    buffered,
-    clamp_range,
-    connection_secrets,
-    empty_stream,
-    load_connection,
+    other_error,
     part_ranges,
-    redact,
-    root_prefix,
     run_bounded,
-    short,
-    sorted_infos,
     source_error,
     source_size,
-    translating,
 )
 from include.backup.targets.base import ObjectInfo
+from include.backup.targets.object_store import ObjectStoreTarget
+from include.backup.targets.streams import FileSlice, IterReader, buffered
 
 log = logging.getLogger(__name__)
 
@@ -74,71 +63,54 @@ _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
 _CHANGED_CODES = {"PreconditionFailed", "412"}
 
 
-class S3Target:
+class S3Target(ObjectStoreTarget):
     """A :class:`~include.backup.targets.base.Target` in an S3 bucket, under ``prefix``."""
 
-    def __init__(
-        self,
-        name: str,
-        conn_id: str,
-        bucket: str,
-        prefix: str = "",
-        *,
-        part_size: int = DEFAULT_PART_SIZE,
-        concurrency: int = DEFAULT_CONCURRENCY,
+    connection_example = "aws://ACCESS_KEY_ID:SECRET@/?region_name=eu-west-1"
+    secret_fields = (
+        "password",
+        "extra.aws_secret_access_key",
+        "extra.aws_session_token",
+        "extra.session_kwargs.aws_secret_access_key",
+        "extra.session_kwargs.aws_session_token",
+    )
+    client_label = "S3"
+    setup_hint = "the connection's fields and extra (region_name, endpoint_url, config_kwargs)"
+
+    def __init__(  # the store's own options are keyword-only
+        self, name: str, conn_id: str, bucket: str, prefix: str = "", *,
+        part_size: int = DEFAULT_PART_SIZE, concurrency: int = DEFAULT_CONCURRENCY
     ) -> None:
         if part_size < 5 * MiB:
             raise ValueError(f"target '{name}': part_size must be at least 5 MiB (S3's minimum)")
-        self.name = name
-        self.conn_id = conn_id
         self.bucket = bucket
-        self.root = root_prefix(name, prefix)
         self.part_size = part_size
         self.concurrency = max(1, concurrency)
-        self._secrets: list[str] = []
-        self._client = Lazy(self._make_client)
+        super().__init__(name, conn_id, prefix)
 
     def __repr__(self) -> str:
         return f"S3Target({self.name!r}, s3://{self.bucket}/{self.root})"
 
     # --- the client ------------------------------------------------------------------
 
-    def _make_client(self) -> Any:
+    def _build_client(self) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from botocore.config import Config
 
-        conn = load_connection(
-            self.name,
-            self.conn_id,
-            "aws://ACCESS_KEY_ID:SECRET@/?region_name=eu-west-1",
+        hook = S3Hook(aws_conn_id=self.conn_id)
+        defaults = Config(
+            connect_timeout=10,
+            read_timeout=120,
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=max(10, self.concurrency + 2),
         )
-        self._secrets = connection_secrets(conn)
-        try:
-            hook = S3Hook(aws_conn_id=self.conn_id)
-            defaults = Config(
-                connect_timeout=10,
-                read_timeout=120,
-                retries={"mode": "standard", "max_attempts": 3},
-                max_pool_connections=max(10, self.concurrency + 2),
-            )
-            # The connection's own config_kwargs win over these defaults.
-            config = defaults.merge(hook.config)
-            client = hook.get_client_type(config=config)
-            self._secrets += [
-                s for s in (hook.conn_config.aws_secret_access_key, hook.conn_config.aws_session_token) if s
-            ]
-            return client
-        except TargetError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - anything the hook raises while building
-            raise TargetError(
-                redact(
-                    f"target '{self.name}': cannot set up the S3 client from Airflow connection "
-                    f"'{self.conn_id}' ({type(exc).__name__}: {short(exc)}); check the "
-                    "connection's fields and extra (region_name, endpoint_url, config_kwargs)",
-                    self._secrets,
-                )
-            ) from None
+        # The connection's own config_kwargs win over these defaults.
+        config = defaults.merge(hook.config)
+        client = hook.get_client_type(config=config)
+        self._secrets += [
+            s for s in (hook.conn_config.aws_secret_access_key, hook.conn_config.aws_session_token) if s
+        ]
+        return client
 
     def _s3(self) -> Any:
         return self._client.get()
@@ -147,11 +119,8 @@ class S3Target:
         client = self._client.peek()
         return str(client.meta.endpoint_url) if client is not None else "(not connected)"
 
-    # --- keys ------------------------------------------------------------------------
-
-    def _key(self, key: str) -> str:
-        check_key(self.name, key)
-        return self.root + key
+    def _location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.root}{key}"
 
     # --- writing ---------------------------------------------------------------------
 
@@ -227,45 +196,26 @@ class S3Target:
                 )
             raise
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        full = self._key(key)
-        with self._errors("upload", key):
-            self._s3().put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumAlgorithm=CHECKSUM)
-        return ObjectInfo(key=key, size=len(data))
+    def _upload_bytes(self, full: str, data: bytes) -> None:
+        self._s3().put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumAlgorithm=CHECKSUM)
 
     # --- reading ---------------------------------------------------------------------
 
-    def _head(self, key: str) -> dict[str, Any] | None:
+    def _lookup(self, full: str) -> tuple[int, Any] | None:
         from botocore.exceptions import ClientError
 
-        full = self._key(key)
-        with self._errors("look up", key):
-            try:
-                return dict(self._s3().head_object(Bucket=self.bucket, Key=full))
-            except ClientError as exc:
-                if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                    return None
-                raise
+        try:
+            head = self._s3().head_object(Bucket=self.bucket, Key=full)
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(head["ContentLength"]), head["ETag"]
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        head = self._head(key)
-        return None if head is None else ObjectInfo(key=key, size=int(head["ContentLength"]))
-
-    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
-        if offset < 0 or (length is not None and length < 0):
-            clamp_range(self.name, offset, length, 0)  # raises ValueError
-        head = self._head(key)
-        if head is None:
-            raise self._not_found(key)
-        start, end = clamp_range(self.name, offset, length, int(head["ContentLength"]))
-        if start == end:
-            return empty_stream()
+    def _read_range(self, key: str, full: str, start: int, end: int, version: Any) -> BinaryIO:
         with self._errors("read", key):
             resp = self._s3().get_object(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                Range=f"bytes={start}-{end - 1}",
-                IfMatch=head["ETag"],
+                Bucket=self.bucket, Key=full, Range=f"bytes={start}-{end - 1}", IfMatch=version
             )
         body = resp["Body"]
 
@@ -279,55 +229,26 @@ class S3Target:
 
         def short_read(got: int) -> TargetError:
             return TargetError(
-                f"target '{self.name}': reading '{key}' from s3://{self.bucket}/{self._key(key)} "
+                f"target '{self.name}': reading '{key}' from s3://{self.bucket}/{full} "
                 f"ended after {got} of {end - start} bytes; retry"
             )
 
         return buffered(IterReader(blocks(), end - start, short_read, on_close=body.close))
 
-    def read_bytes(self, key: str) -> bytes:
-        with self.open(key) as f:
-            return f.read()
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        check_prefix(self.name, prefix)
-        found: list[ObjectInfo] = []
-        with self._errors("list", prefix or "(everything)"):
-            pages = (
-                self._s3()
-                .get_paginator("list_objects_v2")
-                .paginate(Bucket=self.bucket, Prefix=self.root + prefix)
-            )
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    name = obj["Key"][len(self.root) :]
-                    if not name or name.endswith("/"):
-                        continue  # folder markers made by consoles are not objects
-                    found.append(ObjectInfo(key=name, size=int(obj["Size"])))
-        return sorted_infos(found)
+    def _names(self, full_prefix: str) -> Iterator[tuple[str, int]]:
+        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"], int(obj["Size"])
 
     # --- deleting --------------------------------------------------------------------
 
-    def delete(self, key: str) -> None:
-        full = self._key(key)
-        with self._errors("delete", key):
-            self._s3().delete_object(Bucket=self.bucket, Key=full)  # missing: no error
-
-    def free_bytes(self) -> int | None:
-        return None  # a bucket has no size limit S3 can report
+    def _remove(self, full: str) -> None:
+        self._s3().delete_object(Bucket=self.bucket, Key=full)  # missing: no error
 
     # --- errors ----------------------------------------------------------------------
 
-    def _not_found(self, key: str) -> ObjectNotFound:
-        return ObjectNotFound(
-            f"target '{self.name}': object '{key}' not found (s3://{self.bucket}/{self.root}{key})"
-        )
-
-    def _errors(self, action: str, key: str, src: Path | None = None) -> translating:
-        return translating(self.name, self.translate, action, key, src)
-
     def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
-        """A TargetError for ``exc`` raised while trying to ``action`` ``key``."""
         from botocore.exceptions import (
             ClientError,
             ConnectionClosedError,
@@ -341,9 +262,8 @@ class S3Target:
             ConnectionError as BotoConnectionError,
         )
 
-        where = f"s3://{self.bucket}/{self.root}{key}"
-        head = f"target '{self.name}': cannot {action} '{key}' ({where})"
-        conn = f"Airflow connection '{self.conn_id}'"
+        head = f"target '{self.name}': cannot {action} '{key}' ({self._location(key)})"
+        conn = self._conn_ref()
         if isinstance(exc, ReadTimeoutError):  # before HTTPClientError, its base class
             msg = (
                 f"{head}: the S3 endpoint {self._endpoint()} timed out; retry, or check the endpoint's health"
@@ -384,11 +304,9 @@ class S3Target:
             else:
                 message = exc.response.get("Error", {}).get("Message", "")
                 msg = f"{head}: S3 error {code} (HTTP {status}): {' '.join(str(message).split())[:300]}"
-        elif isinstance(exc, OSError):
-            msg = f"{head}: {exc.strerror or short(exc)}"
         else:
-            msg = f"{head}: {type(exc).__name__}: {short(exc)}"
-        return TargetError(redact(msg, self._secrets))
+            msg = other_error(head, exc)
+        return self._error(msg)
 
 
 def _code(exc: Any) -> str:

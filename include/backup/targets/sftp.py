@@ -19,146 +19,69 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import stat as stat_mod
-import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
-from include.backup.errors import ObjectNotFound, TargetError
-from include.backup.targets import check_key, check_prefix
-from include.backup.targets._remote import (
-    IterReader,
-    MiB,
-    buffered,
-    clamp_range,
-    connection_secrets,
-    empty_stream,
-    load_connection,
-    redact,
-    short,
-    sorted_infos,
-    source_error,
-    source_size,
-)
-from include.backup.targets.base import ObjectInfo
-from include.backup.targets.local import TEMP_MARKER, is_temp_name, temp_name
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-_Infos = list[ObjectInfo]  # (a method below is named list)
+from include.backup.errors import TargetError
+from include.backup.targets._remote import MiB
+from include.backup.targets.base import Capabilities
+from include.backup.targets.path_store import Entries, PathStoreTarget
+from include.backup.targets.streams import IterReader, buffered, clamp_range, empty_stream
 
 COPY_BLOCK = 1 * MiB
 DEFAULT_READ_WINDOW = 1 * MiB
 DEFAULT_TIMEOUT = 60.0  # seconds without an answer on an open session
 
 
-class SFTPTarget:
+class SFTPTarget(PathStoreTarget[Any]):
     """A :class:`~include.backup.targets.base.Target` in a directory on an SFTP server."""
 
-    def __init__(
-        self,
-        name: str,
-        conn_id: str,
-        path: str,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        connect_attempts: int = 1,
-        read_window: int = DEFAULT_READ_WINDOW,
+    connection_example = "sftp://user@host:22?private_key=..."
+    secret_fields = ("password", "extra.private_key", "extra.private_key_passphrase")
+    # free_bytes asks statvfs@openssh.com; servers without posix-rename get a plain rename.
+    capabilities = Capabilities(free_space=True, atomic_replace=False)
+    server_label = "SFTP"
+    session_label = "SFTP session"
+    default_port = 22
+
+    def __init__(  # the store's own options are keyword-only
+        self, name: str, conn_id: str, path: str, *, timeout: float = DEFAULT_TIMEOUT,
+        connect_attempts: int = 1, read_window: int = DEFAULT_READ_WINDOW
     ) -> None:
-        self.name = name
-        self.conn_id = conn_id
-        stripped = path.rstrip("/")
-        self.root = stripped if stripped else "/"
-        self.timeout = timeout
+        super().__init__(name, conn_id, path, timeout=timeout)
         # Retrying the connection is the task's business (Airflow retries); the hook's own
         # default of 3 attempts 3-5 s apart would only delay the error.
         self.connect_attempts = connect_attempts
         self.read_window = read_window
-        self._hook: Any = None
-        self._sftp: Any = None
-        self._secrets: list[str] = []
-        self._where = f"connection '{conn_id}'"
-        self._lock = threading.RLock()
-
-    def __repr__(self) -> str:
-        return f"SFTPTarget({self.name!r}, {self._where}, {self.root!r})"
 
     # --- the session -----------------------------------------------------------------
 
-    def _connect(self, action: str, key: str) -> Any:
+    def _open_session(self, action: str, key: str) -> tuple[Any, Callable[[], None]]:
         from airflow.providers.sftp.hooks.sftp import SFTPHook
 
-        with self._lock:
-            if self._sftp is not None:
-                return self._sftp
-            conn = load_connection(self.name, self.conn_id, "sftp://user@host:22?private_key=...")
-            self._secrets = connection_secrets(conn)
-            self._where = f"{conn.host}:{conn.port or 22}"
-            try:
-                hook = SFTPHook(ssh_conn_id=self.conn_id, conn_retry_attempts=self.connect_attempts)
-                sftp = hook.get_conn()
-            except Exception as exc:  # noqa: BLE001 - translated below
-                raise self.translate(exc, action, key, connecting=True) from None
-            sftp.get_channel().settimeout(self.timeout)
-            self._hook, self._sftp = hook, sftp
-            return sftp
+        self._load_server()
+        try:
+            hook = SFTPHook(ssh_conn_id=self.conn_id, conn_retry_attempts=self.connect_attempts)
+            sftp = hook.get_conn()
+        except Exception as exc:  # noqa: BLE001 - translated below
+            raise self.translate(exc, action, key, connecting=True) from None
+        sftp.get_channel().settimeout(self.timeout)
 
-    def _drop(self) -> None:
-        """Forget the session (after a connection error) so the next call opens a new one."""
-        with self._lock:
-            hook, self._hook, self._sftp = self._hook, None, None
-        if hook is not None:
+        def close() -> None:
             for close in (hook.close_conn, lambda: hook.client and hook.client.close()):
                 with contextlib.suppress(Exception):  # already broken
                     close()
 
-    def close(self) -> None:
-        self._drop()
+        return sftp, close
 
-    def _run(self, action: str, key: str, fn: Callable[[Any], T], *, repeatable: bool = True) -> T:
-        """``fn(sftp)`` with errors translated; a dropped session is reopened and ``fn``
-        retried once if it is safe to repeat."""
-        fresh = self._sftp is None
-        sftp = self._connect(action, key)
-        try:
-            return fn(sftp)
-        except TargetError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - translated below
-            if not (_is_connection_error(exc) or not _alive(sftp)):
-                raise self.translate(exc, action, key) from exc
-            self._drop()
-            if fresh or not repeatable:
-                raise self.translate(exc, action, key, connecting=not _alive(sftp)) from exc
-            log.info("target '%s': SFTP session dropped (%s); reconnecting", self.name, type(exc).__name__)
-        sftp = self._connect(action, key)
-        try:
-            return fn(sftp)
-        except TargetError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - translated below
-            dead = not _alive(sftp)
-            if dead or _is_connection_error(exc):
-                self._drop()
-            raise self.translate(exc, action, key, connecting=dead) from exc
+    def _is_connection_error(self, exc: BaseException) -> bool:
+        return _is_connection_error(exc)
 
-    # --- paths -----------------------------------------------------------------------
+    def _dead(self, session: Any) -> bool:
+        return not _alive(session)
 
-    def _path(self, key: str) -> str:
-        check_key(self.name, key)
-        if is_temp_name(key.rpartition("/")[2]):
-            raise TargetError(
-                f"target '{self.name}': invalid object key {key!r} (its name looks like a "
-                f"temporary upload file, '.…{TEMP_MARKER}…'); choose another name"
-            )
-        return self._join(key)
-
-    def _join(self, rel: str) -> str:
-        if not rel:
-            return self.root
-        return f"/{rel}" if self.root == "/" else f"{self.root}/{rel}"
+    # --- files -----------------------------------------------------------------------
 
     def _makedirs(self, sftp: Any, directory: str) -> None:
         missing: list[str] = []
@@ -182,62 +105,21 @@ class SFTPTarget:
                 if not stat_mod.S_ISDIR(sftp.stat(d).st_mode or 0):
                     raise
 
-    # --- writing ---------------------------------------------------------------------
-
-    def put(self, key: str, src: Path) -> ObjectInfo:
-        path = self._path(key)
-        size = source_size(self.name, key, src)
-
-        def upload(sftp: Any) -> None:
-            try:
-                fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
-            except OSError as exc:
-                raise source_error(self.name, key, src, exc) from exc
-            with fin:
-                self._publish(sftp, key, path, size, lambda out: _copy(fin, out))
-
-        # Not repeated on a dropped session: the source stream was consumed. The task's
-        # retry starts the put again from the file.
-        self._run("upload", key, upload, repeatable=False)
-        return ObjectInfo(key=key, size=size)
-
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        path = self._path(key)
-        self._run(
-            "upload", key, lambda sftp: self._publish(sftp, key, path, len(data), lambda out: out.write(data))
-        )
-        return ObjectInfo(key=key, size=len(data))
-
-    def _publish(self, sftp: Any, key: str, path: str, size: int, write: Callable[[Any], object]) -> None:
-        directory, _, base = path.rpartition("/")
-        directory = directory or "/"
-        tmp = f"{directory.rstrip('/')}/{temp_name(base)}"
+    def _send_temp(self, sftp: Any, directory: str, tmp: str, src: BinaryIO) -> None:
         for attempt in range(3):
-            self._makedirs(sftp, directory)
+            self._makedirs(sftp, directory or "/")
             try:
                 out = sftp.open(tmp, "wb")
                 break
             except FileNotFoundError:
                 if attempt == 2:  # the directory keeps vanishing (a concurrent delete)
                     raise
-        try:
-            with out:
-                out.set_pipelined(True)
-                write(out)
-            got = sftp.stat(tmp).st_size
-            if got != size:
-                raise TargetError(
-                    f"target '{self.name}': uploading '{key}' to {self._where}:{tmp} stored {got} of "
-                    f"{size} bytes; check free space on the server, then retry"
-                )
-            self._rename(sftp, tmp, path)
-            tmp = ""
-        finally:
-            if tmp:
-                with contextlib.suppress(Exception):  # best effort; the first error matters
-                    sftp.remove(tmp)
+        with out:
+            out.set_pipelined(True)
+            while block := src.read(COPY_BLOCK):
+                out.write(block)
 
-    def _rename(self, sftp: Any, tmp: str, path: str) -> None:
+    def _replace(self, sftp: Any, tmp: str, path: str) -> None:
         try:
             sftp.posix_rename(tmp, path)
             return
@@ -249,30 +131,57 @@ class SFTPTarget:
             sftp.remove(path)
         sftp.rename(tmp, path)
 
-    # --- reading ---------------------------------------------------------------------
+    def _remove_file(self, sftp: Any, path: str) -> None:
+        sftp.remove(path)
 
-    def _stat(self, sftp: Any, path: str) -> Any | None:
+    def _file_size(self, sftp: Any, path: str) -> int | None:
         try:
             st = sftp.stat(path)
         except FileNotFoundError:
             return None
-        return st if stat_mod.S_ISREG(st.st_mode or 0) else None
+        return int(st.st_size or 0) if stat_mod.S_ISREG(st.st_mode or 0) else None
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
-        st = self._run("look up", key, lambda sftp: self._stat(sftp, path))
-        return None if st is None else ObjectInfo(key=key, size=int(st.st_size or 0))
+    def _delete_file(self, sftp: Any, path: str) -> bool:
+        try:
+            sftp.remove(path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            if self._file_size(sftp, path) is None:
+                return False  # a directory (a prefix, not an object), or gone meanwhile
+            raise
+        return True
 
-    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
-        if offset < 0 or (length is not None and length < 0):
-            clamp_range(self.name, offset, length, 0)  # raises ValueError
-        path = self._path(key)
+    def _entries(self, sftp: Any, directory: str) -> Entries:
+        try:
+            attrs = sftp.listdir_attr(directory)
+        except FileNotFoundError:
+            return []  # nothing stored yet, or removed by a concurrent delete
+        out: Entries = []
+        for entry in attrs:
+            mode = entry.st_mode or 0
+            if stat_mod.S_ISDIR(mode):
+                out.append((entry.filename, True, 0))
+            elif stat_mod.S_ISREG(mode):
+                out.append((entry.filename, False, int(entry.st_size or 0)))
+        return out
+
+    def _rmdir(self, sftp: Any, directory: str) -> bool:
+        try:
+            sftp.rmdir(directory)
+        except OSError:
+            return False
+        return True
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _open_path(self, key: str, path: str, offset: int, length: int | None) -> BinaryIO:
 
         def start_read(sftp: Any) -> tuple[Any, int, int] | None:
-            st = self._stat(sftp, path)
-            if st is None:
+            size = self._file_size(sftp, path)
+            if size is None:
                 return None
-            start, end = clamp_range(self.name, offset, length, int(st.st_size or 0))
+            start, end = clamp_range(self.name, offset, length, size)
             if start == end:
                 return None, start, end
             return sftp.open(path, "rb"), start, end
@@ -314,66 +223,12 @@ class SFTPTarget:
 
         return buffered(IterReader(blocks(), end - start, short_read, on_close=f.close))
 
-    def read_bytes(self, key: str) -> bytes:
-        with self.open(key) as f:
-            return f.read()
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        check_prefix(self.name, prefix)
-        start_dir = prefix.rpartition("/")[0]
-
-        def walk_all(sftp: Any) -> list[ObjectInfo]:
-            found: list[ObjectInfo] = []
-            self._walk(sftp, self._join(start_dir), start_dir, prefix, found)
-            return found
-
-        return sorted_infos(self._run("list", prefix or "(everything)", walk_all))
-
-    def _walk(self, sftp: Any, directory: str, rel: str, prefix: str, out: _Infos) -> None:
-        try:
-            entries = sftp.listdir_attr(directory)
-        except FileNotFoundError:
-            return  # nothing stored yet, or removed by a concurrent delete
-        for entry in entries:
-            key = f"{rel}/{entry.filename}" if rel else entry.filename
-            mode = entry.st_mode or 0
-            if stat_mod.S_ISDIR(mode):
-                if key.startswith(prefix) or prefix.startswith(key + "/"):
-                    self._walk(sftp, f"{directory.rstrip('/')}/{entry.filename}", key, prefix, out)
-            elif stat_mod.S_ISREG(mode) and key.startswith(prefix) and not is_temp_name(entry.filename):
-                out.append(ObjectInfo(key=key, size=int(entry.st_size or 0)))
-
-    # --- deleting --------------------------------------------------------------------
-
-    def delete(self, key: str) -> None:
-        path = self._path(key)
-
-        def remove(sftp: Any) -> None:
-            try:
-                sftp.remove(path)
-            except FileNotFoundError:
-                return
-            except OSError:
-                if self._stat(sftp, path) is None:
-                    return  # a directory (a prefix, not an object), or gone meanwhile
-                raise
-            self._prune(sftp, path.rpartition("/")[0])
-
-        self._run("delete", key, remove)
-
-    def _prune(self, sftp: Any, directory: str) -> None:
-        """Remove the now empty folders above a deleted object, up to (not including) the root."""
-        root = self.root.rstrip("/")
-        while directory and directory != root and directory.startswith(root + "/" if root else ""):
-            try:
-                sftp.rmdir(directory)
-            except OSError:
-                return  # not empty (or busy, or gone): leave it
-            directory = directory.rpartition("/")[0]
-
     # --- space -----------------------------------------------------------------------
 
     def free_bytes(self) -> int | None:
+        """Free bytes where the root is, from statvfs@openssh.com; None when the server
+        does not offer it."""
+
         def statvfs(sftp: Any) -> int | None:
             from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
@@ -396,12 +251,7 @@ class SFTPTarget:
 
         return self._run("ask for free space at", self.root, statvfs)
 
-    # --- errors ----------------------------------------------------------------------
-
-    def _not_found(self, key: str) -> ObjectNotFound:
-        return ObjectNotFound(
-            f"target '{self.name}': object '{key}' not found ({self._where}:{self._join(key)})"
-        )
+    # --- errors ---------------------------------------------------------------------
 
     def translate(
         self, exc: BaseException, action: str, key: str, *, connecting: bool = False
@@ -410,8 +260,8 @@ class SFTPTarget:
 
         import paramiko
 
-        conn = f"Airflow connection '{self.conn_id}'"
-        head = f"target '{self.name}': cannot {action} '{key}' on {self._where}"
+        conn = self._conn_ref()
+        head = self._head(action, key)
         if isinstance(exc, paramiko.BadHostKeyException):
             msg = (
                 f"{head}: the server's host key does not match the one in {conn} (extra host_key); "
@@ -432,27 +282,14 @@ class SFTPTarget:
             or isinstance(exc, (socket.gaierror, ConnectionError, EOFError))
             or (isinstance(exc, paramiko.SSHException) and _is_connection_error(exc))
         ):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            msg = (
-                f"target '{self.name}': cannot reach the SFTP server {self._where} to {action} '{key}' "
-                f"({reason}); check that the server is up and reachable from this worker (host and "
-                f"port in {conn}), then retry"
-            )
+            msg = self._unreachable(exc, action, key)
         elif isinstance(exc, TimeoutError):
-            msg = f"{head}: the server did not answer within {self.timeout:g} s; retry"
+            msg = self._timed_out(head)
         elif isinstance(exc, PermissionError):
             msg = f"{head}: permission denied ({exc.strerror}); let the login user write under {self.root}"
-        elif isinstance(exc, OSError):
-            code = errno.errorcode.get(exc.errno or 0, "")
-            msg = f"{head}: {exc.strerror or short(exc)}{f' ({code})' if code else ''}"
         else:
-            msg = f"{head}: {type(exc).__name__}: {short(exc)}"
-        return TargetError(redact(msg, self._secrets))
-
-
-def _copy(src: BinaryIO, dst: Any) -> None:
-    while block := src.read(COPY_BLOCK):
-        dst.write(block)
+            msg = self._other(head, exc)
+        return self._error(msg)
 
 
 def _alive(sftp: Any) -> bool:
