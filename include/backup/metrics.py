@@ -39,8 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from include.backup.dr.monitor.report import MONITOR_KINDS, MonitorReport
+
 if TYPE_CHECKING:
-    from include.backup.dr.monitor import MonitorReport
     from include.backup.dr.restore import RestoreResult
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,6 @@ def _schedule_and_target_figures(out: _Figures, report: MonitorReport) -> None:
 def monitor_figures(report: MonitorReport, *, rto_hours: float | None = None) -> list[Figure]:
     """The gauges of one monitor round, as ``(name, value, tags)``. Figures that are
     unknown (no backup yet, free space not reported) are left out rather than sent as 0."""
-    from include.backup.dr.monitor import MONITOR_KINDS
-
     out = _Figures()
     _source_figures(out, report, rto_hours)
     _schedule_and_target_figures(out, report)

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 DUMP_NAME = "dump"  # compressed source stream, before encryption
 PLAINTEXT_NAMES = (DUMP_NAME, DUMP_NAME + ".partial")
+DRAFT_NAME = "manifest.draft.json"  # the dump step's manifest, completed by the next steps
+# Written into a run's staging by the backup failure callback: the run is over (dr_monitor
+# does not take it for a slow one).
+FAILED_MARKER = "run.failed.json"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 # <schedule>-<UTC stamp>-<sha256(run id)[:6]>: what make_backup_id builds.

@@ -35,8 +35,10 @@ from include.backup.catalog.manifest import (
 )
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
 from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, TargetError
+from include.backup.runtime import load_config, load_keys
 from include.backup.settings import plaintext_grace_s
 from include.backup.staging import (
+    DRAFT_NAME,
     StagingFile,
     backup_stage,
     remove_stale_staging,
@@ -51,20 +53,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DUMP_NAME = "dump"  # compressed source stream, before encryption
-DRAFT_NAME = "manifest.draft.json"
 STALE_STAGING_DAYS = 7
 CHAIN_TYPES = ("FULL", "INCREMENTAL", "TRANSACTION_LOG")  # what a chain can be built from
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def load_config() -> BackupConfig:
-    """The valid part of the config: a run of a valid schedule must not fail because a
-    different schedule in the same file is broken."""
-    from include.backup.config.loader import load_config as _load
-
-    return _load().config
 
 
 def make_backup_id(schedule: str, when: datetime, run_id: str) -> str:
@@ -79,18 +72,6 @@ def staging_dir(config: BackupConfig, backup_id: str) -> Path:
     from include.backup.settings import staging_root
 
     return staging_root(config) / backup_id
-
-
-def load_keys(config: BackupConfig) -> Any:
-    """The key ring: from $BACKUP_KEY_FILE when set (CLI, demo), else the Airflow
-    connection named by encryption.key_conn_id."""
-    from include.backup.keys import KeyRing
-    from include.backup.settings import key_file_override
-
-    path = key_file_override()
-    if path is not None:
-        return KeyRing.from_file(path)
-    return KeyRing.from_connection(config.encryption.key_conn_id)
 
 
 def _read_draft(stage: Path) -> Manifest:

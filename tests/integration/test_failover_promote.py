@@ -13,7 +13,7 @@ import pytest
 
 from include.backup.config.loader import load_config
 from include.backup.dr import failover
-from include.backup.dr.failover import lsn_bytes
+from include.backup.dr.standby import lsn_bytes
 from include.backup.errors import BackupError
 from include.backup.testing import PgCluster, db_fingerprint, load_sample_data
 from tests.integration.test_dr_test import _dr_test, _setup, run_schedule

@@ -14,15 +14,8 @@ import pytest
 from include.backup.config.loader import load_config
 from include.backup.config.schema import BackupConfig, FailoverSwitch
 from include.backup.dr import failover
-from include.backup.dr.failover import (
-    StandbyState,
-    lsn_bytes,
-    parse_failover_params,
-    promotion_decision,
-    restore_secondary,
-    standby_findings,
-    switch,
-)
+from include.backup.dr.failover import parse_failover_params, restore_secondary, switch
+from include.backup.dr.standby import StandbyState, lsn_bytes, promotion_decision, standby_findings
 from include.backup.errors import BackupError, ConfigError, RestoreRefused
 
 SECRET = "s3cr3t-Pa55word"

@@ -214,8 +214,7 @@ def mark_staging_failed(config: Any, schedule: Any, context: Mapping[str, Any]) 
     """Write the monitor's FAILED_MARKER into the failed run's staging directory, if it
     is still there, so that ``dr_monitor`` does not take the failed run for a slow one
     (BACKUP_SLOW). Returns the marker's path, or None."""
-    from include.backup.dr.monitor import FAILED_MARKER
-    from include.backup.staging import write_private
+    from include.backup.staging import FAILED_MARKER, write_private
 
     stage = failed_stage(config, schedule.name, context)
     if stage is None:
@@ -317,7 +316,7 @@ def on_backup_failure(
 
 
 def _interval(schedule: Any, now: datetime | None = None) -> timedelta:
-    from include.backup.dr.monitor import cron_interval
+    from include.backup.dr.monitor.checks import cron_interval
 
     return cron_interval(schedule.cron, now or datetime.now(UTC))
 

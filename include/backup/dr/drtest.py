@@ -31,15 +31,31 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from include.backup.alerts.notify import Alert, AlertKind, Severity, send
+from include.backup.catalog.catalog import as_utc, list_backups, verify_object
 from include.backup.config.schema import BackupConfig
 from include.backup.dr import smoke as smoke_mod
-from include.backup.dr.params import check_destination, text_param
+from include.backup.dr.failover import rehearse
+from include.backup.dr.integrity import compare_with_manifest, error_text
+from include.backup.dr.params import (
+    bool_param,
+    check_not_production,
+    check_not_same_database,
+    list_param,
+    resolve_environment,
+    scheduled_sources,
+    source_targets,
+    text_param,
+)
 from include.backup.dr.reports import TEST_TYPES, DRTestReport, write_report
+from include.backup.dr.restore import locate, restore_backup
 from include.backup.errors import BackupError, RestoreRefused
+from include.backup.runtime import load_keys
+from include.backup.targets import build_target
+from include.backup.tasks import deep_verify
 
 log = logging.getLogger(__name__)
 
-CONN_PREFIX = "conn:"
 # What people type from the seed documents' API ("FAILOVER", "RESTORE") is accepted too.
 _ALIASES = {
     "BACKUP": "BACKUP_VERIFICATION",
@@ -77,28 +93,6 @@ class DRTestRequest:
         return cls(**dict(data))
 
 
-_text = text_param  # one string-param rule for every manual DAG (dr/params.py)
-
-
-def _bool(params: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = params.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise RestoreRefused(f"param {name!r} must be true or false, got {value!r}")
-    return value
-
-
-def _list(params: Mapping[str, Any], name: str, *, split: str | None = ",") -> list[str]:
-    value = params.get(name)
-    if value in (None, "", []):
-        return []
-    items = value if not isinstance(value, str) else (value.split(split) if split else [value])
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise RestoreRefused(f"param {name!r} must be a list of strings")
-    return [i.strip() for i in items if i.strip()]
-
-
 def normalise_test_type(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RestoreRefused(f"param 'test_type' is required: one of {', '.join(TEST_TYPES)}")
@@ -111,83 +105,12 @@ def normalise_test_type(value: Any) -> str:
     return name
 
 
-def scheduled_sources(config: BackupConfig) -> list[str]:
-    """Sources with an active schedule, in config order."""
-    seen: list[str] = []
-    for s in config.schedules:
-        if s.active and s.source not in seen:
-            seen.append(s.source)
-    return seen
-
-
-def source_targets(config: BackupConfig, source: str) -> list[str]:
-    """Every target of the source's schedules (active or not), in schedule order."""
-    names: list[str] = []
-    for s in config.schedules:
-        if s.source == source:
-            names += [t for t in s.targets if t not in names and t in config.targets]
-    return names
-
-
-def own_connection(config: BackupConfig, source: str) -> str | None:
-    return getattr(config.sources[source], "conn_id", None)
-
-
-def check_not_production(config: BackupConfig, source: str, where: str, param: str) -> None:
-    """Refuse to restore into the source itself (its own connection, its own paths), and a
-    destination that is not a plain path, database name or conn:<id> (params.check_destination)."""
-    check_destination(where.strip(), param)
-    cfg = config.sources[source]
-    conn_id = getattr(cfg, "conn_id", None)
-    value = where.strip()
-    if conn_id and value in (f"{CONN_PREFIX}{conn_id}", conn_id):
-        raise RestoreRefused(
-            f"param {param!r} {where!r} is the production connection of source {source!r}; "
-            "name a staging connection (conn:<conn_id>) or a new database"
-        )
-    if cfg.type == "files":
-        if not value.startswith("/"):
-            raise RestoreRefused(f"param {param!r} must be an absolute directory for files source {source!r}")
-        norm = value.rstrip("/") or "/"
-        for p in cfg.paths:
-            p = p.rstrip("/") or "/"
-            if norm == p or norm.startswith(p + "/") or p.startswith(norm + "/") or norm == "/":
-                raise RestoreRefused(
-                    f"param {param!r} {where!r} overlaps the backed-up path {p!r} of source "
-                    f"{source!r}; restore into a separate directory"
-                )
-
-
-def check_not_same_database(config: BackupConfig, source: str, into: str) -> None:
-    """PostgreSQL: refuse ``into`` when it resolves to the source's own database (same
-    host, port and database name), whatever it is called."""
-    cfg = config.sources[source]
-    if cfg.type != "postgres":
-        return
-    from include.backup.sources.postgres import params_from_connection
-
-    prod = params_from_connection(cfg.conn_id, cfg.database)
-    if into.startswith(CONN_PREFIX):
-        dest = params_from_connection(into[len(CONN_PREFIX) :])
-    else:
-        dest = prod.with_db(into)
-    # localhost, 127.0.0.1, ::1 and a socket directory are one server, however spelled.
-    if (smoke_mod.server_key(dest.host, dest.port), dest.dbname) == (
-        smoke_mod.server_key(prod.host, prod.port),
-        prod.dbname,
-    ):
-        raise RestoreRefused(
-            f"{into!r} is the production database of source {source!r} "
-            f"({prod.describe()}); restore into a staging database"
-        )
-
-
 def parse_dr_test_params(params: Mapping[str, Any], config: BackupConfig) -> DRTestRequest:  # noqa: C901
     """Check the params of the ``dr_test`` DAG before anything is touched."""
     test_type = normalise_test_type(params.get("test_type"))
-    source = _text(params, "source")
-    env = _text(params, "target_environment")
-    target = _text(params, "target")
+    source = text_param(params, "source")
+    env = text_param(params, "target_environment")
+    target = text_param(params, "target")
     if source is not None and source not in config.sources:
         raise RestoreRefused(
             f"param 'source': no source named {source!r}; known: {', '.join(config.sources) or 'none'}"
@@ -222,12 +145,12 @@ def parse_dr_test_params(params: Mapping[str, Any], config: BackupConfig) -> DRT
         test_type=test_type,
         source=source,
         target_environment=env,
-        notify_on_completion=_bool(params, "notify_on_completion", True),
-        participants=_list(params, "participants"),
+        notify_on_completion=bool_param(params, "notify_on_completion", True),
+        participants=list_param(params, "participants"),
         notes=notes.strip(),
         smoke_queries=smoke,
         target=target,
-        overwrite=_bool(params, "overwrite", False),
+        overwrite=bool_param(params, "overwrite", False),
     )
 
 
@@ -239,7 +162,7 @@ def _smoke_param(
     raw = params.get("smoke_queries")
     if isinstance(raw, list) and not all(isinstance(q, str) for q in raw):
         raise RestoreRefused("param 'smoke_queries' must be a list of SQL strings")
-    smoke = _list(params, "smoke_queries", split=None)
+    smoke = list_param(params, "smoke_queries", split=None)
     if not smoke:
         return []
     if test_type not in ("RESTORE_TEST", "RECOVERY_TIME_TEST"):
@@ -261,79 +184,6 @@ def _smoke_param(
 # --- integrity checks ------------------------------------------------------------------
 
 
-def resolve_environment(config: BackupConfig, source: str, env: str) -> str:
-    """``into`` for restore_backup: ``conn:<id>`` as is; for a database source, a bare
-    name that is an Airflow connection becomes ``conn:<name>``, else it is a database on
-    the source's server; a directory as is."""
-    value = env.strip()
-    cfg = config.sources[source]
-    if value.startswith(CONN_PREFIX) or cfg.type == "files" or value.startswith("/"):
-        return value
-    try:
-        from airflow.sdk import BaseHook
-
-        BaseHook.get_connection(value)
-    except Exception:  # noqa: BLE001 - no such connection: a database name
-        return value
-    return f"{CONN_PREFIX}{value}"
-
-
-def compare_with_manifest(  # noqa: C901 - one rule per source type
-    source_type: str,
-    recorded: Mapping[str, Any],
-    restored: Mapping[str, Any],
-    *,
-    chain_length: int = 1,
-    only: bool = False,
-) -> tuple[list[str], list[str]]:
-    """(issues, notes): what the restore gave back against what the manifest recorded."""
-    issues: list[str] = []
-    notes: list[str] = []
-    if source_type == "postgres":
-        want = recorded.get("tables")
-        got = restored.get("tables")
-        if not isinstance(want, dict) or not isinstance(got, dict):
-            notes.append("no per-table row counts to compare (physical backup)")
-            return issues, notes
-        method = recorded.get("row_count_method", "exact")
-        for table, n in sorted(want.items()):
-            if table not in got:
-                issues.append(f"table {table} missing after restore (the backup recorded {n} rows)")
-            elif method in ("exact", "schema-only") and int(got[table]) != int(n):
-                issues.append(f"table {table}: {got[table]} rows restored, the backup recorded {n}")
-        if method not in ("exact", "schema-only"):
-            notes.append(f"row counts recorded as {method}: only tables compared")
-        extra = sorted(set(got) - set(want))
-        if extra:
-            notes.append(f"tables not in the manifest: {', '.join(extra)}")
-        return issues, notes
-    if source_type == "mongo":
-        want = recorded.get("collections") or {}
-        got = restored.get("collections") or {}
-        for name, n in sorted(want.items()):
-            if name not in got:
-                issues.append(f"collection {name} missing after restore (the backup recorded {n})")
-            elif chain_length == 1 and int(got[name]) != int(n):
-                issues.append(f"collection {name}: {got[name]} documents restored, the backup recorded {n}")
-        if chain_length > 1:
-            notes.append("chain with oplog: document counts not comparable, collections checked")
-        return issues, notes
-    if source_type == "files":
-        if only:
-            notes.append("partial restore: file counts not compared")
-            return issues, notes
-        for kind in ("files", "dirs", "symlinks"):
-            want_n = recorded.get(f"tree_{kind}")
-            if want_n is None:
-                continue
-            got_n = restored.get(kind)
-            if got_n is None or int(got_n) != int(want_n):
-                issues.append(f"{kind}: {got_n} restored, the backup recorded {want_n}")
-        return issues, notes
-    notes.append(f"no integrity rule for source type {source_type}")
-    return issues, notes
-
-
 def run_smoke_queries(
     into: str, source_cfg: Any, queries: list[str], stats: Mapping[str, Any] | None = None
 ) -> list[str]:
@@ -352,13 +202,6 @@ def new_test_id(now: datetime) -> str:
     return f"dr-{now.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
-def _error(exc: BaseException) -> str:
-    from include.backup.alerts.notify import redact
-
-    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BackupError) else str(exc)
-    return redact(" ".join(text.split()))
-
-
 def restore_and_check(
     config: BackupConfig,
     source: str,
@@ -374,8 +217,6 @@ def restore_and_check(
     """Restore the newest chain of ``source`` (or ``backup_id``) into ``into_param`` and
     check it against the manifest. Never raises for a failed restore or check: returns
     ``{ok, issues, notes, backup_id, seconds, rpo_seconds, ...}``."""
-    from include.backup import tasks
-    from include.backup.dr.restore import locate, restore_backup
 
     issues: list[str] = []
     notes: list[str] = []
@@ -390,7 +231,7 @@ def restore_and_check(
             config,
             backup_id,
             into,
-            keys=keys if keys is not None else tasks.load_keys(config),
+            keys=keys if keys is not None else load_keys(config),
             target_name=target,
             overwrite=overwrite,
             source_name=source,
@@ -398,7 +239,7 @@ def restore_and_check(
     except Exception as exc:  # noqa: BLE001 - the test's finding, reported
         log.exception("DR test restore of %s failed", source)
         out["seconds"] = round(time.monotonic() - started, 3)
-        out.update(ok=False, issues=[f"restore failed: {_error(exc)}"], notes=notes)
+        out.update(ok=False, issues=[f"restore failed: {error_text(exc)}"], notes=notes)
         return out
     out.update(
         backup_id=result.backup_id,
@@ -424,7 +265,7 @@ def restore_and_check(
             issues += run_smoke_queries(into, config.sources[source], smoke_queries, result.stats)
     except Exception as exc:  # noqa: BLE001
         log.exception("DR test check of %s failed", source)
-        issues.append(f"integrity check failed: {_error(exc)}")
+        issues.append(f"integrity check failed: {error_text(exc)}")
     out.update(ok=not issues, issues=issues, notes=notes)
     return out
 
@@ -437,9 +278,6 @@ def _small(stats: Mapping[str, Any]) -> dict[str, Any]:
 def verify_latest(config: BackupConfig, source: str, now: datetime | None = None) -> dict[str, Any]:
     """BACKUP_VERIFICATION of one source: the newest backup at each of its targets,
     re-hashed and deep-verified. ``{ok, issues, notes, backup_id, rpo_seconds, checked}``."""
-    from include.backup.catalog.catalog import as_utc, list_backups, verify_object
-    from include.backup.targets import build_target
-    from include.backup.tasks import deep_verify
 
     moment = now or datetime.now(UTC)
     issues: list[str] = []
@@ -451,7 +289,7 @@ def verify_latest(config: BackupConfig, source: str, now: datetime | None = None
             target = build_target(name, config.targets[name])
             backups = list_backups(target, source)
         except Exception as exc:  # noqa: BLE001
-            issues.append(f"target {name}: cannot list backups: {_error(exc)}")
+            issues.append(f"target {name}: cannot list backups: {error_text(exc)}")
             continue
         if not backups:
             issues.append(f"target {name}: holds no backup of {source}")
@@ -466,7 +304,7 @@ def verify_latest(config: BackupConfig, source: str, now: datetime | None = None
             if not problems:
                 problems += deep_verify(config, target, manifest)
         except Exception as exc:  # noqa: BLE001
-            problems.append(_error(exc))
+            problems.append(error_text(exc))
         if problems:
             issues.append(f"target {name}: backup {manifest.backup_id}: {'; '.join(problems)}")
             checked[name] = f"{manifest.backup_id}: FAILED"
@@ -536,8 +374,6 @@ def _run_one(
         return verify_latest(config, source, now)
     env = request.target_environment or ""
     if kind == "FAILOVER_TEST":
-        from include.backup.dr.failover import rehearse
-
         return rehearse(
             config, source, env, target=request.target, overwrite=request.overwrite, keys=keys, now=now
         )
@@ -574,7 +410,6 @@ def store_reports(config: BackupConfig, reports: list[DRTestReport]) -> dict[str
     """Write each report at every target of its source's schedules. Returns
     ``{target: [key, ...]}``; a target that cannot be written is logged and skipped
     (TargetError), and raises only when no target took a report."""
-    from include.backup.targets import build_target
 
     written: dict[str, list[str]] = {}
     failures: list[str] = []
@@ -584,9 +419,12 @@ def store_reports(config: BackupConfig, reports: list[DRTestReport]) -> dict[str
                 key = write_report(build_target(name, config.targets[name]), report)
             except Exception as exc:  # noqa: BLE001 - the other targets still get it
                 log.error(
-                    "could not write DR test report %s at target %s: %s", report.test_id, name, _error(exc)
+                    "could not write DR test report %s at target %s: %s",
+                    report.test_id,
+                    name,
+                    error_text(exc),
                 )
-                failures.append(f"{name}: {_error(exc)}")
+                failures.append(f"{name}: {error_text(exc)}")
                 continue
             written.setdefault(name, []).append(key)
     if reports and not written:
@@ -615,8 +453,6 @@ def summary(report: DRTestReport) -> dict[str, Any]:
 
 
 def result_alert(report: DRTestReport, dag_id: str | None = None, run_id: str | None = None) -> Any:
-    from include.backup.alerts.notify import Alert, AlertKind, Severity
-
     def fmt(seconds: float | None) -> str:
         return "not measured" if seconds is None else f"{seconds:.1f} s ({seconds / 3600:.2f} h)"
 
@@ -662,8 +498,6 @@ def mail_reports(
     run_id: str | None = None,
     state_path: Any = None,
 ) -> int:
-    from include.backup.alerts.notify import send
-
     recipients = report_recipients(config)
     if not recipients:
         log.warning("notify_on_completion: dr.notification_emails is empty: the DR test result is not mailed")

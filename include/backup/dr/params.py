@@ -1,21 +1,50 @@
-"""Validation of the params of the manual DAGs (restore, ...), before anything is touched.
+"""Params of the manual DR DAGs (restore, dr_test, failover) and the guards every
+destination passes, before anything is touched.
 
 Airflow checks the JSON-schema of each Param in the UI and the REST API; these functions
-check what a schema cannot (names that must exist in the config, exclusive options) and
-turn the params into typed requests. Every error names the param and says what to pass.
+check what a schema cannot (names that must exist in the config, exclusive options, a
+destination that is not the source itself) and turn the params into typed requests.
+Every error names the param and says what to pass. :mod:`include.backup.dr.drtest` and
+:mod:`include.backup.dr.failover` parse their own requests with the helpers here.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from include.backup.config.schema import BackupConfig
+from include.backup.dr.destinations import (
+    CONN_PREFIX,
+    PATH_REFUSED,
+    SHAPES,
+    check_destination,
+    check_path,
+)
+from include.backup.dr.smoke import server_key
 from include.backup.errors import RestoreRefused
+from include.backup.sources.postgres import params_from_connection
+
+__all__ = [
+    "CONN_PREFIX",
+    "PATH_REFUSED",
+    "SHAPES",
+    "RestoreRequest",
+    "bool_param",
+    "check_destination",
+    "check_not_production",
+    "check_not_same_database",
+    "check_path",
+    "list_param",
+    "own_connection",
+    "parse_restore_params",
+    "resolve_environment",
+    "scheduled_sources",
+    "source_targets",
+    "text_param",
+]
 
 
 @dataclass(frozen=True)
@@ -39,78 +68,6 @@ class RestoreRequest:
         return cls(**{**data, "point_in_time": datetime.fromisoformat(pit) if pit else None})
 
 
-# --- destinations ------------------------------------------------------------------------
-#
-# A destination (restore ``into``, dr_test ``target_environment``, failover ``secondary``)
-# becomes a directory name, a database name or a connection id. Nothing builds a shell
-# command from it any more (see sources/walrestore.py), but it is still checked strictly
-# here, before anything is touched: one of three shapes, and nothing a shell, a
-# postgresql.conf string or a terminal would read as more than text.
-
-CONN_PREFIX = "conn:"
-# Characters a shell expands or acts on, inside or outside double quotes (pg_ctl starts the
-# server through /bin/sh with the data directory in double quotes: a '"' in it would end
-# them). Spaces and single quotes are allowed: every command string we build quotes them.
-PATH_REFUSED = frozenset('$`\\";|&<>*?!')
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # a database name or a connection id
-_CONN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}(?:/[A-Za-z0-9_][A-Za-z0-9_-]{0,62})?")
-SHAPES = (
-    "an absolute directory (/srv/restore, optionally /srv/pg-restored:5440 for a physical "
-    "PostgreSQL restore), a database name (letters, digits, _ . -), or conn:<conn_id>[/<db>]"
-)
-
-
-def _control_chars(value: str) -> list[str]:
-    """Control, format and line/paragraph separator characters (newlines, NUL, bidi...)."""
-    return [f"U+{ord(c):04X}" for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
-
-
-def check_path(value: str, param: str) -> str:
-    """``value`` as an absolute path with no control characters, no shell metacharacters
-    and no ``..`` component; a RestoreRefused naming ``param`` and the fix otherwise."""
-    bad = _control_chars(value)
-    if bad:
-        raise RestoreRefused(
-            f"param {param!r} {value!r} contains control characters ({', '.join(bad)}); "
-            "give a plain absolute path"
-        )
-    if not value.startswith("/"):
-        raise RestoreRefused(f"param {param!r} {value!r} is not an absolute path; give e.g. /srv/restore")
-    shell = sorted(set(value) & PATH_REFUSED)
-    if shell:
-        raise RestoreRefused(
-            f"param {param!r} {value!r} contains {' '.join(shell)}: shell metacharacters are "
-            "not allowed in a destination path; rename the directory (letters, digits, "
-            "spaces, single quotes, - _ . , + = @ % : are fine)"
-        )
-    if ".." in value.split("/"):
-        raise RestoreRefused(f"param {param!r} {value!r} has a '..' component; give the path without it")
-    return value
-
-
-def check_destination(value: str, param: str = "into") -> str:
-    """Refuse a destination that is not one of the three shapes (see ``SHAPES``); return it
-    unchanged otherwise. Called on every restore, dr_test and failover destination before
-    anything is touched."""
-    bad = _control_chars(value)
-    if bad:
-        raise RestoreRefused(
-            f"param {param!r} {value!r} contains control characters ({', '.join(bad)}); give {SHAPES}"
-        )
-    if value.startswith("/"):
-        return check_path(value, param)  # a :PORT suffix is digits: nothing to refuse there
-    if value.startswith(CONN_PREFIX):
-        if not _CONN.fullmatch(value[len(CONN_PREFIX) :]):
-            raise RestoreRefused(
-                f"param {param!r} {value!r} is not conn:<conn_id>[/<db>] (a connection id of "
-                "letters, digits, _ . -, and a database name of letters, digits, _ -)"
-            )
-        return value
-    if not _NAME.fullmatch(value):
-        raise RestoreRefused(f"param {param!r} {value!r} is not a destination: give {SHAPES}")
-    return value
-
-
 def text_param(params: Mapping[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -118,6 +75,25 @@ def text_param(params: Mapping[str, Any], name: str) -> str | None:
     if not isinstance(value, str):
         raise RestoreRefused(f"param {name!r} must be a string, got {type(value).__name__}")
     return value.strip()
+
+
+def bool_param(params: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RestoreRefused(f"param {name!r} must be true or false, got {value!r}")
+    return value
+
+
+def list_param(params: Mapping[str, Any], name: str, *, split: str | None = ",") -> list[str]:
+    value = params.get(name)
+    if value in (None, "", []):
+        return []
+    items = value if not isinstance(value, str) else (value.split(split) if split else [value])
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise RestoreRefused(f"param {name!r} must be a list of strings")
+    return [i.strip() for i in items if i.strip()]
 
 
 def _names(params: Mapping[str, Any], *keys: str) -> list[str] | None:
@@ -185,3 +161,92 @@ def parse_restore_params(params: Mapping[str, Any], config: BackupConfig) -> Res
         only=_names(params, "tables", "collections", "paths"),
         overwrite=overwrite,
     )
+
+
+# --- sources and their targets --------------------------------------------------------
+
+
+def scheduled_sources(config: BackupConfig) -> list[str]:
+    """Sources with an active schedule, in config order."""
+    seen: list[str] = []
+    for s in config.schedules:
+        if s.active and s.source not in seen:
+            seen.append(s.source)
+    return seen
+
+
+def source_targets(config: BackupConfig, source: str) -> list[str]:
+    """Every target of the source's schedules (active or not), in schedule order."""
+    names: list[str] = []
+    for s in config.schedules:
+        if s.source == source:
+            names += [t for t in s.targets if t not in names and t in config.targets]
+    return names
+
+
+def own_connection(config: BackupConfig, source: str) -> str | None:
+    return getattr(config.sources[source], "conn_id", None)
+
+
+# --- guards: never into the source itself ---------------------------------------------
+
+
+def check_not_production(config: BackupConfig, source: str, where: str, param: str) -> None:
+    """Refuse to restore into the source itself (its own connection, its own paths), and a
+    destination that is not a plain path, database name or conn:<id> (check_destination)."""
+    check_destination(where.strip(), param)
+    cfg = config.sources[source]
+    conn_id = getattr(cfg, "conn_id", None)
+    value = where.strip()
+    if conn_id and value in (f"{CONN_PREFIX}{conn_id}", conn_id):
+        raise RestoreRefused(
+            f"param {param!r} {where!r} is the production connection of source {source!r}; "
+            "name a staging connection (conn:<conn_id>) or a new database"
+        )
+    if cfg.type == "files":
+        if not value.startswith("/"):
+            raise RestoreRefused(f"param {param!r} must be an absolute directory for files source {source!r}")
+        norm = value.rstrip("/") or "/"
+        for p in cfg.paths:
+            p = p.rstrip("/") or "/"
+            if norm == p or norm.startswith(p + "/") or p.startswith(norm + "/") or norm == "/":
+                raise RestoreRefused(
+                    f"param {param!r} {where!r} overlaps the backed-up path {p!r} of source "
+                    f"{source!r}; restore into a separate directory"
+                )
+
+
+def check_not_same_database(config: BackupConfig, source: str, into: str) -> None:
+    """PostgreSQL: refuse ``into`` when it resolves to the source's own database (same
+    host, port and database name), whatever it is called."""
+    cfg = config.sources[source]
+    if cfg.type != "postgres":
+        return
+    prod = params_from_connection(cfg.conn_id, cfg.database)
+    if into.startswith(CONN_PREFIX):
+        dest = params_from_connection(into[len(CONN_PREFIX) :])
+    else:
+        dest = prod.with_db(into)
+    # localhost, 127.0.0.1, ::1 and a socket directory are one server, however spelled.
+    if (server_key(dest.host, dest.port), dest.dbname) == (server_key(prod.host, prod.port), prod.dbname):
+        raise RestoreRefused(
+            f"{into!r} is the production database of source {source!r} "
+            f"({prod.describe()}); restore into a staging database"
+        )
+
+
+def resolve_environment(config: BackupConfig, source: str, env: str) -> str:
+    """``into`` for restore_backup: ``conn:<id>`` as is; for a database source, a bare
+    name that is an Airflow connection becomes ``conn:<name>``, else it is a database on
+    the source's server; a directory as is."""
+    value = env.strip()
+    cfg = config.sources[source]
+    if value.startswith(CONN_PREFIX) or cfg.type == "files" or value.startswith("/"):
+        return value
+    try:
+        from airflow.sdk import BaseHook  # Airflow's Task SDK: heavy, and only needed here
+
+        BaseHook.get_connection(value)
+    except Exception:  # noqa: BLE001 - no such connection: a database name
+        return value
+    return f"{CONN_PREFIX}{value}"

@@ -36,11 +36,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from include.backup.dr.destinations import CONN_PREFIX
 from include.backup.errors import RestoreRefused
+from include.backup.sources.postgres import PgParams, params_from_connection, redact
 
 log = logging.getLogger(__name__)
 
-CONN_PREFIX = "conn:"
 STATEMENT_TIMEOUT_S = 60.0
 LOCK_TIMEOUT_S = 5.0
 MAX_QUERY_CHARS = 10_000
@@ -269,8 +270,6 @@ def smoke_place_problem(into: str, *, physical: bool) -> str | None:
 def smoke_connection(source_cfg: Any, into: str, stats: Mapping[str, Any]) -> Any:
     """Where the smoke queries of a copy restored into ``into`` run: a PgParams for the
     restored copy only. Refuses the source's connection and the source's server."""
-    from include.backup.sources.postgres import PgParams, params_from_connection
-
     physical = "port" in stats and "data_dir" in stats  # what a physical restore reports
     problem = smoke_place_problem(into, physical=physical)
     if problem:
@@ -316,9 +315,7 @@ def _session_options(existing: str | None) -> str:
 
 @contextmanager
 def _session(params: Any) -> Iterator[Any]:
-    import psycopg2  # type: ignore[import-untyped]
-
-    from include.backup.sources.postgres import redact
+    import psycopg2  # type: ignore[import-untyped]  # the driver: only when a query runs
 
     kwargs = params.connect_kwargs()
     kwargs["options"] = _session_options(kwargs.get("options"))
@@ -374,7 +371,7 @@ def run_smoke_queries(params: Any, queries: list[str]) -> list[str]:
 
 
 def _run_one(conn: Any, query: str, drop_role: bool) -> str | None:
-    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2  # type: ignore[import-untyped]  # the driver: only when a query runs
 
     # A query that returns rows goes through a server-side cursor: one row is fetched,
     # not a whole table into the worker's memory. SHOW and EXPLAIN output is small.

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from include.backup.catalog.manifest import Manifest
-from include.backup.dr.params import check_path
+from include.backup.dr.destinations import check_path
 from include.backup.errors import BackupError, IntegrityError, RestoreRefused, SourceError
 from include.backup.sources.base import DumpResult
 from include.backup.sources.walrestore import wal_file_name_ok
