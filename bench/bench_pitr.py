@@ -28,7 +28,7 @@ from include.backup import tasks
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.keys import KeyRing
-from include.backup.sources import postgres_physical as phys
+from include.backup.sources.postgres import cluster, recovery
 from include.backup.testing.postgres import PgCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,14 +48,14 @@ def server_now(pg: PgCluster) -> datetime:
 def baseline(pg: PgCluster, base: Path, until: datetime) -> float:
     data = Path(str(base) + "-recovered")
     shutil.copytree(base, data, symlinks=True)
-    port = phys._free_port()
-    phys._write_recovery_conf(data, pg.wal_archive_dir, port, until)
-    phys._own(data)
+    port = cluster.free_port()
+    recovery._write_recovery_conf(data, pg.wal_archive_dir, port, until)
+    cluster.own_paths(data)
     t0 = time.monotonic()
-    phys._pg_ctl(data, "start")
-    phys._wait_recovered(data, port, "baseline")
+    cluster.pg_ctl(data, "start")
+    cluster.wait_recovered(data, port, "baseline")
     seconds = time.monotonic() - t0
-    phys.stop_restored_server(str(data), quiet=True)
+    cluster.stop_restored_server(str(data), quiet=True)
     return seconds
 
 
@@ -110,7 +110,7 @@ def main() -> None:
         t0 = time.monotonic()
         result = restore_backup(cfg, None, into, keys=keys, until=until, source_name="shop")
         ours_s = time.monotonic() - t0
-        phys.stop_restored_server(into, quiet=True)
+        cluster.stop_restored_server(into, quiet=True)
         for d in (into, str(plain_base), f"{plain_base}-recovered"):
             shutil.rmtree(d, ignore_errors=True)
         stored = log["stored_size"] / 2**20

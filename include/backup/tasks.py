@@ -163,9 +163,9 @@ def _choose_parent(
 
 def _spool_in_use(source_cfg: Any) -> AbstractContextManager[object]:
     """A physical PostgreSQL source's WAL spool, marked in use by this dump (see
-    postgres_physical.spool_in_use); nothing for other sources."""
+    sources.postgres.spool.spool_in_use); nothing for other sources."""
     if getattr(source_cfg, "method", None) == "physical" and source_cfg.wal_archive_dir:
-        from include.backup.sources.postgres_physical import spool_in_use
+        from include.backup.sources.postgres.spool import spool_in_use
 
         return spool_in_use(Path(source_cfg.wal_archive_dir))
     return nullcontext()
@@ -208,7 +208,7 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
         # The run lock tells the plaintext sweep that this dump is at work, however long
         # the source keeps it from writing. Held from before the parent is chosen to the
         # end of the dump: a physical PostgreSQL source's spool is then not pruned under
-        # this run (postgres_physical).
+        # this run (sources.postgres.spool).
         with run_lock(stage, purpose=f"dump of {backup_id}"), _spool_in_use(source_cfg):
             parent = _choose_parent(config, schedule, stage, backup_id)
             with StagingFile(partial) as raw_out:

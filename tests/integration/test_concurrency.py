@@ -30,7 +30,7 @@ from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
-from include.backup.sources.postgres_physical import stop_restored_server
+from include.backup.sources.postgres.cluster import stop_restored_server
 from include.backup.targets import build_target
 from include.backup.testing import PgCluster
 from tests.integration.services import unique
@@ -67,7 +67,7 @@ def _worker(
 
         if hold_in_wal_copy:
             # Instrumentation only: pause the real dump at the moment it reads the spool.
-            from include.backup.sources import postgres_physical
+            from include.backup.sources.postgres import physical as postgres_physical
 
             real = postgres_physical._write_tar
 

@@ -467,7 +467,7 @@ def test_dr_test_result_is_mailed_to_the_config_recipients_only(smtp_server, fil
 
 @pytest.mark.slow
 def test_smoke_queries_of_a_physical_restore_run_in_the_cluster_it_started(tmp_path, monkeypatch):
-    from include.backup.sources.postgres_physical import stop_restored_server
+    from include.backup.sources.postgres.cluster import stop_restored_server
 
     with PgCluster(archive=True) as pg:
         pg.create_database("shop")

@@ -34,12 +34,12 @@ from include.backup.dr.restore import _open_chain, restore_backup
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
 from include.backup.keys import KeyRing
 from include.backup.sources import build_source
-from include.backup.sources.postgres_physical import (
-    RESTORE_MARKER,
+from include.backup.sources.postgres.cluster import stop_restored_server
+from include.backup.sources.postgres.datadir import RESTORE_MARKER
+from include.backup.sources.postgres.recovery import (
     WAL_RESTORE_SCRIPT,
     _restore_command,
     _restore_python,
-    stop_restored_server,
 )
 from include.backup.targets import build_target
 from include.backup.testing import PgCluster

@@ -20,7 +20,7 @@ from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
 from include.backup.keys import KeyRing
-from include.backup.sources.postgres_physical import stop_restored_server
+from include.backup.sources.postgres.cluster import stop_restored_server
 from include.backup.targets import build_target
 from include.backup.testing import PgCluster
 
@@ -158,7 +158,7 @@ def test_pitr_to_a_time_between_two_log_backups(env):
 
     # A gap between the two log backups (a segment in neither): a clear IntegrityError.
     broken = held[log2["backup_id"]]
-    from include.backup.sources.postgres_physical import next_segment
+    from include.backup.sources.postgres.wal import next_segment
 
     l2 = broken.model_copy(
         update={"position": {**broken.position, "wal_first": next_segment(broken.position["wal_first"])}}
@@ -187,7 +187,7 @@ def test_missing_segment_in_spool_is_a_clear_dump_error(env):
     config = load_config().config
     target = build_target("disk", config.targets["disk"])
     last = list_backups(target, "shop")[-1]
-    from include.backup.sources.postgres_physical import next_segment
+    from include.backup.sources.postgres.wal import next_segment
 
     lost = pg.wal_archive_dir / next_segment(last.position["wal_last"])
     for _ in range(100):

@@ -24,7 +24,7 @@ from include.backup.catalog.inflight import (
 from include.backup.catalog.manifest import Manifest
 from include.backup.errors import BackupError
 from include.backup.retention import RetentionPlan
-from include.backup.sources.postgres_physical import spool_in_use
+from include.backup.sources.postgres.spool import spool_in_use
 
 CTX = multiprocessing.get_context("fork")
 WAIT_S = 60  # deadlock guard only

@@ -5,7 +5,7 @@
 PostgreSQL runs ``restore_command`` through ``/bin/sh`` as its own OS user. Building that
 command from a path (``cp "<dir>/%f" "%p"``) lets a path such as ``/tmp/x$(reboot)`` run
 commands; so the command is this fixed program with every argument quoted by
-``shlex.quote`` (see ``postgres_physical._restore_command``), and this program itself
+``shlex.quote`` (see ``recovery._restore_command``), and this program itself
 never hands anything to a shell.
 
 Standalone on purpose: stdlib only, no import of the ``include`` package, runs on any
