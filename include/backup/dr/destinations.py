@@ -2,7 +2,7 @@
 failover ``secondary``), checked before anything is touched.
 
 A destination becomes a directory name, a database name or a connection id. Nothing
-builds a shell command from it (see sources/walrestore.py), but it is still checked
+builds a shell command from it (see sources/postgres/walrestore.py), but it is still checked
 strictly: one of three shapes, and nothing a shell, a postgresql.conf string or a
 terminal would read as more than text. A leaf module (errors only), so that sources
 (the physical PostgreSQL restore checks its data directory with :func:`check_path`)
