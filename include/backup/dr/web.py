@@ -35,7 +35,6 @@ the UI's ``_token`` cookie, checked by the configured auth manager). ``require_a
 
 from __future__ import annotations
 
-import html
 import logging
 import os
 import threading
@@ -43,8 +42,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -52,6 +53,8 @@ from include.backup.alerts.notify import redact
 from include.backup.catalog.catalog import as_utc, list_backups, verified_at
 from include.backup.catalog.manifest import Manifest
 from include.backup.dr.monitor import MonitorReport, fmt_age, fmt_bytes, fmt_time, run_monitor
+from include.backup.factory import _load
+from include.backup.targets import build_target
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,6 @@ def _cache_seconds() -> float:
 
 
 def _load_config() -> Any:
-    from include.backup.factory import _load
-
     return _load(None)
 
 
@@ -152,8 +153,6 @@ class Monitor:
 
 
 def _scan_backups(config: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    from include.backup.targets import build_target
-
     merged: dict[str, tuple[Manifest, list[str], list[str]]] = {}
     problems: list[str] = []
     for name, cfg in config.targets.items():
@@ -348,38 +347,18 @@ def period_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --- HTML ------------------------------------------------------------------------------
+#
+# The markup is in templates/ (dr_page.html.j2, its style sheet dr_page.css, and
+# dr_denied.html.j2), rendered with autoescaping; the functions below only turn the
+# report's JSON into the strings the template shows.
 
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:18px 24px;
- color:#1f2933;background:#f7f8fa;font-size:14px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 8px}
-.muted{color:#6b7280;font-size:12px}
-.banner{padding:10px 14px;border-radius:6px;margin:12px 0;border:1px solid}
-.banner.error{background:#fdecec;border-color:#f5a3a3;color:#8a1c1c}
-.banner.warn{background:#fff6e0;border-color:#f3cd6b;color:#7a5200}
-.banner.ok{background:#e8f6ec;border-color:#9fd8ae;color:#1b5e2f}
-.cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
-.card{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:10px 14px;min-width:130px}
-.card .v{font-size:20px;font-weight:600} .card .l{font-size:12px;color:#6b7280}
-table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #e2e5ea}
-th,td{padding:6px 9px;border-bottom:1px solid #eef0f3;text-align:left;vertical-align:top}
-th{background:#f0f2f5;font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#4b5563}
-.ok{color:#1b7f3b;font-weight:600} .bad{color:#c0262d;font-weight:600} .warn{color:#a16207;font-weight:600}
-.pill{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
-.pill.ok{background:#dcf3e3} .pill.bad{background:#fbdede} .pill.warn{background:#fdf0cc}
-.pill.na{background:#eceff3;color:#4b5563}
-code{font-size:12px;background:#eef0f3;padding:1px 4px;border-radius:3px}
-ul.v{margin:0;padding-left:16px} ul.v li{white-space:nowrap} ul.v li.bad{white-space:normal}
-
-"""
-
-
-def e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _pill(text: str, kind: str) -> str:
-    return f'<span class="pill {kind}">{e(text)}</span>'
+TEMPLATES = Path(__file__).parent / "templates"
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    finalize=lambda value: "" if value is None else value,  # None shows as nothing
+)
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -394,38 +373,9 @@ def _duration(seconds: float | None) -> str:
     return fmt_age(timedelta(seconds=seconds))
 
 
-def render_page(snap: Snapshot, *, now: datetime | None = None) -> str:  # noqa: C901 - one page, top to bottom
-    now = now or datetime.now(UTC)
-    parts: list[str] = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>DR Management</title><style>{CSS}</style></head><body>",
-        "<h1>DR Management</h1>",
-        f"<div class='muted'>Figures as of {e(fmt_time(snap.generated_at))}"
-        + (f" &middot; config <code>{e(snap.config_path)}</code>" if snap.config_path else "")
-        + " &middot; <a href='?refresh=1'>refresh</a> &middot; <a href='api/metrics'>JSON</a></div>",
-    ]
-    if snap.error:
-        parts.append(f"<div class='banner error' id='error'><b>Error:</b> {e(snap.error)}</div>")
-    for issue in snap.config_issues:
-        parts.append(f"<div class='banner warn'><b>Config:</b> {e(issue)}</div>")
-    if snap.report is None:
-        parts.append("</body></html>")
-        return "".join(parts)
-
-    data = snap.report.to_json()
-    summary = summarise(snap)
-    unreachable = summary["targets_unreachable"]
-    if unreachable:
-        errors = "; ".join(f"{n}: {data['targets'][n]['error']}" for n in unreachable)
-        parts.append(
-            f"<div class='banner error' id='unreachable'><b>Unreachable target(s):</b> {e(errors)}</div>"
-        )
-    if data["ok"] and not summary["rto_violations"]:
-        parts.append("<div class='banner ok'>All objectives met: no violations.</div>")
-
+def _cards(snap: Snapshot, summary: dict[str, Any]) -> list[tuple[str, str]]:
     rate = summary["success_rate"]
-    cards = [
+    return [
         ("RPO", f"{snap.rpo_hours:g} h" if snap.rpo_hours is not None else "-"),
         ("RTO", f"{snap.rto_hours:g} h" if snap.rto_hours is not None else "-"),
         ("Sources within RPO", f"{len(summary['sources_within_rpo'])} / {summary['monitored_sources']}"),
@@ -434,173 +384,115 @@ def render_page(snap: Snapshot, *, now: datetime | None = None) -> str:  # noqa:
         ("Stored", fmt_bytes(summary["stored_bytes"])),
         ("Open alerts", str(summary["alerts"])),
     ]
-    parts.append("<div class='cards'>")
-    for label, value in cards:
-        parts.append(
-            f"<div class='card'><div class='v'>{e(value)}</div><div class='l'>{e(label)}</div></div>"
-        )
-    parts.append("</div>")
 
-    # Sources.
+
+def _source_row(
+    name: str, s: dict[str, Any], alerts: list[dict[str, Any]], rto_hours: float | None, now: datetime
+) -> dict[str, Any]:
+    """One row of the Sources table, as the strings the template shows."""
+    row: dict[str, Any] = {
+        "name": name,
+        "type": s["type"],
+        "monitored": s["monitored"],
+        "last_good_backup_id": s["last_good_backup_id"],
+        "success": s["success"],
+        "verified_count": s["verified_count"],
+        "backups_count": s["backups_count"],
+        "rate": f"{s['verified_count'] / s['backups_count'] * 100:.0f}%" if s["backups_count"] else "-",
+        "avg_duration": _duration(s["avg_duration_seconds"]),
+        "last_duration": _duration(s["last_backup_duration_seconds"]),
+        "per_target": [(t, fmt_bytes(b)) for t, b in sorted(s["stored_bytes_per_target"].items())],
+        "violations": [f"{a['kind']}: {a['summary']}" for a in alerts],
+        "overdue": s["dr_test_overdue"],
+        "test": None,
+        "due": None,
+        "due_in": None,
+    }
+    if s["last_good_backup_id"]:
+        row["last_good_at"] = fmt_time(_dt(s["last_good_backup_at"]))
+        row["last_good_targets"] = ", ".join(s["last_good_backup_targets"])
+        row["age"] = fmt_age(timedelta(hours=s["last_good_backup_age_hours"]))
+        row["rpo_kind"] = "ok" if s["rpo_ok"] else "bad"
+        row["rpo_hours"] = f"{s['rpo_hours']:g}"
+    if (rto := rto_violation(s, rto_hours)) is not None:
+        row["violations"].append(f"RTO_MISSED: {rto}")
+    test = s["last_dr_test"]
+    if test:
+        rto_s = test.get("measured_rto_seconds")
+        row["test"] = {
+            "success": test["success"],
+            "test_type": test["test_type"],
+            "when": fmt_time(_dt(test["finished_at"] or test["started_at"])),
+            "rto": _duration(rto_s) if rto_s is not None else None,
+        }
+    due = _dt(s["next_dr_test_due"])
+    if due:
+        row["due"], row["due_in"] = fmt_time(due), fmt_age(due - now)
+    return row
+
+
+def _target_row(name: str, t: dict[str, Any]) -> dict[str, Any]:
+    free, low = t["free_bytes"], False
+    if free is not None:
+        low = t["min_free_bytes"] is not None and free < t["min_free_bytes"]
+    return {
+        "name": name,
+        "type": t["type"],
+        "reachable": t["reachable"],
+        "error": t["error"],
+        "free": fmt_bytes(free) if free is not None else None,
+        "low": low,
+        "threshold": fmt_bytes(t["min_free_bytes"]),
+        "stored": fmt_bytes(t["stored_bytes"]),
+        "backups": t["backups"],
+        "dr_test_reports": t["dr_test_reports"],
+    }
+
+
+def _schedule_row(name: str, sc: dict[str, Any]) -> dict[str, Any]:
+    return {**sc, "name": name, "last_at": fmt_time(_dt(sc["last_backup_at"]))}
+
+
+def page_context(snap: Snapshot, now: datetime) -> dict[str, Any]:
+    """What dr_page.html.j2 shows: the snapshot, and when there is a report, its figures
+    as display strings."""
+    context: dict[str, Any] = {"snap": snap, "fmt_time": fmt_time, "data": None}
+    if snap.report is None:
+        return context
+    data = snap.report.to_json()
+    summary = summarise(snap)
     alerts_by_source: dict[str, list[dict[str, Any]]] = {}
     for a in data["alerts"]:
         src = _alert_source(a, data)
         if src:
             alerts_by_source.setdefault(src, []).append(a)
-    parts.append("<h2>Sources</h2><table id='sources'><tr>")
-    for h in (
-        "Source",
-        "Last good backup",
-        "Age vs RPO",
-        "Success",
-        "Avg duration",
-        "Storage per target",
-        "Violations (RPO/RTO, alerts)",
-        "Last DR test",
-        "Next DR test due",
-    ):
-        parts.append(f"<th>{h}</th>")
-    parts.append("</tr>")
-    for name, s in data["sources"].items():
-        parts.append(f"<tr id='source-{e(name)}'>")
-        monitored = "" if s["monitored"] else "<div class='muted'>no active schedule</div>"
-        parts.append(f"<td><b>{e(name)}</b><div class='muted'>{e(s['type'])}</div>{monitored}</td>")
-        if s["last_good_backup_id"]:
-            parts.append(
-                f"<td><code>{e(s['last_good_backup_id'])}</code><div class='muted'>"
-                f"{e(fmt_time(_dt(s['last_good_backup_at'])))} at "
-                f"{e(', '.join(s['last_good_backup_targets']))}</div></td>"
-            )
-            age = timedelta(hours=s["last_good_backup_age_hours"])
-            kind = "ok" if s["rpo_ok"] else "bad"
-            parts.append(
-                f"<td class='rpo {kind}'>{_pill(fmt_age(age), kind)}"
-                f"<div class='muted'>RPO {s['rpo_hours']:g} h</div></td>"
-            )
-        else:
-            parts.append("<td class='muted'>none verified</td>")
-            parts.append(f"<td class='rpo bad'>{_pill('no backup', 'bad')}</td>")
-        rate_s = f"{s['verified_count'] / s['backups_count'] * 100:.0f}%" if s["backups_count"] else "-"
-        parts.append(
-            f"<td>{_pill('OK' if s['success'] else 'FAILING', 'ok' if s['success'] else 'bad')}"
-            f"<div class='muted'>{s['verified_count']} of {s['backups_count']} verified ({rate_s})</div></td>"
-        )
-        parts.append(
-            f"<td>{e(_duration(s['avg_duration_seconds']))}"
-            f"<div class='muted'>last {e(_duration(s['last_backup_duration_seconds']))}</div></td>"
-        )
-        per_target = "".join(
-            f"<li>{e(t)}: {e(fmt_bytes(b))}</li>" for t, b in sorted(s["stored_bytes_per_target"].items())
-        )
-        parts.append(f"<td><ul class='v'>{per_target or '<li>-</li>'}</ul></td>")
-        violations = [f"{a['kind']}: {a['summary']}" for a in alerts_by_source.get(name, [])]
-        if (rto := rto_violation(s, snap.rto_hours)) is not None:
-            violations.append(f"RTO_MISSED: {rto}")
-        if violations:
-            items = "".join(f"<li class='bad'>{e(v)}</li>" for v in violations)
-            parts.append(f"<td class='violations'><ul class='v'>{items}</ul></td>")
-        else:
-            parts.append(f"<td class='violations'>{_pill('none', 'ok')}</td>")
-        test = s["last_dr_test"]
-        if test:
-            outcome = _pill("passed", "ok") if test["success"] else _pill("FAILED", "bad")
-            rto_s = test.get("measured_rto_seconds")
-            parts.append(
-                f"<td>{outcome} {e(test['test_type'])}<div class='muted'>"
-                f"{e(fmt_time(_dt(test['finished_at'] or test['started_at'])))}"
-                + (f", RTO {e(_duration(rto_s))}" if rto_s is not None else "")
-                + "</div></td>"
-            )
-        else:
-            parts.append(f"<td>{_pill('never', 'na')}</td>")
-        due = _dt(s["next_dr_test_due"])
-        if s["dr_test_overdue"]:
-            parts.append(f"<td>{_pill('OVERDUE', 'bad' if s['monitored'] else 'na')}</td>")
-        elif due:
-            parts.append(f"<td>{e(fmt_time(due))}<div class='muted'>in {e(fmt_age(due - now))}</div></td>")
-        else:
-            parts.append("<td>-</td>")
-        parts.append("</tr>")
-    parts.append("</table>")
+    unreachable = summary["targets_unreachable"]
+    context.update(
+        data=data,
+        unreachable_errors="; ".join(f"{n}: {data['targets'][n]['error']}" for n in unreachable),
+        all_ok=data["ok"] and not summary["rto_violations"],
+        cards=_cards(snap, summary),
+        sources=[
+            _source_row(n, s, alerts_by_source.get(n, []), snap.rto_hours, now)
+            for n, s in data["sources"].items()
+        ],
+        targets=[_target_row(n, t) for n, t in data["targets"].items()],
+        schedules=[_schedule_row(n, sc) for n, sc in data["schedules"].items()],
+        alerts=data["alerts"],
+        keys=data["keys"],
+        issues=data["issues"],
+    )
+    return context
 
-    # Targets.
-    parts.append("<h2>Targets</h2><table id='targets'><tr>")
-    for h in ("Target", "Type", "Reachable", "Free space", "Stored", "Backups", "DR test reports"):
-        parts.append(f"<th>{h}</th>")
-    parts.append("</tr>")
-    for name, t in data["targets"].items():
-        reach = _pill("yes", "ok") if t["reachable"] else _pill("NO", "bad")
-        err = f"<div class='muted'>{e(t['error'])}</div>" if t["error"] else ""
-        if t["free_bytes"] is None:
-            free = "<span class='muted'>not reported</span>"
-        else:
-            low = t["min_free_bytes"] is not None and t["free_bytes"] < t["min_free_bytes"]
-            free = (
-                f"<span class='{'bad' if low else 'ok'}'>{e(fmt_bytes(t['free_bytes']))}</span>"
-                f"<div class='muted'>threshold {e(fmt_bytes(t['min_free_bytes']))}</div>"
-            )
-        parts.append(
-            f"<tr id='target-{e(name)}'><td><b>{e(name)}</b></td><td>{e(t['type'])}</td>"
-            f"<td>{reach}{err}</td><td>{free}</td><td>{e(fmt_bytes(t['stored_bytes']))}</td>"
-            f"<td>{t['backups']}</td><td>{t['dr_test_reports']}</td></tr>"
-        )
-    parts.append("</table>")
 
-    # Schedules.
-    if data["schedules"]:
-        parts.append("<h2>Schedules</h2><table id='schedules'><tr>")
-        for h in ("Schedule", "DAG", "Source", "Type", "Cron", "Last backup", "State"):
-            parts.append(f"<th>{h}</th>")
-        parts.append("</tr>")
-        for name, sc in data["schedules"].items():
-            last = (
-                f"<code>{e(sc['last_backup_id'])}</code>"
-                f"<div class='muted'>{e(fmt_time(_dt(sc['last_backup_at'])))}</div>"
-                if sc["last_backup_id"]
-                else "<span class='muted'>none</span>"
-            )
-            state = _pill("LATE", "warn") if sc["late"] else _pill("on time", "ok")
-            parts.append(
-                f"<tr><td>{e(name)}</td><td><code>{e(sc['dag_id'])}</code></td><td>{e(sc['source'])}</td>"
-                f"<td>{e(sc['type'])}</td><td><code>{e(sc['cron'])}</code></td><td>{last}</td><td>{state}</td></tr>"
-            )
-        parts.append("</table>")
+def render_page(snap: Snapshot, *, now: datetime | None = None) -> str:
+    """The DR Management page (templates/dr_page.html.j2)."""
+    return _ENV.get_template("dr_page.html.j2").render(page_context(snap, now or datetime.now(UTC)))
 
-    # Alerts, key, issues.
-    parts.append("<h2>Open alerts</h2>")
-    if data["alerts"]:
-        parts.append(
-            "<table id='alerts'><tr><th>Severity</th><th>Kind</th><th>Subject</th><th>Summary</th></tr>"
-        )
-        for a in data["alerts"]:
-            kind = "bad" if a["severity"] == "critical" else "warn"
-            parts.append(
-                f"<tr><td>{_pill(a['severity'], kind)}</td><td>{e(a['kind'])}</td>"
-                f"<td>{e(a['subject'])}</td><td>{e(a['summary'])}</td></tr>"
-            )
-        parts.append("</table>")
-    else:
-        parts.append("<p class='ok'>None.</p>")
-    keys = data["keys"]
-    if keys:
-        if keys["error"]:
-            key_line = f"<span class='bad'>cannot load: {e(keys['error'])}</span>"
-        else:
-            state = _pill("rotation due", "warn") if keys["rotation_due"] else _pill("ok", "ok")
-            key_line = (
-                f"active key <code>{e(keys['active_key_id'])}</code>, {e(keys['age_days'])} days old, "
-                f"rotate every {e(keys['rotation_days'])} days "
-                f"(next {e(keys['next_rotation_due'] or '-')}) {state}"
-            )
-        parts.append(
-            "<h2>Encryption key</h2>"
-            f"<p id='keys'>connection <code>{e(keys['conn_id'])}</code>: {key_line}</p>"
-        )
-    if data["issues"]:
-        items = "".join(f"<li>{e(i)}</li>" for i in data["issues"])
-        parts.append(f"<h2>Could not check</h2><ul id='issues'>{items}</ul>")
-    parts.append("</body></html>")
-    return "".join(parts)
+
+def render_denied(detail: Any) -> str:
+    """The page a browser gets for a 401/403: log in to Airflow first."""
+    return _ENV.get_template("dr_denied.html.j2").render(detail=detail)
 
 
 # --- the app ---------------------------------------------------------------------------
@@ -636,13 +528,7 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
     async def _http_error(request: Request, exc: HTTPException) -> Any:
         wants_html = "/api/" not in request.url.path and "text/html" in request.headers.get("accept", "")
         if wants_html and exc.status_code in (401, 403):
-            body = (
-                f"<!doctype html><html><head><meta charset='utf-8'><title>DR Management</title>"
-                f"<style>{CSS}</style></head><body><h1>DR Management</h1><div class='banner error'>"
-                f"{e(exc.detail)}: log in to the Airflow UI first, then open this page from its menu."
-                "</div></body></html>"
-            )
-            return HTMLResponse(body, status_code=exc.status_code)
+            return HTMLResponse(render_denied(exc.detail), status_code=exc.status_code)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     def _report_or_503(refresh: bool) -> Snapshot:
