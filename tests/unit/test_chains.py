@@ -5,6 +5,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.backup.catalog.chains import (
+    BrokenChain,
+    ChainRules,
+    check_chain,
     end_time,
     find_gaps,
     latest_chain,
@@ -160,3 +163,68 @@ def test_custom_continuity_called_along_chain(two_chains) -> None:
 
     pitr_chain(two_chains, at(15), cont)
     assert calls == [("f1", "l1"), ("l1", "l2")]
+
+
+# --- check_chain: the check every source's restore runs before it writes ----------------------
+
+RULES = ChainRules(
+    base_format="x",
+    link_format="x",
+    source_type="postgres",
+    start_types=frozenset({"FULL", "SCHEMA"}),
+    link_types=frozenset({"TRANSACTION_LOG"}),
+)
+
+
+def test_check_chain_accepts_a_linked_chain(two_chains) -> None:
+    calls = []
+
+    def cont(prev: Manifest, cur: Manifest) -> str | None:
+        calls.append((prev.backup_id, cur.backup_id))
+        return None
+
+    check_chain(two_chains[:3], RULES, cont)
+    assert calls == [("f1", "l1"), ("l1", "l2")]
+    check_chain([mk("s", "SCHEMA", 0, 0)], RULES)
+
+
+def test_check_chain_refuses_empty_and_wrong_formats(two_chains) -> None:
+    with pytest.raises(RestoreRefused, match="the chain is empty"):
+        check_chain([], RULES)
+    with pytest.raises(RestoreRefused, match="empty: pass one"):
+        check_chain([], ChainRules("x", "x", empty="empty: pass one"))
+    other = two_chains[1].model_copy(update={"payload_format": "y"})
+    with pytest.raises(RestoreRefused, match="l1 is a postgres backup in format 'y'"):
+        check_chain([two_chains[0], other], RULES)
+    worded = ChainRules("x", "x", wrong_format="{m.backup_id} bad", wrong_link_format="{m.backup_id} no log")
+    with pytest.raises(RestoreRefused, match="l1 no log"):
+        check_chain([two_chains[0], other], worded)
+    mongo = two_chains[0].model_copy(update={"source_type": "mongo"})
+    with pytest.raises(RestoreRefused, match="f1 is a mongo backup"):
+        check_chain([mongo], RULES)
+
+
+def test_check_chain_broken_is_one_type_for_every_condition(two_chains) -> None:
+    f1, l1, l2 = two_chains[:3]
+    cases = {
+        "starts with l1, a TRANSACTION_LOG": [l1, l2],
+        "l1 continues the SCHEMA backup s": [mk("s", "SCHEMA", 0, 0), l1],
+        r"f2 \(FULL\) cannot follow f1": [f1, two_chains[3]],
+        "l2 names parent l1, not f1": [f1, l2],
+        "l1 is from 'other'": [f1, l1.model_copy(update={"source": "other"})],
+    }
+    for message, chain in cases.items():
+        with pytest.raises(BrokenChain, match=message) as exc:
+            check_chain(chain, RULES)
+        # the one type is both what a restore refusal and a broken chain were raised as
+        assert isinstance(exc.value, IntegrityError) and isinstance(exc.value, RestoreRefused)
+
+
+def test_check_chain_gap_uses_the_sources_wording() -> None:
+    chain = [mk("f1", "FULL", 0, 0), mk("l1", "TRANSACTION_LOG", 2, 10, "f1")]
+    with pytest.raises(BrokenChain, match="broken between f1 and l1: changes between"):
+        check_chain(chain, RULES, time_continuity)
+    worded = ChainRules("x", "x", gap="{cur.backup_id} after {prev_end}: {problem}")
+    with pytest.raises(BrokenChain, match="l1 after 2026-01-01T12:00:00Z: changes"):
+        check_chain(chain, worded, time_continuity)
+    check_chain(chain, RULES)  # no continuity: links only

@@ -19,6 +19,9 @@ Conventions (every source follows them):
 
 Public API::
 
+    check_chain(manifests, rules, continuity=None)   # before a restore writes anything
+    ChainRules(base_format, link_format, ...)       # what a source accepts, its wording
+    BrokenChain                                     # a chain that does not link up
     pitr_chain(backups, until, continuity=None) -> list[Manifest]
     latest_chain(backups) -> list[Manifest]
     find_gaps(backups, continuity=None) -> list[str]
@@ -32,8 +35,10 @@ ended, else a one-line description of the problem (e.g. the missing range).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 
 from include.backup.catalog.catalog import STANDALONE_TYPES, as_utc, sort_key
 from include.backup.catalog.manifest import Manifest
@@ -43,6 +48,14 @@ Continuity = Callable[[Manifest, Manifest], "str | None"]
 
 # Types a point-in-time recovery can start from (a SCHEMA backup holds no data).
 BASE_TYPES = frozenset({"FULL"})
+
+
+class BrokenChain(IntegrityError, RestoreRefused):
+    """A chain that does not link up: it starts with a backup that needs a parent, a member
+    names another parent than the one before it, mixes sources, or leaves a gap.
+
+    Both an IntegrityError (the held manifests do not form a chain) and a RestoreRefused
+    (it is raised before a restore touches anything): callers catch either."""
 
 
 # --- positions -------------------------------------------------------------------------
@@ -156,17 +169,120 @@ def _window_text(windows: list[tuple[datetime, datetime]]) -> str:
     return ", ".join(f"{format_time(lo)} – {format_time(hi)}" for lo, hi in windows)
 
 
-def _check(chain: list[Manifest], continuity: Continuity | None) -> None:
-    if continuity is None:
-        return
-    for prev, cur in zip(chain, chain[1:], strict=False):
-        problem = continuity(prev, cur)
-        if problem:
-            raise IntegrityError(
-                f"backup chain broken between {prev.backup_id} and {cur.backup_id} "
-                f"(source {cur.source}): {problem}; take a new FULL backup, or recover to a "
-                f"point before {format_time(end_time(prev))}"
+_PITR_GAP = (
+    "backup chain broken between {prev.backup_id} and {cur.backup_id} (source {cur.source}): "
+    "{problem}; take a new FULL backup, or recover to a point before {prev_end_time}"
+)
+
+
+def _check_continuity(
+    prev: Manifest, cur: Manifest, continuity: Continuity | None, template: str
+) -> None:
+    problem = continuity(prev, cur) if continuity is not None else None
+    if problem:
+        raise BrokenChain(
+            template.format(
+                prev=prev,
+                cur=cur,
+                problem=problem,
+                prev_end=prev.position.get("end_time"),
+                prev_end_time=format_time(end_time(prev)),
             )
+        )
+
+
+def _check(chain: list[Manifest], continuity: Continuity | None) -> None:
+    for prev, cur in pairwise(chain):
+        _check_continuity(prev, cur, continuity, _PITR_GAP)
+
+
+# --- checking a chain before a restore -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainRules:
+    """What one source's restore accepts as a chain, and how it words each refusal.
+
+    A chain is a backup of ``start_types`` in ``base_format``, then backups of
+    ``link_types`` in ``link_format``, each naming the one before it as its parent, all of
+    one source (and of ``source_type`` when set). A start type outside :data:`BASE_TYPES`
+    (a SCHEMA backup) holds no data and must stand alone.
+
+    The messages are ``str.format`` templates over: ``first`` (the chain's first backup),
+    ``m`` (a backup in the wrong format), ``prev`` and ``cur`` (neighbours), ``problem``
+    (what ``continuity`` found) and ``prev_end`` (``prev``'s recorded end_time position).
+    """
+
+    base_format: str
+    link_format: str
+    source_type: str | None = None
+    start_types: frozenset[str] = BASE_TYPES
+    link_types: frozenset[str] | None = None  # None: the link format says enough
+    empty: str = "nothing to restore: the chain is empty"
+    wrong_format: str = (
+        "backup {m.backup_id} is a {m.source_type} backup in format {m.payload_format!r}"
+    )
+    wrong_link_format: str | None = None  # None: wrong_format
+    wrong_start: str = (
+        "backup chain broken: it starts with {first.backup_id}, a {first.backup_type}; a "
+        "restore starts from a FULL backup"
+    )
+    continues_dataless: str = (
+        "backup chain broken: {cur.backup_id} continues the {first.backup_type} backup "
+        "{first.backup_id}, which holds no data; restore from a FULL"
+    )
+    wrong_link: str = (
+        "backup chain broken: {cur.backup_id} ({cur.backup_type}) cannot follow "
+        "{prev.backup_id}; a chain is one FULL then log/incremental backups"
+    )
+    wrong_parent: str = (
+        "backup chain broken: {cur.backup_id} names parent {cur.parent_id}, not "
+        "{prev.backup_id}"
+    )
+    mixed_sources: str = (
+        "backup chain mixes sources: {cur.backup_id} is from {cur.source!r}, "
+        "{first.backup_id} from {first.source!r}"
+    )
+    gap: str = "backup chain broken between {prev.backup_id} and {cur.backup_id}: {problem}"
+
+
+def check_chain(
+    manifests: Sequence[Manifest],
+    rules: ChainRules,
+    continuity: Continuity | None = None,
+) -> None:
+    """Check, before a restore writes anything, that ``manifests`` (oldest first) form one
+    chain ``rules`` accepts and (with ``continuity``) that each backup starts where the one
+    before it ended. RestoreRefused for an empty chain or a backup in the wrong format;
+    :class:`BrokenChain` for a chain that does not link up."""
+    if not manifests:
+        raise RestoreRefused(rules.empty)
+    first = manifests[0]
+    for i, m in enumerate(manifests):
+        fmt, template = (
+            (rules.base_format, rules.wrong_format)
+            if i == 0
+            else (rules.link_format, rules.wrong_link_format or rules.wrong_format)
+        )
+        if m.payload_format != fmt or rules.source_type not in (None, m.source_type):
+            raise RestoreRefused(template.format(m=m, first=first))
+    if first.backup_type not in rules.start_types:
+        raise BrokenChain(rules.wrong_start.format(first=first))
+    if first.backup_type not in BASE_TYPES and len(manifests) > 1:
+        raise BrokenChain(rules.continues_dataless.format(first=first, cur=manifests[1]))
+    for prev, cur in pairwise(manifests):
+        _check_link(first, prev, cur, rules)
+        _check_continuity(prev, cur, continuity, rules.gap)
+
+
+def _check_link(first: Manifest, prev: Manifest, cur: Manifest, rules: ChainRules) -> None:
+    fields = {"first": first, "prev": prev, "cur": cur}
+    if rules.link_types is not None and cur.backup_type not in rules.link_types:
+        raise BrokenChain(rules.wrong_link.format(**fields))
+    if cur.parent_id != prev.backup_id:
+        raise BrokenChain(rules.wrong_parent.format(**fields))
+    if cur.source != first.source:
+        raise BrokenChain(rules.mixed_sources.format(**fields))
 
 
 # --- public ----------------------------------------------------------------------------
@@ -180,7 +296,8 @@ def pitr_chain(
     """The backups to replay to reach ``until``: the newest FULL whose end_time <= until,
     then its descendants (parent_id links, in order) up to the first whose end_time >=
     until. RestoreRefused (naming the reachable window) when ``until`` cannot be reached;
-    IntegrityError when ``continuity`` finds a gap inside the chosen chain."""
+    :class:`BrokenChain` (an IntegrityError) when ``continuity`` finds a gap inside the
+    chosen chain."""
     target = as_utc(until)
     ordered = _sorted(backups)
     kids = _children(ordered)
@@ -208,7 +325,7 @@ def pitr_chain(
 
 def latest_chain(backups: list[Manifest]) -> list[Manifest]:
     """The chain ending at the newest backup: its FULL (or SCHEMA) first, then each
-    descendant in order. IntegrityError when a parent is missing or the root needs one."""
+    descendant in order. BrokenChain when a parent is missing or the root needs one."""
     ordered = _sorted(backups)
     if not ordered:
         raise RestoreRefused("no backups to restore")
@@ -218,19 +335,19 @@ def latest_chain(backups: list[Manifest]) -> list[Manifest]:
     while chain[-1].parent_id is not None:
         parent_id = chain[-1].parent_id
         if parent_id in seen:
-            raise IntegrityError(
+            raise BrokenChain(
                 f"backup chain of {chain[0].backup_id} loops through {parent_id}; the "
                 "manifests are damaged — restore another backup"
             )
         if parent_id not in by_id:
-            raise IntegrityError(
+            raise BrokenChain(
                 f"backup chain broken: {chain[-1].backup_id} needs parent {parent_id}, "
                 "which is not among the backups held"
             )
         seen.add(parent_id)
         chain.append(by_id[parent_id])
     if chain[-1].backup_type not in STANDALONE_TYPES:
-        raise IntegrityError(
+        raise BrokenChain(
             f"backup chain broken: {chain[-1].backup_id} is {chain[-1].backup_type} but "
             f"names no parent, so {chain[0].backup_id} cannot be restored"
         )

@@ -23,7 +23,6 @@ import errno
 import fnmatch
 import grp
 import hashlib
-import itertools
 import logging
 import os
 import pwd
@@ -38,6 +37,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from include.backup.catalog.chains import ChainRules, check_chain
 from include.backup.catalog.manifest import Manifest
 from include.backup.config import schema
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
@@ -554,7 +554,7 @@ class FilesSource:
                 "backups, which files sources do not have; restore a backup by its id instead"
             )
         links = list(chain)
-        _check_chain([m for m, _ in links])
+        check_chain([m for m, _ in links], CHAIN_RULES)
         only_paths = _normalize_only(only)
         dest = Path(into)
         _check_destination(dest, overwrite)
@@ -582,41 +582,32 @@ class FilesSource:
 # --- restore helpers ----------------------------------------------------------------------
 
 
-def _check_chain(manifests: list[Manifest]) -> None:
-    if not manifests:
-        raise RestoreRefused(
-            "nothing to restore: the backup chain is empty; pass a FULL backup"
-        )
-    for m in manifests:
-        if m.source_type != SOURCE_TYPE or m.payload_format != PAYLOAD_FORMAT:
-            raise RestoreRefused(
-                f"backup {m.backup_id} is a {m.source_type}/{m.payload_format} backup; the "
-                "files source only restores files/tar backups"
-            )
-    first = manifests[0]
-    if first.backup_type != "FULL":
-        raise RestoreRefused(
-            f"backup chain starts with {first.backup_type} backup {first.backup_id}; it must "
-            f"start with a FULL backup (its parent is {first.parent_id}); include the full "
-            "backup and every incremental after it"
-        )
-    for prev, cur in itertools.pairwise(manifests):
-        if cur.backup_type != "INCREMENTAL":
-            raise RestoreRefused(
-                f"backup chain has {cur.backup_type} backup {cur.backup_id} after "
-                f"{prev.backup_id}; only INCREMENTAL backups may follow the FULL one"
-            )
-        if cur.parent_id != prev.backup_id:
-            raise RestoreRefused(
-                f"gap in backup chain: incremental {cur.backup_id} has parent "
-                f"{cur.parent_id} but follows {prev.backup_id}; backup {cur.parent_id} is "
-                "missing from the chain (or the chain is out of order)"
-            )
-        if cur.source != first.source:
-            raise RestoreRefused(
-                f"backup chain mixes sources: {cur.backup_id} is from {cur.source!r}, "
-                f"{first.backup_id} from {first.source!r}"
-            )
+_FORMAT = (
+    "backup {m.backup_id} is a {m.source_type}/{m.payload_format} backup; the files source "
+    "only restores files/tar backups"
+)
+CHAIN_RULES = ChainRules(
+    base_format=PAYLOAD_FORMAT,
+    link_format=PAYLOAD_FORMAT,
+    source_type=SOURCE_TYPE,
+    link_types=frozenset({"INCREMENTAL"}),
+    empty="nothing to restore: the backup chain is empty; pass a FULL backup",
+    wrong_format=_FORMAT,
+    wrong_start=(
+        "backup chain starts with {first.backup_type} backup {first.backup_id}; it must "
+        "start with a FULL backup (its parent is {first.parent_id}); include the full "
+        "backup and every incremental after it"
+    ),
+    wrong_link=(
+        "backup chain has {cur.backup_type} backup {cur.backup_id} after "
+        "{prev.backup_id}; only INCREMENTAL backups may follow the FULL one"
+    ),
+    wrong_parent=(
+        "gap in backup chain: incremental {cur.backup_id} has parent "
+        "{cur.parent_id} but follows {prev.backup_id}; backup {cur.parent_id} is "
+        "missing from the chain (or the chain is out of order)"
+    ),
+)
 
 
 def _normalize_only(only: list[str] | None) -> list[str] | None:

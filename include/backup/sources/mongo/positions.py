@@ -9,11 +9,12 @@ checks a whole chain before a restore writes anything.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from itertools import pairwise
 from typing import Any, BinaryIO
 
+from include.backup.catalog import chains
+from include.backup.catalog.chains import ChainRules
 from include.backup.catalog.manifest import Manifest
-from include.backup.errors import IntegrityError, RestoreRefused
+from include.backup.errors import RestoreRefused
 from include.backup.sources.mongo.layout import LOG_TYPES, PAYLOAD_FORMAT, SOURCE_TYPE
 
 # --- timestamps and times ----------------------------------------------------------------
@@ -81,61 +82,39 @@ def continuity(prev: Manifest, cur: Manifest) -> str | None:
     return None
 
 
+_FORMAT = (
+    "backup {m.backup_id} is a {m.source_type} backup in format {m.payload_format!r}; "
+    f"the mongo source restores {PAYLOAD_FORMAT!r} only"
+)
+CHAIN_RULES = ChainRules(
+    base_format=PAYLOAD_FORMAT,
+    link_format=PAYLOAD_FORMAT,
+    source_type=SOURCE_TYPE,
+    start_types=frozenset({"FULL", "SCHEMA"}),
+    link_types=frozenset(LOG_TYPES),
+    wrong_format=_FORMAT,
+    wrong_start=(
+        "backup chain broken: it starts with {first.backup_id}, a {first.backup_type}; "
+        "a mongo restore starts from a FULL (or SCHEMA) backup"
+    ),
+    gap=(
+        "backup chain broken between {prev.backup_id} and {cur.backup_id}: "
+        "{problem}; restore to a point before {prev_end} or from a newer FULL backup"
+    ),
+)
+
+
 def check_chain(
     manifests: list[Manifest],
     items: list[tuple[Manifest, BinaryIO]],
     until: datetime | None,
 ) -> list[tuple[Manifest, BinaryIO]]:
-    """Validate the whole chain before anything is written; return the part to apply."""
-    if not manifests:
-        raise RestoreRefused("nothing to restore: the chain is empty")
-    _check_formats(manifests)
-    _check_links(manifests)
+    """Validate the whole chain before anything is written (one FULL, or SCHEMA, then
+    log/incremental backups, each continuing the last); return the part to apply."""
+    chains.check_chain(manifests, CHAIN_RULES, continuity)
     if until is None:
         return items
     return _until_slice(manifests, items, until)
-
-
-def _check_formats(manifests: list[Manifest]) -> None:
-    for m in manifests:
-        if m.source_type != SOURCE_TYPE or m.payload_format != PAYLOAD_FORMAT:
-            raise RestoreRefused(
-                f"backup {m.backup_id} is a {m.source_type} backup in format "
-                f"{m.payload_format!r}; the mongo source restores {PAYLOAD_FORMAT!r} only"
-            )
-
-
-def _check_links(manifests: list[Manifest]) -> None:
-    """One FULL (or SCHEMA) then log/incremental backups, each continuing the last."""
-    base = manifests[0]
-    if base.backup_type not in ("FULL", "SCHEMA"):
-        raise IntegrityError(
-            f"backup chain broken: it starts with {base.backup_id}, a {base.backup_type}; "
-            "a mongo restore starts from a FULL (or SCHEMA) backup"
-        )
-    if base.backup_type == "SCHEMA" and len(manifests) > 1:
-        raise IntegrityError(
-            f"backup chain broken: {manifests[1].backup_id} continues the SCHEMA backup "
-            f"{base.backup_id}, which holds no data; restore from a FULL"
-        )
-    for prev, cur in pairwise(manifests):
-        if cur.backup_type not in LOG_TYPES:
-            raise IntegrityError(
-                f"backup chain broken: {cur.backup_id} ({cur.backup_type}) cannot follow "
-                f"{prev.backup_id}; a chain is one FULL then log/incremental backups"
-            )
-        if cur.parent_id != prev.backup_id:
-            raise IntegrityError(
-                f"backup chain broken: {cur.backup_id} names parent {cur.parent_id}, not "
-                f"{prev.backup_id}"
-            )
-        problem = continuity(prev, cur)
-        if problem:
-            raise IntegrityError(
-                f"backup chain broken between {prev.backup_id} and {cur.backup_id}: "
-                f"{problem}; restore to a point before {prev.position.get('end_time')} or "
-                "from a newer FULL backup"
-            )
 
 
 def _until_slice(

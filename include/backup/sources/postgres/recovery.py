@@ -28,13 +28,12 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from include.backup.catalog.chains import end_time, format_time
+from include.backup.catalog.chains import ChainRules, check_chain, end_time, format_time
 from include.backup.catalog.manifest import Manifest
-from include.backup.errors import BackupError, IntegrityError, RestoreRefused
+from include.backup.errors import BackupError, RestoreRefused
 from include.backup.sources.postgres.cluster import (
     PG_OS_USER,
     as_owner,
@@ -110,6 +109,20 @@ def restore_chain(
         "tables": tables,
     }
 
+
+# --- chain and target-time checks ------------------------------------------------------------
+
+_NEEDS_BASE = "a physical restore starts with a FULL base backup (pg_basebackup-tar); got "
+CHAIN_RULES = ChainRules(
+    base_format=FORMAT_BASE,
+    link_format=FORMAT_WAL,
+    empty=_NEEDS_BASE + "nothing",
+    wrong_format=_NEEDS_BASE + "{first.backup_id}",
+    wrong_start=_NEEDS_BASE + "{first.backup_id}",
+    wrong_link_format="backup {m.backup_id} ({m.payload_format}) is not a WAL backup",
+)
+
+
 def _check_chain(manifests: list[Manifest], only: list[str] | None, source_name: str) -> None:
     """Refuse what a physical restore cannot do; check the chain links up."""
     if only:
@@ -117,25 +130,8 @@ def _check_chain(manifests: list[Manifest], only: list[str] | None, source_name:
             f"postgres source {source_name!r}: a physical backup restores the whole cluster; "
             "partial restores (only=) need a logical backup (method: logical, pg_dump)"
         )
-    if not manifests or manifests[0].payload_format != FORMAT_BASE:
-        raise RestoreRefused(
-            "a physical restore starts with a FULL base backup (pg_basebackup-tar); got "
-            + (manifests[0].backup_id if manifests else "nothing")
-        )
-    for m in manifests[1:]:
-        if m.payload_format != FORMAT_WAL:
-            raise RestoreRefused(f"backup {m.backup_id} ({m.payload_format}) is not a WAL backup")
-    for prev, cur in pairwise(manifests):
-        if cur.parent_id != prev.backup_id:
-            raise IntegrityError(
-                f"backup chain broken: {cur.backup_id} names parent {cur.parent_id}, "
-                f"not {prev.backup_id}"
-            )
-        problem = continuity(prev, cur)
-        if problem:
-            raise IntegrityError(
-                f"backup chain broken between {prev.backup_id} and {cur.backup_id}: {problem}"
-            )
+    check_chain(manifests, CHAIN_RULES, continuity)
+
 
 def _target_time(manifests: list[Manifest], until: datetime, source_name: str) -> datetime | None:
     """The recovery_target_time for ``until`` (None: replay all the WAL); refuse a
