@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.backup.config.loader import LoadedConfig, load_config
-from include.backup.config.schema import BackupConfig, Schedule
+from include.backup import tasks
+from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
+from include.backup.config.loader import LoadedConfig, config_path, load_config
+from include.backup.config.schema import BackupConfig, GFSRetention, Schedule
 from include.backup.errors import ConfigError
 
 DEFAULT_ARGS: dict[str, Any] = {
@@ -60,8 +62,6 @@ task per target; manifest last) → **verify** (read back and re-hash at each ta
 
 
 def config_retention_default() -> Any:
-    from include.backup.config.schema import GFSRetention
-
     return GFSRetention()
 
 
@@ -74,8 +74,6 @@ def deadline_alerts_enabled() -> bool:
 
 def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
     from airflow.sdk import DAG, get_current_context, task
-
-    from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
 
     source_type = config.sources[schedule.source].type
     # Late runs and missed RPOs page on-call through deadline alerts (Airflow 3's SLAs);
@@ -98,8 +96,6 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
         @task(task_id="dump")
         def dump(schedule_name: str) -> dict[str, Any]:
-            from include.backup import tasks
-
             ctx = get_current_context()
             # Runs triggered through the REST API with "logical_date": null have none; the
             # run's run_after is fixed for the run, so every retry gets the same backup id.
@@ -108,36 +104,26 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
         @task(task_id="encrypt")
         def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import tasks
-
             return tasks.run_encrypt(meta)
 
         @task(task_id="checksum")
         def checksum(meta: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import tasks
-
             return tasks.run_checksum(meta)
 
         @task(task_id="upload", map_index_template="{{ target_name }}")
         def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
-            from include.backup import tasks
-
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.run_upload(meta, target_name)
 
         @task(task_id="verify", map_index_template="{{ target_name }}")
         def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
-            from include.backup import tasks
-
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.run_verify(meta, target_name)
 
         @task(task_id="cleanup")
         def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
-            from include.backup import tasks
-
             return tasks.run_cleanup(meta, schedule_name)
 
         # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
@@ -175,7 +161,6 @@ _CACHE: dict[tuple[str, int, int], LoadedConfig] = {}
 def _load(path: str | Path | None) -> LoadedConfig:
     """load_config, once per version of the file per process: both DAG files read the same
     config, and a DagBag imports them in one process."""
-    from include.backup.config.loader import config_path
 
     resolved = Path(path) if path is not None else config_path()
     try:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from include.backup.catalog.manifest import MANIFEST_NAME, Manifest
 from include.backup.dr.monitor.report import MONITOR_KINDS, MonitorReport
 
 if TYPE_CHECKING:
@@ -265,8 +266,6 @@ def emit_backup_run(meta: Mapping[str, Any], schedule: str, stage: Path | None =
     The start time comes from the manifest in the staging directory ``stage`` (gone on a
     retried cleanup: then no duration is sent). Never raises."""
     try:
-        from include.backup.catalog.manifest import MANIFEST_NAME, Manifest
-
         tags = {"schedule": schedule}
         sent = 0
         manifest = None

@@ -54,6 +54,8 @@ from tests.integration.services import (  # noqa: F401  (fixtures)
     unique,
 )
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import textwrap
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 
 import pytest
 
+from include.backup import tasks
 from include.backup.alerts import callbacks, notify
 from include.backup.alerts.notify import Alert, AlertKind
 from include.backup.config.schema import BackupConfig
 from include.backup.dr.monitor import notify_report, run_monitor
 from include.backup.keys import KeyRing
+from include.backup.testing import run_backup
 from tests.integration.smtp_service import SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -170,11 +173,6 @@ def test_slow_backup_mails_once_and_stops_when_it_finishes(
     (its draft manifest says when it started). Rounds of the monitor a quarter of an hour
     later see it running far longer than usual: one BACKUP_SLOW mail over two rounds;
     once the backup has finished, nothing more, and the key is forgotten."""
-    import textwrap
-
-    from include.backup import tasks
-    from tests.integration.test_backup_tasks import run_schedule
-
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.txt").write_text("alpha\n" * 1000)
@@ -195,7 +193,7 @@ def test_slow_backup_mails_once_and_stops_when_it_finishes(
     KeyRing.generate(tmp_path / "keys.json", "k1")
     monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp_path / "keys.json"))
     for i in range(3):
-        run_schedule("docs_hourly", f"history{i}")
+        run_backup("docs_hourly", run_id=f"history{i}")
     running = tasks.run_dump("docs_hourly", "slow-run", datetime.now(UTC))
     assert (Path(running["staging"]) / tasks.DRAFT_NAME).exists()
 

@@ -20,6 +20,9 @@ from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError,
 from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
 from include.backup.targets import build_target
+from include.backup.testing import run_backup
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -47,27 +50,13 @@ def env(tmp_path, monkeypatch):
     return tmp_path, data
 
 
-def run_schedule(name: str, run_id: str, cleanup: bool = True) -> dict:
-    meta = tasks.run_dump(name, run_id, datetime.now(UTC))
-    meta = tasks.run_encrypt(meta)
-    meta = tasks.run_checksum(meta)
-    config = load_config().config
-    for t in config.schedule(name).targets:
-        tasks.run_upload(meta, t)
-    for t in config.schedule(name).targets:
-        tasks.run_verify(meta, t)
-    if cleanup:
-        tasks.run_cleanup(meta, name)
-    return meta
-
-
 def test_full_then_incremental_restores_latest_tree(env):
     tmp, data = env
-    full = run_schedule("docs_full", "run1")
+    full = run_backup("docs_full", run_id="run1")
     (data / "docs/a.txt").write_text("changed\n")
     (data / "docs/sub/b.bin").unlink()
     (data / "docs/new.txt").write_text("new\n")
-    inc = run_schedule("docs_inc", "run2")
+    inc = run_backup("docs_inc", run_id="run2")
 
     config = load_config().config
     for name in ("disk1", "disk2"):
@@ -101,7 +90,7 @@ def test_retry_of_a_step_is_idempotent(env):
 
 def test_corrupt_payload_fails_verify_and_restore_refuses(env):
     tmp, data = env
-    meta = run_schedule("docs_full", "run1")
+    meta = run_backup("docs_full", run_id="run1")
     payload = next((tmp / "t1").rglob(PAYLOAD_NAME))
     raw = bytearray(payload.read_bytes())
     raw[len(raw) // 2] ^= 0x01
@@ -130,7 +119,7 @@ def test_upload_without_manifest_is_not_a_backup(env):
 
 def test_restore_with_the_wrong_key_fails_clearly(env):
     tmp, data = env
-    meta = run_schedule("docs_full", "run1")
+    meta = run_backup("docs_full", run_id="run1")
     config = load_config().config
     other = KeyRing.generate(tmp / "other.json", "k1")
     with pytest.raises(IntegrityError):
@@ -142,7 +131,7 @@ def test_restore_with_the_wrong_key_fails_clearly(env):
 
 def test_restore_refuses_non_empty_destination(env):
     tmp, data = env
-    meta = run_schedule("docs_full", "run1")
+    meta = run_backup("docs_full", run_id="run1")
     (tmp / "busy").mkdir()
     (tmp / "busy/keep.txt").write_text("mine")
     config = load_config().config
@@ -163,8 +152,8 @@ def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
 
     tmp, data = env
     # Without the cleanup step, so that retention is applied by prune only.
-    old = run_schedule("docs_full", "run-old", cleanup=False)
-    new = run_schedule("docs_full", "run-new", cleanup=False)
+    old = run_backup("docs_full", run_id="run-old", cleanup=False)
+    new = run_backup("docs_full", run_id="run-new", cleanup=False)
     # Both runs are over: without their staging they are no longer in flight (a run in
     # flight keeps its backup and its parent from retention: docs/concurrency.md).
     import shutil

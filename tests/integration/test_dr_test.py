@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup import tasks
 from include.backup.catalog.manifest import PAYLOAD_NAME
 from include.backup.config.loader import load_config
 from include.backup.dr import failover
@@ -22,20 +21,9 @@ from include.backup.dr.reports import list_reports
 from include.backup.errors import BackupError, RestoreRefused
 from include.backup.keys import KeyRing
 from include.backup.targets import build_target
-from include.backup.testing import PgCluster
+from include.backup.testing import PgCluster, run_backup
 
 pytestmark = pytest.mark.integration
-
-
-def run_schedule(name: str, run_id: str) -> dict:
-    meta = tasks.run_checksum(tasks.run_encrypt(tasks.run_dump(name, run_id, datetime.now(UTC))))
-    config = load_config().config
-    for t in config.schedule(name).targets:
-        tasks.run_upload(meta, t)
-    for t in config.schedule(name).targets:
-        tasks.run_verify(meta, t)
-    tasks.run_cleanup(meta, name)
-    return meta
 
 
 def _setup(tmp_path, monkeypatch, body: str) -> None:
@@ -124,7 +112,7 @@ def _dr_test(params: dict) -> dict:
 
 def test_restore_test_against_postgres_records_rto_and_report(pg_env, staging):
     tmp, cluster = pg_env
-    meta = run_schedule("pg_full", "run1")
+    meta = run_backup("pg_full", run_id="run1")
     result = _dr_test(
         {
             "test_type": "RESTORE_TEST",
@@ -178,7 +166,7 @@ def test_restore_test_against_postgres_records_rto_and_report(pg_env, staging):
 
 
 def test_restore_test_refuses_the_production_database(pg_env):
-    run_schedule("pg_full", "run1")
+    run_backup("pg_full", run_id="run1")
     result = _dr_test(
         {
             "test_type": "RESTORE_TEST",
@@ -194,7 +182,7 @@ def test_restore_test_refuses_the_production_database(pg_env):
 
 def test_corrupt_backup_fails_the_restore_test(pg_env):
     tmp, _ = pg_env
-    meta = run_schedule("pg_full", "run1")
+    meta = run_backup("pg_full", run_id="run1")
     payload = next((tmp / "t1").rglob(PAYLOAD_NAME))
     raw = bytearray(payload.read_bytes())
     raw[len(raw) // 2] ^= 0x01
@@ -218,7 +206,7 @@ def test_corrupt_backup_fails_the_restore_test(pg_env):
 
 def test_backup_verification_of_files_at_every_target(files_env):
     tmp = files_env
-    meta = run_schedule("docs_full", "run1")
+    meta = run_backup("docs_full", run_id="run1")
     ok = _dr_test({"test_type": "BACKUP_VERIFICATION", "source": "docs", "notify_on_completion": False})
     (report,) = ok["reports"]
     assert ok["success"] is True, report["issues"]
@@ -238,7 +226,7 @@ def test_backup_verification_of_files_at_every_target(files_env):
 
 
 def test_failover_refuses_without_confirmation(files_env):
-    run_schedule("docs_full", "run1")
+    run_backup("docs_full", run_id="run1")
     config = load_config().config
     with pytest.raises(RestoreRefused, match="confirm"):
         failover.parse_failover_params({"source": "docs"}, config)
@@ -249,7 +237,7 @@ def test_failover_refuses_without_confirmation(files_env):
 
 def test_failover_dry_run_restores_but_does_not_switch(files_env, monkeypatch):
     tmp = files_env
-    meta = run_schedule("docs_full", "run1")
+    meta = run_backup("docs_full", run_id="run1")
     config = load_config().config
     request = failover.parse_failover_params(
         {"source": "docs", "confirm": "docs", "dry_run": True, "secondary": str(tmp / "staging_env")}, config
@@ -332,7 +320,7 @@ def smoke_env(pg_cluster, tmp_path, monkeypatch):
           - {{name: smoke_full, source: smoke_pg, type: FULL, cron: "@daily", targets: [disk1]}}
     """,
     )
-    run_schedule("smoke_full", "run1")
+    run_backup("smoke_full", run_id="run1")
     try:
         yield pg_cluster, marker
     finally:
@@ -447,7 +435,7 @@ def test_dr_test_result_is_mailed_to_the_config_recipients_only(smtp_server, fil
         config.read_text().replace("dr:\n", "dr:\n  notification_emails: [oncall@example.com]\n", 1)
     )
     smtp_server.clear()
-    run_schedule("docs_full", "run1")
+    run_backup("docs_full", run_id="run1")
     result = _dr_test(
         {
             "test_type": "BACKUP_VERIFICATION",
@@ -490,7 +478,7 @@ def test_smoke_queries_of_a_physical_restore_run_in_the_cluster_it_started(tmp_p
               - {{name: shop_base, source: shop, type: FULL, cron: "@daily", targets: [disk1]}}
         """,
         )
-        run_schedule("shop_base", "run1")
+        run_backup("shop_base", run_id="run1")
         pg.psql("DROP TABLE keepme", db="shop")  # after the backup: only the copy has it
         into = f"{pg.base_dir}-drtest"
         try:

@@ -15,8 +15,8 @@ from include.backup.config.loader import load_config
 from include.backup.dr import failover
 from include.backup.dr.standby import lsn_bytes
 from include.backup.errors import BackupError
-from include.backup.testing import PgCluster, db_fingerprint, load_sample_data
-from tests.integration.test_dr_test import _dr_test, _setup, run_schedule
+from include.backup.testing import PgCluster, db_fingerprint, load_sample_data, run_backup
+from tests.integration.test_dr_test import _dr_test, _setup
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def _failover(dry_run: bool) -> dict:
 def test_promote_standby_failover(primary, standby, tmp_path, monkeypatch, caplog):
     caplog.set_level("DEBUG")
     _configure(tmp_path, monkeypatch, primary, "events_pg_standby", _password_uri(standby))
-    backup = run_schedule("pg_full", "run1")
+    backup = run_backup("pg_full", run_id="run1")
     # Written after the backup: only the standby has it.
     primary.psql(
         "CREATE TABLE after_backup (id int PRIMARY KEY, written_at timestamptz NOT NULL);"
@@ -162,7 +162,7 @@ def test_promote_standby_failover(primary, standby, tmp_path, monkeypatch, caplo
 
 def test_switch_pointed_at_the_primary_is_refused_and_changes_nothing(primary, tmp_path, monkeypatch, caplog):
     _configure(tmp_path, monkeypatch, primary, "events_pg_by_mistake", _password_uri(primary))
-    run_schedule("pg_full", "run1")
+    run_backup("pg_full", run_id="run1")
     before = db_fingerprint(primary, DB)
     with pytest.raises(BackupError) as caught:
         _failover(dry_run=False)

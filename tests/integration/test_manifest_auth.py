@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from include.backup import tasks
 from include.backup.catalog.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, backup_prefix
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.errors import IntegrityError
 from include.backup.keys import KeyRing
 from include.backup.pipeline.crypto import encrypt_stream
+from include.backup.testing import run_backup
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,21 +53,15 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     return tmp_path, data
 
 
-def backup(run_id: str, when: datetime) -> str:
-    meta = tasks.run_checksum(tasks.run_encrypt(tasks.run_dump("docs_full", run_id, when)))
-    tasks.run_upload(meta, "disk")
-    tasks.run_verify(meta, "disk")  # no cleanup: retention would keep one backup a day
-    return str(meta["backup_id"])
-
-
 @pytest.fixture
 def two_backups(env: tuple[Path, Path]) -> tuple[Path, Path, str, str]:
     tmp, data = env
     now = datetime.now(UTC)
-    old = backup("run-old", now - timedelta(days=2))
+    # No cleanup: retention would keep one backup a day.
+    old = run_backup("docs_full", run_id="run-old", logical_date=now - timedelta(days=2), cleanup=False)
     (data / "state.txt").write_text("version 2\n")
-    new = backup("run-new", now - timedelta(days=1))
-    return tmp, data, old, new
+    new = run_backup("docs_full", run_id="run-new", logical_date=now - timedelta(days=1), cleanup=False)
+    return tmp, data, old["backup_id"], new["backup_id"]
 
 
 def folder(tmp: Path, backup_id: str) -> Path:
@@ -174,7 +170,8 @@ def test_object_name_escaping_the_folder_is_refused(two_backups) -> None:  # typ
 def test_legacy_backup_restores_and_verify_says_unsigned(env) -> None:  # type: ignore[no-untyped-def]
     """A backup as the previous release wrote it: container v1, manifest format 1, no auth."""
     tmp, data = env
-    new = backup("run-new", datetime.now(UTC) - timedelta(days=1))
+    when = datetime.now(UTC) - timedelta(days=1)
+    new = run_backup("docs_full", run_id="run-new", logical_date=when, cleanup=False)["backup_id"]
     keys = KeyRing.from_file(tmp / "keys.json")
     key_id, kek = keys.active()
     legacy_id = "docs_full-20251201T000000Z-abcdef"

@@ -31,7 +31,7 @@ from include.backup.dr.monitor import run_monitor
 from include.backup.dr.params import RestoreRequest
 from include.backup.keys import KeyRing
 from include.backup.targets import build_target
-from tests.integration.test_backup_tasks import run_schedule
+from include.backup.testing import run_backup
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def one(got: dict[str, list[tuple[float, str]]], name: str, kind: str) -> float:
 
 def test_backup_run_and_monitor_figures_reach_statsd(statsd: StatsdListener, env: tuple[Path, Path]) -> None:
     tmp, _ = env
-    metas = [run_schedule("docs_full", f"run{i}") for i in (1, 2)]
+    metas = [run_backup("docs_full", run_id=f"run{i}") for i in (1, 2)]
     config = load_config().config
     held = {m.backup_id: m for m in list_backups(build_target("disk1", config.targets["disk1"]))}
     newest = held[metas[-1]["backup_id"]]
@@ -175,7 +175,7 @@ def test_backup_run_and_monitor_figures_reach_statsd(statsd: StatsdListener, env
 
 def test_restore_rto_and_failure_reach_statsd(statsd: StatsdListener, env: tuple[Path, Path]) -> None:
     tmp, _ = env
-    meta = run_schedule("docs_full", "run1")
+    meta = run_backup("docs_full", run_id="run1")
     request = RestoreRequest(
         source=None,
         backup_id=meta["backup_id"],

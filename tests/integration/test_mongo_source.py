@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 
-from include.backup import tasks
 from include.backup.catalog.catalog import list_backups
 from include.backup.catalog.manifest import Manifest, utcnow
 from include.backup.config.loader import load_config
@@ -26,6 +25,7 @@ from include.backup.keys import KeyRing
 from include.backup.sources import build_source
 from include.backup.sources.mongo import MongoSource, continuity
 from include.backup.targets import build_target
+from include.backup.testing import run_backup
 from tests.integration.mongo_service import MONGO_CONN_ID
 
 pytestmark = pytest.mark.integration
@@ -145,24 +145,13 @@ def pipeline(tmp_path, monkeypatch, dbname):
     return tmp_path
 
 
-def run_schedule(name: str, run_id: str) -> dict:
-    meta = tasks.run_dump(name, run_id, datetime.now(UTC))
-    meta = tasks.run_checksum(tasks.run_encrypt(meta))
-    config = load_config().config
-    for t in config.schedule(name).targets:
-        tasks.run_upload(meta, t)
-        tasks.run_verify(meta, t, deep=True)
-    tasks.run_cleanup(meta, name)
-    return meta
-
-
 # --- tests -------------------------------------------------------------------------------
 
 
 def test_full_round_trip_through_the_pipeline(pipeline, client, dbname):
     db = client[dbname]
     sample_data(db)
-    meta = run_schedule("mongo_full", "r1")
+    meta = run_backup("mongo_full", run_id="r1", deep=True)
     config = load_config().config
     (m,) = list_backups(build_target("disk1", config.targets["disk1"]), "events_mongo")
     assert m.backup_type == "FULL" and m.payload_format == "mongodump-tar"
@@ -209,7 +198,7 @@ def test_payload_is_in_mongodump_layout(client, dbname):
 def test_schema_backup_restores_collections_and_indexes_only(pipeline, client, dbname):
     db = client[dbname]
     sample_data(db)
-    meta = run_schedule("mongo_schema", "s1")
+    meta = run_backup("mongo_schema", run_id="s1", deep=True)
     config = load_config().config
     into = _name("schema")
     try:
@@ -334,10 +323,10 @@ def test_point_in_time_recovery_through_the_pipeline(pipeline, client, dbname):
     db = client[dbname]
     db.events.insert_many([{"_id": i, "title": f"e{i}"} for i in range(100)])
     db.guests.insert_many([{"_id": i, "name": f"g{i}"} for i in range(30)])
-    run_schedule("mongo_full", "f1")
+    run_backup("mongo_full", run_id="f1", deep=True)
     db.events.insert_many([{"_id": 100 + i, "title": "before T"} for i in range(20)])
     db.events.update_one({"_id": 5}, {"$set": {"title": "edited before T"}})
-    run_schedule("mongo_inc", "i1")
+    run_backup("mongo_inc", run_id="i1", deep=True)
     db.events.insert_many([{"_id": 200 + i, "title": "before T too"} for i in range(5)])
     time.sleep(0.05)
     expected = snapshot(db)
@@ -346,7 +335,7 @@ def test_point_in_time_recovery_through_the_pipeline(pipeline, client, dbname):
     db.events.insert_many([{"_id": 300 + i, "title": "after T"} for i in range(20)])
     db.events.delete_many({"_id": {"$lt": 50}})
     db.drop_collection("guests")
-    run_schedule("mongo_inc", "i2")
+    run_backup("mongo_inc", run_id="i2", deep=True)
     assert "guests" not in db.list_collection_names()
 
     config = load_config().config

@@ -19,13 +19,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from include.backup import tasks
 from include.backup.catalog.catalog import list_backups
 from include.backup.catalog.manifest import PAYLOAD_NAME, backup_prefix
 from include.backup.config.loader import load_config
@@ -42,7 +41,7 @@ from include.backup.sources.postgres.recovery import (
     _restore_python,
 )
 from include.backup.targets import build_target
-from include.backup.testing import PgCluster
+from include.backup.testing import PgCluster, run_backup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,17 +65,6 @@ class Env:
         if backup_id is None:
             kw.setdefault("source_name", "shop")
         return restore_backup(self.config, backup_id, into, keys=self.keys, **kw)
-
-
-def run_schedule(name: str, run_id: str) -> dict:
-    meta = tasks.run_dump(name, run_id, datetime.now(UTC))
-    meta = tasks.run_encrypt(meta)
-    meta = tasks.run_checksum(meta)
-    for t in load_config().config.schedule(name).targets:
-        tasks.run_upload(meta, t)
-        tasks.run_verify(meta, t)
-    tasks.run_cleanup(meta, name)
-    return meta
 
 
 def server_now(pg: PgCluster) -> datetime:
@@ -122,13 +110,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         KeyRing.generate(tmp / "keys.json", "k1")
         mp.setenv("BACKUP_KEY_FILE", str(tmp / "keys.json"))
         e = Env(pg, tmp, work)
-        e.base = run_schedule("shop_base", "r1")  # type: ignore[attr-defined]
+        e.base = run_backup("shop_base", run_id="r1")  # type: ignore[attr-defined]
         pg.psql("INSERT INTO orders SELECT g, 'before' FROM generate_series(1, 100) g", db="shop")
         time.sleep(0.05)
         e.T = server_now(pg)  # type: ignore[attr-defined]
         time.sleep(0.05)
         pg.psql("INSERT INTO orders SELECT g, 'after' FROM generate_series(101, 150) g", db="shop")
-        e.log = run_schedule("shop_wal", "r2")  # type: ignore[attr-defined]
+        e.log = run_backup("shop_wal", run_id="r2")  # type: ignore[attr-defined]
         try:
             yield e
         finally:

@@ -9,12 +9,11 @@ import json
 import shutil
 import textwrap
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import psycopg2
 import pytest
 
-from include.backup import tasks
 from include.backup.catalog.catalog import list_backups, manifest_key
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
@@ -22,7 +21,7 @@ from include.backup.errors import IntegrityError, RestoreRefused, SourceError
 from include.backup.keys import KeyRing
 from include.backup.sources.postgres.cluster import stop_restored_server
 from include.backup.targets import build_target
-from include.backup.testing import PgCluster
+from include.backup.testing import PgCluster, run_backup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,19 +67,6 @@ def env(tmp_path, monkeypatch, tmp_path_factory):
                 shutil.rmtree(d + ".wal", ignore_errors=True)
 
 
-def run_schedule(name: str, run_id: str) -> dict:
-    meta = tasks.run_dump(name, run_id, datetime.now(UTC))
-    meta = tasks.run_encrypt(meta)
-    meta = tasks.run_checksum(meta)
-    config = load_config().config
-    for t in config.schedule(name).targets:
-        tasks.run_upload(meta, t)
-    for t in config.schedule(name).targets:
-        tasks.run_verify(meta, t)
-    tasks.run_cleanup(meta, name)
-    return meta
-
-
 def server_now(pg: PgCluster) -> datetime:
     return datetime.fromisoformat(
         pg.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')") + "+00:00"
@@ -102,7 +88,7 @@ def test_pitr_to_a_time_between_two_log_backups(env):
     config = load_config().config
     keys = KeyRing.from_file(tmp / "keys.json")
     t0 = time.monotonic()
-    base = run_schedule("shop_base", "r1")
+    base = run_backup("shop_base", run_id="r1")
     base_s = time.monotonic() - t0
     pg.psql("INSERT INTO orders SELECT g, 'before' FROM generate_series(1, 100) g", db="shop")
     time.sleep(0.05)
@@ -111,10 +97,10 @@ def test_pitr_to_a_time_between_two_log_backups(env):
     pg.psql("INSERT INTO orders SELECT g, 'after' FROM generate_series(101, 150) g", db="shop")
     pg.psql("DROP TABLE keepme", db="shop")
     t0 = time.monotonic()
-    log1 = run_schedule("shop_wal", "r2")
+    log1 = run_backup("shop_wal", run_id="r2")
     log_s = time.monotonic() - t0
     pg.psql("INSERT INTO orders SELECT g, 'later' FROM generate_series(151, 160) g", db="shop")
-    log2 = run_schedule("shop_wal", "r3")
+    log2 = run_backup("shop_wal", run_id="r3")
 
     target = build_target("disk", config.targets["disk"])
     held = {m.backup_id: m for m in list_backups(target, "shop")}
@@ -178,9 +164,9 @@ def test_pitr_to_a_time_between_two_log_backups(env):
 
 def test_missing_segment_in_spool_is_a_clear_dump_error(env):
     pg, tmp, _ = env
-    run_schedule("shop_base", "r1")
+    run_backup("shop_base", run_id="r1")
     pg.psql("INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 10) g", db="shop")
-    run_schedule("shop_wal", "r2")
+    run_backup("shop_wal", run_id="r2")
     # Two more segments, then lose the first of them from the spool.
     pg.psql("INSERT INTO orders VALUES (11, 'y'); SELECT pg_switch_wal();", db="shop")
     pg.psql("INSERT INTO orders VALUES (12, 'z'); SELECT pg_switch_wal();", db="shop")
@@ -196,18 +182,18 @@ def test_missing_segment_in_spool_is_a_clear_dump_error(env):
         time.sleep(0.1)
     lost.unlink()
     with pytest.raises(SourceError, match=lost.name):
-        run_schedule("shop_wal", "r3")
+        run_backup("shop_wal", run_id="r3")
 
 
 def test_incremental_is_wal_since_base_and_logical_refuses_until(env):
     pg, tmp, restored = env
     config = load_config().config
     keys = KeyRing.from_file(tmp / "keys.json")
-    base = run_schedule("shop_base", "r1")
+    base = run_backup("shop_base", run_id="r1")
     pg.psql("INSERT INTO orders SELECT g, 'a' FROM generate_series(1, 5) g", db="shop")
-    run_schedule("shop_wal", "r2")
+    run_backup("shop_wal", run_id="r2")
     pg.psql("INSERT INTO orders SELECT g, 'b' FROM generate_series(6, 9) g", db="shop")
-    inc = run_schedule("shop_inc", "r3")
+    inc = run_backup("shop_inc", run_id="r3")
     held = {m.backup_id: m for m in list_backups(build_target("disk", config.targets["disk"]), "shop")}
     assert held[inc["backup_id"]].parent_id == base["backup_id"]
     into = f"{pg.base_dir}-inc"

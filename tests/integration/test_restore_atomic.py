@@ -15,19 +15,17 @@ import textwrap
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from include.backup import tasks
 from include.backup.catalog.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.errors import IntegrityError
 from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
-from include.backup.testing import PgCluster, db_fingerprint
+from include.backup.testing import PgCluster, db_fingerprint, run_backup
 from tests.integration.mongo_service import MONGO_CONN_ID
 
 pytestmark = pytest.mark.integration
@@ -69,16 +67,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Ke
     return tmp_path, data, keys
 
 
-def run_schedule(name: str) -> str:
-    """The DAG's steps, in order, for one run; returns the backup id."""
-    meta = tasks.run_dump(name, f"run-{uuid.uuid4().hex[:8]}", datetime.now(UTC))
-    meta = tasks.run_checksum(tasks.run_encrypt(meta))
-    tasks.run_upload(meta, "disk")
-    tasks.run_verify(meta, "disk")
-    tasks.run_cleanup(meta, name)
-    return str(meta["backup_id"])
-
-
 def corrupt_last_chunk(disk: Path, backup_id: str, keys: KeyRing) -> None:
     """Flip a byte inside the payload's final chunk (its authentication tag) and make the
     manifest agree with the damaged bytes, as someone with write access to the target
@@ -113,9 +101,9 @@ def _leftovers(into: Path) -> list[str]:
 
 def test_files_restore_with_a_corrupt_tail_leaves_no_tree(env: tuple[Path, Path, KeyRing]) -> None:
     tmp, data, keys = env
-    full = run_schedule("docs_full")
+    full = run_backup("docs_full")["backup_id"]
     (data / "docs" / "a.txt").write_text("changed\n")
-    inc = run_schedule("docs_inc")
+    inc = run_backup("docs_inc")["backup_id"]
     corrupt_last_chunk(tmp / "disk", inc, keys)
 
     into = tmp / "restored"
@@ -137,7 +125,7 @@ def test_files_restore_with_a_corrupt_tail_leaves_no_tree(env: tuple[Path, Path,
 
 def test_files_restore_succeeds_and_leaves_no_staging_sibling(env: tuple[Path, Path, KeyRing]) -> None:
     tmp, data, keys = env
-    full = run_schedule("docs_full")
+    full = run_backup("docs_full")["backup_id"]
     into = tmp / "restored"
     restore(full, str(into), keys)
     got = tree_digest(into / str(data / "docs").lstrip("/"))
@@ -157,7 +145,7 @@ def test_postgres_restore_with_a_corrupt_tail_creates_no_database(
     pg_cluster: PgCluster, env: tuple[Path, Path, KeyRing], schedule: str
 ) -> None:
     tmp, _, keys = env
-    backup_id = run_schedule(schedule)
+    backup_id = run_backup(schedule)["backup_id"]
     corrupt_last_chunk(tmp / "disk", backup_id, keys)
     into = f"atomic_{uuid.uuid4().hex[:8]}"
     before = _databases(pg_cluster)
@@ -177,7 +165,7 @@ def test_postgres_restore_is_named_as_restoring_until_it_is_complete(
     import psycopg2
 
     _, _, keys = env
-    backup_id = run_schedule("pg_full")
+    backup_id = run_backup("pg_full")["backup_id"]
     into = f"atomic_{uuid.uuid4().hex[:8]}"
     seen: list[set[str]] = []
     stop = threading.Event()
@@ -213,8 +201,8 @@ def test_postgres_restore_over_an_existing_database_with_a_corrupt_tail_changes_
     pg_cluster: PgCluster, env: tuple[Path, Path, KeyRing]
 ) -> None:
     tmp, _, keys = env
-    good = run_schedule("pg_full")
-    bad = run_schedule("pg_full")
+    good = run_backup("pg_full")["backup_id"]
+    bad = run_backup("pg_full")["backup_id"]
     corrupt_last_chunk(tmp / "disk", bad, keys)
     into = f"atomic_{uuid.uuid4().hex[:8]}"
     try:
@@ -251,8 +239,8 @@ def test_mongo_restore_with_a_corrupt_tail_changes_nothing(
         src.users.insert_many([{"_id": i, "email": f"u{i}@example.com"} for i in range(300)])
         src.events.insert_many([{"_id": i, "n": i} for i in range(200)])
         src.events.create_index("n")
-        good = run_schedule("mongo_full")
-        bad = run_schedule("mongo_full")
+        good = run_backup("mongo_full")["backup_id"]
+        bad = run_backup("mongo_full")["backup_id"]
         corrupt_last_chunk(tmp / "disk", bad, keys)
 
         with pytest.raises(IntegrityError, match="authentication"):

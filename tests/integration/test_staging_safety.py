@@ -29,6 +29,8 @@ from include.backup.staging import StagingFull, sweep_configured_staging
 from include.backup.targets import build_target
 from tests.integration.services import unique
 
+pytestmark = pytest.mark.integration
+
 DUMP = tasks.DUMP_NAME
 HOURS = 3600.0
 

@@ -40,7 +40,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from include.backup import metrics
 from include.backup.alerts.notify import Alert, AlertKind, redact, send
+from include.backup.catalog.catalog import as_utc, list_backups, verified_at
+from include.backup.dr.monitor.checks import cron_interval
+from include.backup.staging import FAILED_MARKER, remove_plaintext, write_private
+from include.backup.targets import build_targets
+from include.backup.tasks import load_config, make_backup_id, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +59,6 @@ ERROR_MAX_CHARS = 600
 
 
 def _load_config() -> Any:
-    from include.backup.tasks import load_config
-
     return load_config()
 
 
@@ -108,8 +112,6 @@ def schedule_of(config: Any, dag_id: str | None) -> Any:
 def last_good_backup(config: Any, schedule: Any) -> tuple[str, datetime] | None:
     """(id, started_at) of the newest verified backup of the schedule's source at any of
     its targets; None when there is none or the targets cannot be read (best effort)."""
-    from include.backup.catalog.catalog import as_utc, list_backups, verified_at
-    from include.backup.targets import build_targets
 
     best: tuple[str, datetime] | None = None
     try:
@@ -197,7 +199,6 @@ def failure_alert(context: Mapping[str, Any], config: Any = None) -> Alert:
 def failed_stage(config: Any, schedule_name: str, context: Mapping[str, Any]) -> Path | None:
     """The staging directory of the failed run in ``context``, if it is still there. The
     backup id is rebuilt the way the dump task built it."""
-    from include.backup.tasks import make_backup_id, staging_dir
 
     ti = context.get("task_instance") or context.get("ti")
     dag_run = context.get("dag_run")
@@ -214,7 +215,6 @@ def mark_staging_failed(config: Any, schedule: Any, context: Mapping[str, Any]) 
     """Write the monitor's FAILED_MARKER into the failed run's staging directory, if it
     is still there, so that ``dr_monitor`` does not take the failed run for a slow one
     (BACKUP_SLOW). Returns the marker's path, or None."""
-    from include.backup.staging import FAILED_MARKER, write_private
 
     stage = failed_stage(config, schedule.name, context)
     if stage is None:
@@ -240,7 +240,6 @@ def remove_failed_plaintext(config: Any, dag_id: str | None, context: Mapping[st
     """Remove the plaintext dump of the failed run in ``context`` from its staging
     (include/backup/staging.py). Works from the DAG id, so also for a schedule that an
     edit has removed from the config since the run began."""
-    from include.backup.staging import remove_plaintext
 
     if not dag_id or not dag_id.startswith(BACKUP_DAG_PREFIX):
         return []
@@ -267,7 +266,6 @@ def _record_failure(context: Mapping[str, Any], config: Any) -> None:
     schedule = schedule_of(config, dag_id)
     if schedule is None:
         return
-    from include.backup import metrics
 
     metrics.emit_backup_failure(schedule.name, task_failed=task_failed)
     if task_failed:  # the task callback runs on a worker, where the staging is
@@ -316,8 +314,6 @@ def on_backup_failure(
 
 
 def _interval(schedule: Any, now: datetime | None = None) -> timedelta:
-    from include.backup.dr.monitor.checks import cron_interval
-
     return cron_interval(schedule.cron, now or datetime.now(UTC))
 
 

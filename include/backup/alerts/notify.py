@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from include.backup.settings import airflow_home
+
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -316,7 +318,6 @@ def default_state_path() -> Path:
     env = os.environ.get(STATE_ENV_VAR)
     if env:
         return Path(env) / STATE_FILE_NAME
-    from include.backup.settings import airflow_home
 
     return airflow_home() / STATE_FILE_NAME
 

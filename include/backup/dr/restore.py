@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+from include.backup.catalog.catalog import chain_for, find_backup, list_backups, verify_object
+from include.backup.catalog.chains import pitr_chain
 from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, backup_prefix
+from include.backup.catalog.signing import authenticate
 from include.backup.config.schema import BackupConfig
-from include.backup.errors import IntegrityError, RestoreRefused, TargetError
+from include.backup.errors import IntegrityError, ObjectNotFound, RestoreRefused, TargetError
+from include.backup.pipeline.stream import open_sealed
+from include.backup.sources import build_source
+from include.backup.targets import build_target
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +40,6 @@ class RestoreResult:
 
 def locate(config: BackupConfig, backup_id: str, target_name: str | None = None) -> tuple[Any, Manifest]:
     """The first target (the named one, else any in config order) holding ``backup_id``."""
-    from include.backup.catalog.catalog import find_backup
-    from include.backup.errors import ObjectNotFound
-    from include.backup.targets import build_target
 
     names = [target_name] if target_name else list(config.targets)
     if target_name and target_name not in config.targets:
@@ -64,7 +67,6 @@ def _open_chain(
     """One decrypting, decompressing stream per backup of the chain. All are opened up
     front (sources validate the whole chain before writing anything) and closed by
     ``stack`` once the restore is over; nothing is read until the source reads."""
-    from include.backup.pipeline.stream import open_sealed
 
     streams = []
     for manifest in chain:
@@ -102,10 +104,6 @@ def restore_backup(
     - no ``backup_id``, no ``until``, ``source_name``: the newest backup of the source.
     ``until`` (naive = UTC) is passed on to ``source.restore`` which replays up to it.
     """
-    from include.backup.catalog.catalog import chain_for, verify_object
-    from include.backup.catalog.chains import pitr_chain
-    from include.backup.catalog.signing import authenticate
-    from include.backup.sources import build_source
 
     started = time.monotonic()
     if until is not None:
@@ -191,9 +189,6 @@ def _find_chain(
 ) -> tuple[Any, list[Manifest]]:
     """The first target (the named one, else config order) whose backups of
     ``source_name`` give a chain to ``until`` (or to the newest backup)."""
-    from include.backup.catalog.catalog import chain_for, list_backups
-    from include.backup.catalog.chains import pitr_chain
-    from include.backup.targets import build_target
 
     if target_name and target_name not in config.targets:
         raise RestoreRefused(

@@ -25,6 +25,7 @@ import zstandard
 
 from include.backup.errors import IntegrityError
 from include.backup.pipeline._io import BlockReader
+from include.backup.pipeline.hashing import CountingWriter
 
 ALGORITHMS = ("zstd", "gzip", "none")
 
@@ -337,7 +338,6 @@ def copy_compress(
     threads: int = DEFAULT_ZSTD_THREADS,
 ) -> tuple[int, int]:
     """Compress everything from ``src`` into ``dst``. Returns ``(raw bytes, compressed bytes)``."""
-    from include.backup.pipeline.hashing import CountingWriter
 
     counted = CountingWriter(dst)
     raw = 0

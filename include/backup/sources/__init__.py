@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from include.backup.errors import SourceError
+from include.backup.sources.files import FilesSource
+from include.backup.sources.mongo import MongoSource
+from include.backup.sources.postgres import PostgresSource
 
 if TYPE_CHECKING:
     from include.backup.config.schema import SourceConfig
@@ -14,16 +17,10 @@ if TYPE_CHECKING:
 
 def build_source(name: str, cfg: SourceConfig) -> Source:
     if cfg.type == "files":
-        from include.backup.sources.files import FilesSource
-
         return FilesSource(name, cfg)
     if cfg.type == "postgres":
-        from include.backup.sources.postgres import PostgresSource
-
         return PostgresSource(name, cfg)
     if cfg.type == "mongo":
-        from include.backup.sources.mongo import MongoSource
-
         return MongoSource(name, cfg)
     raise SourceError(
         f"source {name!r}: sources of type {cfg.type!r} are not implemented in this version"

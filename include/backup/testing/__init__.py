@@ -4,6 +4,7 @@ Nothing here is used by the DAGs at run time; it exists so that the tests and th
 exercise real services instead of mocks.
 """
 
+from include.backup.testing.pipeline import run_backup
 from include.backup.testing.postgres import (
     PgCluster,
     PgClusterError,
@@ -11,4 +12,4 @@ from include.backup.testing.postgres import (
     load_sample_data,
 )
 
-__all__ = ["PgCluster", "PgClusterError", "db_fingerprint", "load_sample_data"]
+__all__ = ["PgCluster", "PgClusterError", "db_fingerprint", "load_sample_data", "run_backup"]
