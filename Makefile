@@ -31,6 +31,7 @@ bench: venv system-deps test-services ## run the benchmarks (on demand; figures 
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check include dags plugins tests scripts bench
+	$(VENV)/bin/ruff check --preview --select AIR include dags plugins
 	$(VENV)/bin/mypy include/backup
 
 lock: ## re-pin requirements*.txt from requirements*.in

@@ -36,22 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup import tasks
-from include.backup.catalog.catalog import find_backup, list_backups, verify_object
-from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
-from include.backup.config.loader import load_config, validate_command
-from include.backup.dr.restore import restore_backup
-from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, ObjectNotFound
-from include.backup.keys import KeyRing
-from include.backup.pipeline.compression import decompress_reader
-from include.backup.pipeline.crypto import DecryptingReader
-from include.backup.targets import build_target
-from include.backup.tasks import apply_schedule_retention, deep_verify
-
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _config(args: argparse.Namespace) -> Any:
+    from include.backup.config.loader import load_config
+
     loaded = load_config(args.config)
     for warning in loaded.issues:
         print(f"warning: config: {warning}", file=sys.stderr)
@@ -59,6 +49,8 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _keys(args: argparse.Namespace, config: Any | None) -> Any:
+    from include.backup.keys import KeyRing
+
     if args.key_file:
         return KeyRing.from_file(args.key_file)
     if os.environ.get("BACKUP_KEY_FILE"):
@@ -68,16 +60,23 @@ def _keys(args: argparse.Namespace, config: Any | None) -> Any:
 
 
 def _target(config: Any, name: str) -> Any:
+    from include.backup.errors import BackupError
+    from include.backup.targets import build_target
+
     if name not in config.targets:
         raise BackupError(f"no target named {name!r} in the config; known: {', '.join(config.targets)}")
     return build_target(name, config.targets[name])
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from include.backup.config.loader import validate_command
+
     return validate_command(args.path)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from include.backup.catalog.catalog import list_backups
+
     config = _config(args)
     target = _target(config, args.target)
     backups = list_backups(target, args.source)
@@ -123,6 +122,10 @@ def _human(n: int) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from include.backup.catalog.catalog import find_backup, verify_object
+    from include.backup.errors import ObjectNotFound
+    from include.backup.tasks import deep_verify
+
     config = _config(args)
     names = [args.target] if args.target else list(config.targets)
     found = failed = 0
@@ -151,6 +154,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _keys_if_any(args: argparse.Namespace, config: Any) -> Any:
     """The key ring, or None when none is configured (a plain verify works without one)."""
+    from include.backup.errors import BackupError
 
     try:
         return _keys(args, config)
@@ -161,6 +165,8 @@ def _keys_if_any(args: argparse.Namespace, config: Any) -> Any:
 
 def _check_manifest(manifest: Any, keys: Any) -> tuple[str, list[str]]:
     """(what the signature check found, problems) for the verify verb's line."""
+    from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
+    from include.backup.errors import IntegrityError, KeyNotFoundError
 
     try:
         if keys is None or manifest.auth is None:
@@ -180,6 +186,8 @@ _UNSIGNED = "unsigned (made before manifests were signed: not authenticated)"
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
+    from include.backup.dr.restore import restore_backup
+
     until = None
     if args.until:
         from datetime import UTC, datetime
@@ -231,6 +239,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     """Apply a schedule's retention now; with --dry-run, only print the plan."""
     import logging
 
+    from include.backup.errors import BackupError
+    from include.backup.tasks import apply_schedule_retention
+
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     config = _config(args)
     try:
@@ -245,6 +256,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:
+    from include.backup.pipeline.compression import decompress_reader
+    from include.backup.pipeline.crypto import DecryptingReader
+
     keys = _keys(args, None if args.key_file or os.environ.get("BACKUP_KEY_FILE") else _config(args))
     out = Path(args.out)
     # Like crypto.decrypt_file: mkstemp creates a new file (O_CREAT|O_EXCL, never through a
@@ -280,12 +294,15 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     line is the backup id."""
     import logging
 
+    from include.backup.config.loader import load_config
+
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     loaded = load_config(args.config)
     for warning in loaded.issues:
         print(f"warning: config: {warning}", file=sys.stderr)
-    # The steps read the config and the keys the way tasks do ($BACKUP_CONFIG,
-    # $BACKUP_KEY_FILE): point them at exactly what this command was given.
+    # The steps run with this config; the key ring is read the way tasks read it
+    # ($BACKUP_KEY_FILE), and $BACKUP_CONFIG names this config to anything else that reads
+    # it: point them at exactly what this command was given.
     env = {"BACKUP_CONFIG": str(loaded.path)}
     if args.key_file:
         env["BACKUP_KEY_FILE"] = str(Path(args.key_file).resolve())
@@ -317,8 +334,10 @@ def run_backup(config: Any, schedule_name: str, *, when: datetime | None = None)
     """dump → encrypt → checksum → upload (each target) → verify (each target) → cleanup,
     in this process; returns the backup id. Raises on the first failure, after removing
     the run's staging directory (with any plaintext in it): unlike a DAG run, nothing will
-    retry this run's steps. The config is read by each step from $BACKUP_CONFIG, as in
-    the DAG; ``config`` picks the schedule and the staging root."""
+    retry this run's steps. Every step runs with ``config``; the key ring is the one
+    $BACKUP_KEY_FILE names, or the config's connection (runtime.load_keys)."""
+    from include.backup import tasks
+    from include.backup.errors import BackupError
 
     try:
         schedule = config.schedule(schedule_name)
@@ -335,25 +354,25 @@ def run_backup(config: Any, schedule_name: str, *, when: datetime | None = None)
     stage = tasks.staging_dir(config, tasks.make_backup_id(schedule.name, when, run_id))
     tasks.load_keys(config)  # no key ring: fail before a plaintext dump exists
     try:
-        meta = tasks.run_dump(schedule.name, run_id, when)
-        _step("dump", meta)
-        meta = tasks.run_encrypt(meta)
-        _step("encrypt", meta)
-        meta = tasks.run_checksum(meta)
-        _step("checksum", meta)
+        meta = tasks.dump(config, schedule, run_id, when)
+        _step("dump", meta.backup_id)
+        meta = tasks.encrypt(config, meta)
+        _step("encrypt", meta.backup_id)
+        meta = tasks.checksum(config, meta)
+        _step("checksum", meta.backup_id)
         for target in schedule.targets:
-            tasks.run_upload(meta, target)
+            tasks.upload(config, meta, target)
         for target in schedule.targets:
-            tasks.run_verify(meta, target)
-        tasks.run_cleanup(meta, schedule.name)
+            tasks.verify(config, meta, target)
+        tasks.cleanup(config, meta, schedule.name)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return str(meta["backup_id"])
+    return meta.backup_id
 
 
-def _step(name: str, meta: dict[str, Any]) -> None:
-    print(f"{name}: {meta['backup_id']} ok", file=sys.stderr)
+def _step(name: str, backup_id: str) -> None:
+    print(f"{name}: {backup_id} ok", file=sys.stderr)
 
 
 @contextmanager
@@ -435,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from include.backup.errors import BackupError
+
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -6,24 +6,13 @@ parse time: the config file is the only thing read.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.backup import tasks
-from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
-from include.backup.config.loader import LoadedConfig, config_path, load_config
-from include.backup.config.schema import BackupConfig, GFSRetention, Schedule
+from include.backup.config.loader import LoadedConfig, load_config
+from include.backup.config.schema import BackupConfig, Schedule
+from include.backup.dag_defaults import dag_defaults
 from include.backup.errors import ConfigError
-
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "backup",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=30),
-}
-START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _doc_md(config: BackupConfig, schedule: Schedule, config_path: Path) -> str:
@@ -62,6 +51,8 @@ task per target; manifest last) → **verify** (read back and re-hash at each ta
 
 
 def config_retention_default() -> Any:
+    from include.backup.config.schema import GFSRetention
+
     return GFSRetention()
 
 
@@ -75,6 +66,8 @@ def deadline_alerts_enabled() -> bool:
 def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
     from airflow.sdk import DAG, get_current_context, task
 
+    from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
+
     source_type = config.sources[schedule.source].type
     # Late runs and missed RPOs page on-call through deadline alerts (Airflow 3's SLAs);
     # failures through the failure callback, once per run whichever task failed.
@@ -83,48 +76,63 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
     with DAG(
         dag_id=schedule.dag_id,
         schedule=schedule.cron,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args={**DEFAULT_ARGS, "on_failure_callback": on_backup_failure},
         on_failure_callback=on_backup_failure,
         deadline=deadline or None,
-        tags=["backup", f"source:{schedule.source}", f"type:{schedule.type.value}", source_type],
         doc_md=_doc_md(config, schedule, config_path),
         description=f"{schedule.type.value} backup of {schedule.source} to {', '.join(schedule.targets)}",
+        **dag_defaults(
+            f"source:{schedule.source}", f"type:{schedule.type.value}", source_type, retries=2, backoff=True
+        ),
     ) as dag:
+        # Each task resolves the config (and the schedule) once and calls its step
+        # (tasks.py); the steps hand each other one dict each through XCom
+        # (multiple_outputs=False: no XCom per key besides it).
 
-        @task(task_id="dump")
+        @task(task_id="dump", multiple_outputs=False)
         def dump(schedule_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks
+
             ctx = get_current_context()
             # Runs triggered through the REST API with "logical_date": null have none; the
             # run's run_after is fixed for the run, so every retry gets the same backup id.
             when = ctx.get("logical_date") or getattr(ctx.get("dag_run"), "run_after", None)
-            return tasks.run_dump(schedule_name, ctx["run_id"], when)
+            config = runtime.load_config()
+            schedule = tasks.resolve_schedule(config, schedule_name, "dump")
+            return tasks.dump(config, schedule, ctx["run_id"], when).to_xcom()
 
-        @task(task_id="encrypt")
+        @task(task_id="encrypt", multiple_outputs=False)
         def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
-            return tasks.run_encrypt(meta)
+            from include.backup import runtime, tasks
 
-        @task(task_id="checksum")
+            return tasks.encrypt(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
+
+        @task(task_id="checksum", multiple_outputs=False)
         def checksum(meta: dict[str, Any]) -> dict[str, Any]:
-            return tasks.run_checksum(meta)
+            from include.backup import runtime, tasks
 
-        @task(task_id="upload", map_index_template="{{ target_name }}")
+            return tasks.checksum(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
+
+        @task(task_id="upload", map_index_template="{{ target_name }}", multiple_outputs=False)
         def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks
+
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
-            return tasks.run_upload(meta, target_name)
+            return tasks.upload(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
-        @task(task_id="verify", map_index_template="{{ target_name }}")
+        @task(task_id="verify", map_index_template="{{ target_name }}", multiple_outputs=False)
         def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks
+
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
-            return tasks.run_verify(meta, target_name)
+            return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
-        @task(task_id="cleanup")
+        @task(task_id="cleanup", multiple_outputs=False)
         def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
-            return tasks.run_cleanup(meta, schedule_name)
+            from include.backup import runtime, tasks
+
+            return tasks.cleanup(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), schedule_name)
 
         # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
         meta = checksum(encrypt(dump(schedule.name)))  # type: ignore[arg-type]
@@ -161,6 +169,7 @@ _CACHE: dict[tuple[str, int, int], LoadedConfig] = {}
 def _load(path: str | Path | None) -> LoadedConfig:
     """load_config, once per version of the file per process: both DAG files read the same
     config, and a DagBag imports them in one process."""
+    from include.backup.config.loader import config_path
 
     resolved = Path(path) if path is not None else config_path()
     try:

@@ -1,8 +1,13 @@
 """The steps of a backup run, as plain functions the generated DAGs call.
 
-Each step reads its inputs from the staging directory of the backup and returns a small
-dict of metadata for XCom (ids, paths, sizes, hashes: never data, never secrets). Every
-step is idempotent: a retry redoes the step from its inputs.
+Each step reads its inputs from the staging directory of the backup and hands the next a
+:class:`BackupMeta` (ids, paths, sizes, hashes: never data, never secrets), a plain dict
+in XCom. Every step is idempotent: a retry redoes the step from its inputs.
+
+The steps (``dump``, ``encrypt``, ``checksum``, ``upload``, ``verify``, ``cleanup``) take
+the config (and the schedule) they run for; the ``@task`` wrappers (factory.py) resolve
+them. ``run_dump`` … ``run_cleanup`` do the same for callers outside Airflow (the CLI's
+``backup`` verb, tests): they load the config once and take and return XCom dicts.
 
     dump ─► encrypt ─► checksum ─► upload[target…] ─► verify[target…] ─► cleanup
 
@@ -17,13 +22,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from include.backup.catalog.catalog import find_backup, latest, list_backups, verify_object, write_manifest
-from include.backup.catalog.inflight import InFlight, read_inflight, run_lock, source_lock, write_inflight
+from include.backup.catalog.inflight import run_lock
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -34,25 +40,10 @@ from include.backup.catalog.manifest import (
     backup_prefix,
     utcnow,
 )
-from include.backup.catalog.signing import authenticate, sign
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
 from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, TargetError
-from include.backup.metrics import emit_backup_run
-from include.backup.pipeline.compression import compress_writer
-from include.backup.pipeline.crypto import encrypt_stream
-from include.backup.pipeline.hashing import CountingWriter, sha256_file
-from include.backup.pipeline.stream import open_sealed
-from include.backup.retention import (
-    RetentionPlan,
-    ancestor_keep,
-    apply_retention,
-    plan_retention,
-    sweep_orphans,
-)
 from include.backup.runtime import load_config, load_keys
-from include.backup.settings import ORPHAN_GRACE_HOURS, plaintext_grace_s, staging_root
-from include.backup.sources import build_source
-from include.backup.sources.postgres.spool import spool_in_use
+from include.backup.settings import plaintext_grace_s
 from include.backup.staging import (
     DRAFT_NAME,
     StagingFile,
@@ -61,13 +52,48 @@ from include.backup.staging import (
     sweep_plaintext,
     write_private,
 )
-from include.backup.targets import build_target
+
+if TYPE_CHECKING:
+    from include.backup.catalog.inflight import InFlight
+    from include.backup.retention import RetentionPlan
 
 log = logging.getLogger(__name__)
 
 DUMP_NAME = "dump"  # compressed source stream, before encryption
 STALE_STAGING_DAYS = 7
 CHAIN_TYPES = ("FULL", "INCREMENTAL", "TRANSACTION_LOG")  # what a chain can be built from
+
+
+@dataclass(frozen=True)
+class BackupMeta:
+    """What a step hands the next through XCom. The dump sets the first six fields,
+    encrypt adds ``key_id`` and ``stored_size``, checksum ``sha256`` (and the size of what
+    it hashed); a field not set yet is left out of the XCom dict, so its shape is the one
+    each step has always pushed."""
+
+    backup_id: str
+    staging: str
+    backup_type: str
+    parent_id: str | None
+    raw_size: int
+    compressed_size: int
+    key_id: str | None = None
+    stored_size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def stage(self) -> Path:
+        return Path(self.staging)
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in _LATER_FIELDS or v is not None}
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> BackupMeta:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+_LATER_FIELDS = frozenset({"key_id", "stored_size", "sha256"})  # set by encrypt and checksum
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -82,6 +108,8 @@ def make_backup_id(schedule: str, when: datetime, run_id: str) -> str:
 
 
 def staging_dir(config: BackupConfig, backup_id: str) -> Path:
+    from include.backup.settings import staging_root
+
     return staging_root(config) / backup_id
 
 
@@ -99,7 +127,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     write_private(path, data)  # 0600, and a full disk named (include/backup/staging.py)
 
 
-def _config_schedule(config: BackupConfig, name: str, step: str, backup_id: str | None = None) -> Schedule:
+def resolve_schedule(config: BackupConfig, name: str, step: str, backup_id: str | None = None) -> Schedule:
     """The schedule ``name``, or an error saying that it left the config (removed, made
     invalid, or renamed) after the run began, instead of a bare KeyError."""
     try:
@@ -116,6 +144,7 @@ def _config_schedule(config: BackupConfig, name: str, step: str, backup_id: str 
 
 def _config_target(config: BackupConfig, name: str, step: str, backup_id: str) -> Any:
     """The config of target ``name``, or an error saying that it left the config."""
+    from include.backup.targets import build_target
 
     if name not in config.targets:
         raise BackupError(
@@ -128,6 +157,8 @@ def _config_target(config: BackupConfig, name: str, step: str, backup_id: str) -
 
 
 def _targets(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
+    from include.backup.targets import build_target
+
     return {name: build_target(name, config.targets[name]) for name in schedule.targets}
 
 
@@ -135,6 +166,7 @@ def _find_parent(config: BackupConfig, schedule: Schedule) -> Manifest | None:
     """The newest backup of the source held by any of the schedule's targets: the parent
     of an incremental or a log backup (whichever schedule made it; SCHEMA backups hold no
     data and start no chain). An unreachable target is skipped (another may hold it)."""
+    from include.backup.catalog.catalog import latest
 
     best: Manifest | None = None
     for name, target in _targets(config, schedule).items():
@@ -156,6 +188,7 @@ def _choose_parent(
     Under the source's lock, which retention also takes: a retention pass of any schedule
     of the source either sees the record and keeps the parent (and this run's own backup
     until the run is over), or finishes before the parent is chosen."""
+    from include.backup.catalog.inflight import InFlight, source_lock, write_inflight
 
     if schedule.type not in (BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG):
         write_inflight(stage, InFlight(backup_id, schedule.name, schedule.source))
@@ -171,6 +204,8 @@ def _spool_in_use(source_cfg: Any) -> AbstractContextManager[object]:
     """A physical PostgreSQL source's WAL spool, marked in use by this dump (see
     sources.postgres.spool.spool_in_use); nothing for other sources."""
     if getattr(source_cfg, "method", None) == "physical" and source_cfg.wal_archive_dir:
+        from include.backup.sources.postgres.spool import spool_in_use
+
         return spool_in_use(Path(source_cfg.wal_archive_dir))
     return nullcontext()
 
@@ -186,10 +221,44 @@ def _touch(stage: Path) -> None:
 
 
 def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> dict[str, Any]:
-    """Stream the source through the compressor into the staging directory."""
-
+    """:func:`dump` of the schedule ``schedule_name`` of the config; the XCom dict."""
     config = load_config()
-    schedule = _config_schedule(config, schedule_name, "dump")
+    return dump(config, resolve_schedule(config, schedule_name, "dump"), run_id, logical_date).to_xcom()
+
+
+def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`encrypt`, from and to XCom dicts."""
+    return encrypt(load_config(), BackupMeta.from_xcom(meta)).to_xcom()
+
+
+def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`checksum`, from and to XCom dicts."""
+    return checksum(load_config(), BackupMeta.from_xcom(meta)).to_xcom()
+
+
+def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+    """:func:`upload`, from an XCom dict."""
+    return upload(load_config(), BackupMeta.from_xcom(meta), target_name)
+
+
+def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> dict[str, Any]:
+    """:func:`verify`, from an XCom dict."""
+    return verify(load_config(), BackupMeta.from_xcom(meta), target_name, deep=deep)
+
+
+def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False) -> dict[str, Any]:
+    """:func:`cleanup`, from an XCom dict."""
+    return cleanup(load_config(), BackupMeta.from_xcom(meta), schedule_name, dry_run=dry_run)
+
+
+def dump(
+    config: BackupConfig, schedule: Schedule, run_id: str, logical_date: datetime | None
+) -> BackupMeta:
+    """Stream the source through the compressor into the staging directory."""
+    from include.backup.pipeline.compression import compress_writer
+    from include.backup.pipeline.hashing import CountingWriter
+    from include.backup.sources import build_source
+
     started = utcnow()
     backup_id = make_backup_id(schedule.name, logical_date or started, run_id)
     stage = staging_dir(config, backup_id)
@@ -249,48 +318,49 @@ def run_dump(schedule_name: str, run_id: str, logical_date: datetime | None) -> 
         "dumped %s (%s) as %s: %d bytes raw, %d compressed",
         schedule.source, result.backup_type, backup_id, manifest.raw_size, manifest.compressed_size,
     )
-    return {
-        "backup_id": backup_id,
-        "staging": str(stage),
-        "backup_type": result.backup_type,
-        "parent_id": result.parent_id,
-        "raw_size": manifest.raw_size,
-        "compressed_size": manifest.compressed_size,
-    }
+    return BackupMeta(
+        backup_id=backup_id,
+        staging=str(stage),
+        backup_type=result.backup_type,
+        parent_id=result.parent_id,
+        raw_size=manifest.raw_size,
+        compressed_size=manifest.compressed_size,
+    )
 
 
-def run_encrypt(meta: dict[str, Any]) -> dict[str, Any]:
+def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     """Encrypt the compressed dump into the payload container with a fresh data key.
 
     The plaintext dump goes as soon as the container is complete. When this step fails it
     stays (0600, in a 0700 directory) for Airflow's retry of this step only: once the task
     has failed for good, the failure callback removes it (alerts/callbacks.py), and a
     worker killed outright is covered by the staging sweep (staging.py)."""
-    stage = Path(meta["staging"])
+    stage = meta.stage
     if not stage.is_dir():
         raise BackupError(
-            f"staging {stage} of backup {meta['backup_id']} is gone (cleaned up, or on another "
+            f"staging {stage} of backup {meta.backup_id} is gone (cleaned up, or on another "
             "worker's disk: staging must be a volume every worker shares); clear the dump task "
             "to run the backup again"
         )
     _touch(stage)
-    with run_lock(stage, purpose=f"encrypt of {meta['backup_id']}"):
+    with run_lock(stage, purpose=f"encrypt of {meta.backup_id}"):
         try:
-            return _encrypt_dump(meta, stage)
+            return _encrypt_dump(config, meta, stage)
         except BaseException:
             (stage / (PAYLOAD_NAME + ".partial")).unlink(missing_ok=True)
             raise
 
 
-def _encrypt_dump(meta: dict[str, Any], stage: Path) -> dict[str, Any]:
+def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta:
+    from include.backup.pipeline.crypto import encrypt_stream
+
     if not (stage / DUMP_NAME).exists():
         raise BackupError(
-            f"staging {stage} holds no plaintext dump of backup {meta['backup_id']}: it is "
+            f"staging {stage} holds no plaintext dump of backup {meta.backup_id}: it is "
             "removed when the run fails for good and by the staging sweep once untouched for "
             f"{plaintext_grace_s() / 3600:g} h, never kept; clear the dump task to run the "
             "backup again"
         )
-    config = load_config()
     manifest = _read_draft(stage)
     key_id, kek = load_keys(config).active()
     partial = stage / (PAYLOAD_NAME + ".partial")
@@ -313,7 +383,7 @@ def _encrypt_dump(meta: dict[str, Any], stage: Path) -> dict[str, Any]:
         key_id=enc.key_id, wrapped_key=enc.wrapped_key, chunk_size=enc.chunk_size
     )
     _write_atomic(stage / DRAFT_NAME, manifest.to_json())
-    return {**meta, "key_id": enc.key_id, "stored_size": enc.ciphertext_size}
+    return replace(meta, key_id=enc.key_id, stored_size=enc.ciphertext_size)
 
 
 def _container_size(dump: Path, chunk_size: int) -> int:
@@ -323,32 +393,33 @@ def _container_size(dump: Path, chunk_size: int) -> int:
     return size + 16 * (size // chunk_size + 1) + 4096
 
 
-def run_checksum(meta: dict[str, Any]) -> dict[str, Any]:
+def checksum(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     """SHA-256 of exactly what will be stored, and the final manifest, signed with the
     key ring's active key (catalog/signing.py)."""
+    from include.backup.catalog.signing import sign
+    from include.backup.pipeline.hashing import sha256_file
 
-    stage = Path(meta["staging"])
+    stage = meta.stage
     _touch(stage)
     manifest = _read_draft(stage)
     digest, size = sha256_file(stage / PAYLOAD_NAME)
     manifest.objects = [StoredObject(name=PAYLOAD_NAME, size=size, sha256=digest)]
     manifest.stored_size = size
     manifest.finished_at = utcnow()
-    key_id, kek = load_keys(load_config()).active()
+    key_id, kek = load_keys(config).active()
     sign(manifest, key_id, kek)
     _write_atomic(stage / MANIFEST_NAME, manifest.to_json())
-    return {**meta, "sha256": digest, "stored_size": size}
+    return replace(meta, sha256=digest, stored_size=size)
 
 
-def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str, Any]:
     """Data objects first, the manifest last: until the manifest is there, the target
-    holds no backup."""
-    config = load_config()
-    stage = Path(meta["staging"])
+    holds no backup. The schedule is the one the manifest names."""
+    stage = meta.stage
     _touch(stage)
     manifest = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
     target = _config_target(config, target_name, "upload", manifest.backup_id)
-    schedule = _config_schedule(config, manifest.schedule, "upload", manifest.backup_id)
+    schedule = resolve_schedule(config, manifest.schedule, "upload", manifest.backup_id)
     if target_name not in schedule.targets:
         raise BackupError(
             f"the upload step of backup {manifest.backup_id} cannot run: target {target_name!r} "
@@ -369,27 +440,28 @@ def run_upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
     return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}
 
 
-def run_verify(meta: dict[str, Any], target_name: str, deep: bool = False) -> dict[str, Any]:
+def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool = False) -> dict[str, Any]:
     """Read back what the target holds, re-hash it, compare with the manifest, and record
     the result in the manifest at that target. Fails the task when they differ.
 
     Works from the target and the checksum step's XCom only (not the staging directory),
     so it can be re-run after cleanup."""
+    from include.backup.catalog.catalog import find_backup, verify_object, write_manifest
+    from include.backup.catalog.signing import authenticate
 
-    config = load_config()
-    target = _config_target(config, target_name, "verify", meta["backup_id"])
-    stored = find_backup(target, meta["backup_id"])
+    target = _config_target(config, target_name, "verify", meta.backup_id)
+    stored = find_backup(target, meta.backup_id)
     problems: list[str] = []
     try:
         # An altered manifest (or one without objects) is never recorded as verified.
-        authenticate(stored, load_keys(config), backup_id=meta["backup_id"])
+        authenticate(stored, load_keys(config), backup_id=meta.backup_id)
     except (IntegrityError, KeyNotFoundError) as exc:
         raise BackupError(
-            f"verification of {meta['backup_id']} at target {target_name!r} failed: {exc}"
+            f"verification of {meta.backup_id} at target {target_name!r} failed: {exc}"
         ) from exc
     try:
         payload = stored.object(PAYLOAD_NAME)
-        if payload.sha256 != meta["sha256"] or payload.size != meta["stored_size"]:
+        if payload.sha256 != meta.sha256 or payload.size != meta.stored_size:
             problems.append("the manifest at the target names another payload than this run wrote")
     except KeyError as exc:
         problems.append(str(exc))
@@ -416,6 +488,8 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any
     """Check the manifest's signature, then decrypt and decompress the payload to the end
     (authenticates every chunk and the payload's binding to this backup). ``keys``
     defaults to the configured key ring."""
+    from include.backup.catalog.signing import authenticate
+    from include.backup.pipeline.stream import open_sealed
 
     keys = keys if keys is not None else load_keys(config)
     try:
@@ -432,22 +506,26 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any
     return []
 
 
-def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False) -> dict[str, Any]:
+def cleanup(
+    config: BackupConfig, meta: BackupMeta, schedule_name: str, *, dry_run: bool = False
+) -> dict[str, Any]:
     """Remove this run's staging, stale staging of earlier failed runs, and apply the
-    schedule's retention at every target."""
-    config = load_config()
-    stage = Path(meta["staging"])
+    schedule's retention at every target. Takes the schedule's name, not the schedule:
+    this run's staging goes even when the schedule has left the config since the dump."""
+    stage = meta.stage
     if not dry_run:
-        emit_backup_run(meta, schedule_name, stage)  # reads the manifest in stage; never raises
+        from include.backup.metrics import emit_backup_run
+
+        emit_backup_run(meta.to_xcom(), schedule_name, stage)  # reads the manifest in stage; never raises
         # Before the schedule is looked up: a schedule edited out of the config since the
         # dump must not leave this run's staging behind.
         shutil.rmtree(stage, ignore_errors=True)
         _remove_stale_staging(stage.parent, schedule_name, known={s.name for s in config.schedules})
         sweep_plaintext(stage.parent, grace_s=plaintext_grace_s())
-    schedule = _config_schedule(config, schedule_name, "cleanup", meta["backup_id"])
+    schedule = resolve_schedule(config, schedule_name, "cleanup", meta.backup_id)
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
     orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
-    return {"backup_id": meta["backup_id"], "deleted": deleted, "orphans": orphans}
+    return {"backup_id": meta.backup_id, "deleted": deleted, "orphans": orphans}
 
 
 def sweep_schedule_orphans(
@@ -457,6 +535,9 @@ def sweep_schedule_orphans(
     never got a manifest (an upload whose manifest write failed) once their id is older
     than ORPHAN_GRACE_HOURS and no run of the source is in flight with that id. An
     unreachable target is skipped with a warning: the next cleanup tries again."""
+    from include.backup.catalog.inflight import read_inflight
+    from include.backup.retention import sweep_orphans
+    from include.backup.settings import ORPHAN_GRACE_HOURS, staging_root
 
     root = staging_root(config)
     removed: dict[str, list[str]] = {}
@@ -480,6 +561,8 @@ def apply_schedule_retention(
 ) -> dict[str, list[str]]:
     """The schedule's retention at each of its targets; returns the ids deleted (or that
     would be, with ``dry_run``) per target. Each decision is logged with its reason."""
+    from include.backup.catalog.inflight import read_inflight, source_lock
+    from include.backup.settings import staging_root
 
     root = staging_root(config)
     if dry_run:  # deletes nothing: no need to keep the runs in flight waiting
@@ -492,6 +575,9 @@ def apply_schedule_retention(
 def _retention_pass(
     config: BackupConfig, schedule: Schedule, in_flight: list[InFlight], *, dry_run: bool
 ) -> dict[str, list[str]]:
+    from include.backup.catalog.catalog import list_backups
+    from include.backup.retention import apply_retention, plan_retention
+
     deleted: dict[str, list[str]] = {}
     for name, target in _targets(config, schedule).items():
         # The whole source's listing, not just this schedule's: an incremental of another
@@ -515,6 +601,7 @@ def spare_in_flight(
     """Move out of ``plan.delete`` every backup a run in flight needs: its own backup, its
     parent and the parent's ancestors (a published incremental protects its chain through
     its manifest; one still in flight only through its in-flight record)."""
+    from include.backup.retention import ancestor_keep
 
     by_id = {m.backup_id: m for m in backups}
     for record in in_flight:

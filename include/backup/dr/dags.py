@@ -10,35 +10,12 @@ and mails on-call when it overran ``dr.rto_hours``.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
-from include.backup import tasks
-from include.backup.alerts.callbacks import on_backup_failure, rto_deadline_for
-from include.backup.alerts.notify import Alert, AlertKind, send
 from include.backup.config.schema import BackupConfig
-from include.backup.dr import failover
-from include.backup.dr.drtest import (
-    DRTestRequest,
-    mail_reports,
-    parse_dr_test_params,
-    run_dr_test,
-    store_reports,
-    summary,
-)
-from include.backup.dr.failover import parse_failover_params
-from include.backup.dr.monitor import notify_report, run_monitor
-from include.backup.dr.params import RestoreRequest, parse_restore_params
-from include.backup.dr.reports import TEST_TYPES, DRTestReport
-from include.backup.dr.restore import restore_backup
-from include.backup.errors import BackupError
-from include.backup.factory import _load, deadline_alerts_enabled
-from include.backup.metrics import emit_monitor_report, emit_restore
-from include.backup.staging import sweep_configured_staging
+from include.backup.dag_defaults import dag_defaults
 
 log = logging.getLogger(__name__)
-
-START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 RESTORE_DOC = """### Restore a backup
 Trigger with a config (UI: *Trigger DAG w/ config*; REST API:
@@ -82,20 +59,24 @@ def _restore_params(config: BackupConfig) -> dict[str, Any]:
 
 def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
     """The restore task: keys from the connection, then restore_backup; measured RTO."""
+    from include.backup import runtime
+    from include.backup.dr.params import RestoreRequest
+    from include.backup.dr.restore import restore_backup
 
-    config = tasks.load_config()
+    config = runtime.load_config()
     request = RestoreRequest.from_xcom(request_data)
     result = restore_backup(
         config,
         request.backup_id,
         request.into,
-        keys=tasks.load_keys(config),
+        keys=runtime.load_keys(config),
         target_name=request.target,
         only=request.only,
         overwrite=request.overwrite,
         until=request.point_in_time,
         source_name=request.source,
     )
+    from include.backup.metrics import emit_restore
 
     emit_restore(result, rto_hours=config.dr.rto_hours)  # never raises
     rto_seconds = config.dr.rto_hours * 3600
@@ -123,6 +104,7 @@ def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
 
 def _mail_rto_missed(config: BackupConfig, summary: dict[str, Any]) -> None:
     """An overrun is on-call's business, but must not turn a good restore into a failure."""
+    from include.backup.alerts.notify import Alert, AlertKind, send
 
     alert = Alert(
         kind=AlertKind.RTO_MISSED,
@@ -143,26 +125,30 @@ def _mail_rto_missed(config: BackupConfig, summary: dict[str, Any]) -> None:
 def build_restore_dag(config: BackupConfig) -> Any:
     from airflow.sdk import DAG, get_current_context, task
 
+    from include.backup.alerts.callbacks import rto_deadline_for
+    from include.backup.factory import deadline_alerts_enabled
+
     with DAG(
         dag_id="restore",
         schedule=None,
-        start_date=START_DATE,
-        catchup=False,
         params=_restore_params(config),
-        tags=["backup", "dr", "restore"],
         doc_md=RESTORE_DOC,
         description="Restore a backup, a point in time, or some tables into a place you name",
-        default_args={"owner": "backup", "retries": 0, "on_failure_callback": on_backup_failure},
+        # A half-done restore is not retried blindly.
+        **dag_defaults("dr", "restore", retries=0, max_active_runs=None),
         deadline=rto_deadline_for(config, "restore") if deadline_alerts_enabled() else None,
         render_template_as_native_obj=True,
     ) as dag:
 
-        @task(task_id="validate_params")
+        @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            params = get_current_context()["params"]
-            return parse_restore_params(params, tasks.load_config()).to_xcom()
+            from include.backup import runtime
+            from include.backup.dr.params import parse_restore_params
 
-        @task(task_id="restore")
+            params = get_current_context()["params"]
+            return parse_restore_params(params, runtime.load_config()).to_xcom()
+
+        @task(task_id="restore", multiple_outputs=False)
         def restore(request: dict[str, Any]) -> dict[str, Any]:
             return run_restore(request)
 
@@ -218,6 +204,8 @@ sends the figures as Airflow metrics (docs/metrics.md). XCom: the report's metad
 def _dr_test_params(config: BackupConfig) -> dict[str, Any]:
     from airflow.sdk import Param
 
+    from include.backup.dr.reports import TEST_TYPES
+
     sources = ", ".join(config.sources) or "none configured"
     nullable_text = ["null", "string"]
     return {
@@ -259,8 +247,10 @@ DR_TEST_ALIAS = "dr_test"
 def run_dr_test_task(request_data: dict[str, Any], dag_run_id: str | None = None) -> dict[str, Any]:
     """The run_test task: run the test, write the report(s) at the targets. Does not fail
     for a failed test (the report says so; the result task fails)."""
+    from include.backup import runtime
+    from include.backup.dr.drtest import DRTestRequest, run_dr_test, store_reports, summary
 
-    config = tasks.load_config()
+    config = runtime.load_config()
     request = DRTestRequest.from_xcom(request_data)
     reports = run_dr_test(request, config, dag_run_id=dag_run_id)
     written = store_reports(config, reports)
@@ -279,6 +269,9 @@ def run_dr_test_task(request_data: dict[str, Any], dag_run_id: str | None = None
 def publish_dr_test(result: dict[str, Any], *, dag_id: str | None = None, run_id: str | None = None,
                     outlet_events: Any = None) -> dict[str, Any]:
     """Asset event per report (dr_test://<source>) and the DR_TEST_RESULT mail."""
+    from include.backup import runtime
+    from include.backup.dr.drtest import mail_reports
+    from include.backup.dr.reports import DRTestReport
 
     if outlet_events is not None:
         from airflow.sdk import Asset, AssetAlias
@@ -290,7 +283,7 @@ def publish_dr_test(result: dict[str, Any], *, dag_id: str | None = None, run_id
             outlet_events[AssetAlias(DR_TEST_ALIAS)].add(Asset(f"dr_test://{s['source']}"), extra=extra)
     mailed = 0
     if result.get("notify_on_completion"):
-        config = tasks.load_config()
+        config = runtime.load_config()
         reports = [DRTestReport.model_validate(s) for s in result["reports"]]
         try:
             mailed = mail_reports(config, reports, dag_id=dag_id, run_id=run_id)
@@ -300,6 +293,8 @@ def publish_dr_test(result: dict[str, Any], *, dag_id: str | None = None, run_id
 
 
 def check_dr_test_result(result: dict[str, Any]) -> dict[str, Any]:
+    from include.backup.errors import BackupError
+
     if not result["success"]:
         failed = [
             f"{s['source']}: {'; '.join(s['issues']) or 'failed'}"
@@ -316,31 +311,31 @@ def build_dr_test_dag(config: BackupConfig) -> Any:
     with DAG(
         dag_id="dr_test",
         schedule=None,
-        start_date=START_DATE,
-        catchup=False,
         params=_dr_test_params(config),
-        tags=["backup", "dr", "dr_test"],
         doc_md=DR_TEST_DOC,
         description="DR test: verify backups, restore into staging, rehearse failover, measure RTO",
-        default_args={"owner": "backup", "retries": 0, "on_failure_callback": on_backup_failure},
+        **dag_defaults("dr", "dr_test", retries=0, max_active_runs=None),
         render_template_as_native_obj=True,
     ) as dag:
 
-        @task(task_id="validate_params")
+        @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            return parse_dr_test_params(get_current_context()["params"], tasks.load_config()).to_xcom()
+            from include.backup import runtime
+            from include.backup.dr.drtest import parse_dr_test_params
 
-        @task(task_id="run_test")
+            return parse_dr_test_params(get_current_context()["params"], runtime.load_config()).to_xcom()
+
+        @task(task_id="run_test", multiple_outputs=False)
         def run_test(request: dict[str, Any]) -> dict[str, Any]:
             return run_dr_test_task(request, get_current_context().get("run_id"))
 
-        @task(task_id="publish", outlets=[AssetAlias(DR_TEST_ALIAS)])
+        @task(task_id="publish", outlets=[AssetAlias(DR_TEST_ALIAS)], multiple_outputs=False)
         def publish(result: dict[str, Any]) -> dict[str, Any]:
             ctx = get_current_context()
             return publish_dr_test(result, dag_id="dr_test", run_id=ctx.get("run_id"),
                                    outlet_events=ctx.get("outlet_events"))
 
-        @task(task_id="result")
+        @task(task_id="result", multiple_outputs=False)
         def result(published: dict[str, Any]) -> dict[str, Any]:
             return check_dr_test_result(published)
 
@@ -351,58 +346,77 @@ def build_dr_test_dag(config: BackupConfig) -> Any:
 def build_failover_dag(config: BackupConfig) -> Any:
     from airflow.sdk import DAG, get_current_context, task
 
+    from include.backup.alerts.callbacks import rto_deadline_for
+    from include.backup.factory import deadline_alerts_enabled
+
     with DAG(
         dag_id="failover",
         schedule=None,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
         params=_failover_params(config),
-        tags=["backup", "dr", "failover"],
         doc_md=FAILOVER_DOC,
         description="Fail over a source: assess, switch, restore the latest backup, verify, notify",
-        default_args={"owner": "backup", "retries": 0, "on_failure_callback": on_backup_failure},
+        **dag_defaults("dr", "failover", retries=0),
         deadline=rto_deadline_for(config, "failover") if deadline_alerts_enabled() else None,
         render_template_as_native_obj=True,
     ) as dag:
 
-        @task(task_id="validate_params")
+        @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            return parse_failover_params(get_current_context()["params"], tasks.load_config()).to_xcom()
+            from include.backup import runtime
+            from include.backup.dr.failover import parse_failover_params
 
-        @task(task_id="assess")
+            return parse_failover_params(get_current_context()["params"], runtime.load_config()).to_xcom()
+
+        @task(task_id="assess", multiple_outputs=False)
         def assess(request: dict[str, Any]) -> dict[str, Any]:
-            req = failover.FailoverRequest.from_xcom(request)
-            return failover.assess(tasks.load_config(), req.source, req.target)
+            from include.backup import runtime
+            from include.backup.dr import failover
 
-        @task(task_id="switch")
-        def switch(request: dict[str, Any], assessed: dict[str, Any]) -> dict[str, Any]:
             req = failover.FailoverRequest.from_xcom(request)
-            return failover.switch(tasks.load_config(), req.source, req.secondary,
+            return failover.assess(runtime.load_config(), req.source, req.target)
+
+        @task(task_id="switch", multiple_outputs=False)
+        def switch(request: dict[str, Any], assessed: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import runtime
+            from include.backup.dr import failover
+
+            req = failover.FailoverRequest.from_xcom(request)
+            return failover.switch(runtime.load_config(), req.source, req.secondary,
                                    backup_id=assessed["backup_id"], dry_run=req.dry_run)
 
-        @task(task_id="restore")
+        @task(task_id="restore", multiple_outputs=False)
         def restore(
             request: dict[str, Any], assessed: dict[str, Any], switched: dict[str, Any]
         ) -> dict[str, Any]:
+            from include.backup import runtime
+            from include.backup.dr import failover
+
             req = failover.FailoverRequest.from_xcom(request)
-            return failover.restore_secondary(tasks.load_config(), req.source, req.secondary,
+            return failover.restore_secondary(runtime.load_config(), req.source, req.secondary,
                                               backup_id=assessed["backup_id"], target=assessed["target"],
                                               overwrite=req.overwrite, switched=switched)
 
-        @task(task_id="verify")
+        @task(task_id="verify", multiple_outputs=False)
         def verify(restored: dict[str, Any]) -> dict[str, Any]:
-            return failover.verify_secondary(tasks.load_config(), restored)
+            from include.backup import runtime
+            from include.backup.dr import failover
 
-        @task(task_id="notify", trigger_rule="all_done")
+            return failover.verify_secondary(runtime.load_config(), restored)
+
+        @task(task_id="notify", trigger_rule="all_done", multiple_outputs=False)
         def notify(request: dict[str, Any] | None) -> dict[str, Any]:
+            from include.backup import runtime
+            from include.backup.alerts.notify import send
+            from include.backup.dr import failover
+            from include.backup.errors import BackupError
+
             ctx = get_current_context()
             if request is None:  # validate_params refused: nothing was touched, nothing to announce
                 raise BackupError("failover refused by validate_params (see its log); nothing was done")
             ti = ctx["ti"]
             outcomes = {step: ti.xcom_pull(task_ids=step) for step in failover.STEPS}
             req = failover.FailoverRequest.from_xcom(request)
-            config = tasks.load_config()
+            config = runtime.load_config()
             alert = failover.activated_alert(req, outcomes, dag_id="failover", run_id=ctx.get("run_id"))
             for step in failover.STEPS:
                 log.info("failover step %s: %s", step, alert.facts.get(step))
@@ -430,18 +444,21 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
     with DAG(
         dag_id="dr_monitor",
         schedule="*/15 * * * *",
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        tags=["backup", "dr", "monitor"],
+
         doc_md=DR_MONITOR_DOC,
         description="RPO, late backups, overdue DR tests, key rotation, storage: mail on-call",
-        default_args={"owner": "backup", "retries": 1},
+        # Retried once; runs again in 15 minutes (no failure callback).
+        **dag_defaults("dr", "monitor", retries=1, alert_on_failure=False),
     ) as dag:
 
-        @task(task_id="monitor")
+        @task(task_id="monitor", multiple_outputs=False)
         def monitor() -> dict[str, Any]:
-            config = tasks.load_config()
+            from include.backup import runtime
+            from include.backup.dr.monitor import notify_report, run_monitor
+            from include.backup.metrics import emit_monitor_report
+            from include.backup.staging import sweep_configured_staging
+
+            config = runtime.load_config()
             sweep_configured_staging(config)  # plaintext of dead runs (include/backup/staging.py)
             report = run_monitor(config)
             emit_monitor_report(report, rto_hours=config.dr.rto_hours)  # before mail: SMTP may raise
@@ -455,6 +472,8 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
 
 
 def register_dr_dags(namespace: dict[str, Any]) -> None:
+    from include.backup.factory import _load
+
     config = _load(None).config
     for build in (build_restore_dag, build_dr_test_dag, build_failover_dag, build_dr_monitor_dag):
         dag = build(config)
