@@ -36,12 +36,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from include.backup import tasks
+from include.backup.catalog.catalog import find_backup, list_backups, verify_object
+from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
+from include.backup.config.loader import load_config, validate_command
+from include.backup.dr.restore import restore_backup
+from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, ObjectNotFound
+from include.backup.keys import KeyRing
+from include.backup.pipeline.compression import decompress_reader
+from include.backup.pipeline.crypto import DecryptingReader
+from include.backup.targets import build_target
+from include.backup.tasks import apply_schedule_retention, deep_verify
+
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from include.backup.config.loader import load_config
-
     loaded = load_config(args.config)
     for warning in loaded.issues:
         print(f"warning: config: {warning}", file=sys.stderr)
@@ -49,8 +59,6 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _keys(args: argparse.Namespace, config: Any | None) -> Any:
-    from include.backup.keys import KeyRing
-
     if args.key_file:
         return KeyRing.from_file(args.key_file)
     if os.environ.get("BACKUP_KEY_FILE"):
@@ -60,23 +68,16 @@ def _keys(args: argparse.Namespace, config: Any | None) -> Any:
 
 
 def _target(config: Any, name: str) -> Any:
-    from include.backup.errors import BackupError
-    from include.backup.targets import build_target
-
     if name not in config.targets:
         raise BackupError(f"no target named {name!r} in the config; known: {', '.join(config.targets)}")
     return build_target(name, config.targets[name])
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from include.backup.config.loader import validate_command
-
     return validate_command(args.path)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from include.backup.catalog.catalog import list_backups
-
     config = _config(args)
     target = _target(config, args.target)
     backups = list_backups(target, args.source)
@@ -122,10 +123,6 @@ def _human(n: int) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from include.backup.catalog.catalog import find_backup, verify_object
-    from include.backup.errors import ObjectNotFound
-    from include.backup.tasks import deep_verify
-
     config = _config(args)
     names = [args.target] if args.target else list(config.targets)
     found = failed = 0
@@ -154,7 +151,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _keys_if_any(args: argparse.Namespace, config: Any) -> Any:
     """The key ring, or None when none is configured (a plain verify works without one)."""
-    from include.backup.errors import BackupError
 
     try:
         return _keys(args, config)
@@ -165,8 +161,6 @@ def _keys_if_any(args: argparse.Namespace, config: Any) -> Any:
 
 def _check_manifest(manifest: Any, keys: Any) -> tuple[str, list[str]]:
     """(what the signature check found, problems) for the verify verb's line."""
-    from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
-    from include.backup.errors import IntegrityError, KeyNotFoundError
 
     try:
         if keys is None or manifest.auth is None:
@@ -186,8 +180,6 @@ _UNSIGNED = "unsigned (made before manifests were signed: not authenticated)"
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from include.backup.dr.restore import restore_backup
-
     until = None
     if args.until:
         from datetime import UTC, datetime
@@ -239,9 +231,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     """Apply a schedule's retention now; with --dry-run, only print the plan."""
     import logging
 
-    from include.backup.errors import BackupError
-    from include.backup.tasks import apply_schedule_retention
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     config = _config(args)
     try:
@@ -256,9 +245,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:
-    from include.backup.pipeline.compression import decompress_reader
-    from include.backup.pipeline.crypto import DecryptingReader
-
     keys = _keys(args, None if args.key_file or os.environ.get("BACKUP_KEY_FILE") else _config(args))
     out = Path(args.out)
     # Like crypto.decrypt_file: mkstemp creates a new file (O_CREAT|O_EXCL, never through a
@@ -293,8 +279,6 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     hence the same staging, manifests and locks. Progress goes to stderr; stdout's last
     line is the backup id."""
     import logging
-
-    from include.backup.config.loader import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     loaded = load_config(args.config)
@@ -336,8 +320,6 @@ def run_backup(config: Any, schedule_name: str, *, when: datetime | None = None)
     the run's staging directory (with any plaintext in it): unlike a DAG run, nothing will
     retry this run's steps. Every step runs with ``config``; the key ring is the one
     $BACKUP_KEY_FILE names, or the config's connection (runtime.load_keys)."""
-    from include.backup import tasks
-    from include.backup.errors import BackupError
 
     try:
         schedule = config.schedule(schedule_name)
@@ -454,8 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.backup.errors import BackupError
-
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from include.backup.config.loader import LoadedConfig, load_config
-from include.backup.config.schema import BackupConfig, Schedule
+from include.backup import runtime, tasks
+from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
+from include.backup.config.loader import LoadedConfig, config_path, load_config
+from include.backup.config.schema import BackupConfig, GFSRetention, Schedule
 from include.backup.dag_defaults import dag_defaults
 from include.backup.errors import ConfigError
 
@@ -51,8 +53,6 @@ task per target; manifest last) → **verify** (read back and re-hash at each ta
 
 
 def config_retention_default() -> Any:
-    from include.backup.config.schema import GFSRetention
-
     return GFSRetention()
 
 
@@ -65,8 +65,6 @@ def deadline_alerts_enabled() -> bool:
 
 def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
     from airflow.sdk import DAG, get_current_context, task
-
-    from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
 
     source_type = config.sources[schedule.source].type
     # Late runs and missed RPOs page on-call through deadline alerts (Airflow 3's SLAs);
@@ -90,8 +88,6 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
         @task(task_id="dump", multiple_outputs=False)
         def dump(schedule_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks
-
             ctx = get_current_context()
             # Runs triggered through the REST API with "logical_date": null have none; the
             # run's run_after is fixed for the run, so every retry gets the same backup id.
@@ -102,36 +98,26 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
         @task(task_id="encrypt", multiple_outputs=False)
         def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime, tasks
-
             return tasks.encrypt(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
 
         @task(task_id="checksum", multiple_outputs=False)
         def checksum(meta: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime, tasks
-
             return tasks.checksum(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
 
         @task(task_id="upload", map_index_template="{{ target_name }}", multiple_outputs=False)
         def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks
-
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.upload(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
         @task(task_id="verify", map_index_template="{{ target_name }}", multiple_outputs=False)
         def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks
-
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
         @task(task_id="cleanup", multiple_outputs=False)
         def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks
-
             return tasks.cleanup(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), schedule_name)
 
         # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
@@ -169,7 +155,6 @@ _CACHE: dict[tuple[str, int, int], LoadedConfig] = {}
 def _load(path: str | Path | None) -> LoadedConfig:
     """load_config, once per version of the file per process: both DAG files read the same
     config, and a DagBag imports them in one process."""
-    from include.backup.config.loader import config_path
 
     resolved = Path(path) if path is not None else config_path()
     try:

@@ -27,9 +27,10 @@ from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
-from include.backup.catalog.inflight import run_lock
+from include.backup.catalog.catalog import find_backup, latest, list_backups, verify_object, write_manifest
+from include.backup.catalog.inflight import InFlight, read_inflight, run_lock, source_lock, write_inflight
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -40,10 +41,25 @@ from include.backup.catalog.manifest import (
     backup_prefix,
     utcnow,
 )
+from include.backup.catalog.signing import authenticate, sign
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
 from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, TargetError
+from include.backup.metrics import emit_backup_run
+from include.backup.pipeline.compression import compress_writer
+from include.backup.pipeline.crypto import encrypt_stream
+from include.backup.pipeline.hashing import CountingWriter, sha256_file
+from include.backup.pipeline.stream import open_sealed
+from include.backup.retention import (
+    RetentionPlan,
+    ancestor_keep,
+    apply_retention,
+    plan_retention,
+    sweep_orphans,
+)
 from include.backup.runtime import load_config, load_keys
-from include.backup.settings import plaintext_grace_s
+from include.backup.settings import ORPHAN_GRACE_HOURS, plaintext_grace_s, staging_root
+from include.backup.sources import build_source
+from include.backup.sources.postgres.spool import spool_in_use
 from include.backup.staging import (
     DRAFT_NAME,
     StagingFile,
@@ -52,10 +68,7 @@ from include.backup.staging import (
     sweep_plaintext,
     write_private,
 )
-
-if TYPE_CHECKING:
-    from include.backup.catalog.inflight import InFlight
-    from include.backup.retention import RetentionPlan
+from include.backup.targets import build_target
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +121,6 @@ def make_backup_id(schedule: str, when: datetime, run_id: str) -> str:
 
 
 def staging_dir(config: BackupConfig, backup_id: str) -> Path:
-    from include.backup.settings import staging_root
-
     return staging_root(config) / backup_id
 
 
@@ -144,7 +155,6 @@ def resolve_schedule(config: BackupConfig, name: str, step: str, backup_id: str 
 
 def _config_target(config: BackupConfig, name: str, step: str, backup_id: str) -> Any:
     """The config of target ``name``, or an error saying that it left the config."""
-    from include.backup.targets import build_target
 
     if name not in config.targets:
         raise BackupError(
@@ -157,8 +167,6 @@ def _config_target(config: BackupConfig, name: str, step: str, backup_id: str) -
 
 
 def _targets(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
-    from include.backup.targets import build_target
-
     return {name: build_target(name, config.targets[name]) for name in schedule.targets}
 
 
@@ -166,7 +174,6 @@ def _find_parent(config: BackupConfig, schedule: Schedule) -> Manifest | None:
     """The newest backup of the source held by any of the schedule's targets: the parent
     of an incremental or a log backup (whichever schedule made it; SCHEMA backups hold no
     data and start no chain). An unreachable target is skipped (another may hold it)."""
-    from include.backup.catalog.catalog import latest
 
     best: Manifest | None = None
     for name, target in _targets(config, schedule).items():
@@ -188,7 +195,6 @@ def _choose_parent(
     Under the source's lock, which retention also takes: a retention pass of any schedule
     of the source either sees the record and keeps the parent (and this run's own backup
     until the run is over), or finishes before the parent is chosen."""
-    from include.backup.catalog.inflight import InFlight, source_lock, write_inflight
 
     if schedule.type not in (BackupType.INCREMENTAL, BackupType.TRANSACTION_LOG):
         write_inflight(stage, InFlight(backup_id, schedule.name, schedule.source))
@@ -204,8 +210,6 @@ def _spool_in_use(source_cfg: Any) -> AbstractContextManager[object]:
     """A physical PostgreSQL source's WAL spool, marked in use by this dump (see
     sources.postgres.spool.spool_in_use); nothing for other sources."""
     if getattr(source_cfg, "method", None) == "physical" and source_cfg.wal_archive_dir:
-        from include.backup.sources.postgres.spool import spool_in_use
-
         return spool_in_use(Path(source_cfg.wal_archive_dir))
     return nullcontext()
 
@@ -255,10 +259,6 @@ def dump(
     config: BackupConfig, schedule: Schedule, run_id: str, logical_date: datetime | None
 ) -> BackupMeta:
     """Stream the source through the compressor into the staging directory."""
-    from include.backup.pipeline.compression import compress_writer
-    from include.backup.pipeline.hashing import CountingWriter
-    from include.backup.sources import build_source
-
     started = utcnow()
     backup_id = make_backup_id(schedule.name, logical_date or started, run_id)
     stage = staging_dir(config, backup_id)
@@ -352,8 +352,6 @@ def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
 
 
 def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta:
-    from include.backup.pipeline.crypto import encrypt_stream
-
     if not (stage / DUMP_NAME).exists():
         raise BackupError(
             f"staging {stage} holds no plaintext dump of backup {meta.backup_id}: it is "
@@ -396,8 +394,6 @@ def _container_size(dump: Path, chunk_size: int) -> int:
 def checksum(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     """SHA-256 of exactly what will be stored, and the final manifest, signed with the
     key ring's active key (catalog/signing.py)."""
-    from include.backup.catalog.signing import sign
-    from include.backup.pipeline.hashing import sha256_file
 
     stage = meta.stage
     _touch(stage)
@@ -446,8 +442,6 @@ def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool 
 
     Works from the target and the checksum step's XCom only (not the staging directory),
     so it can be re-run after cleanup."""
-    from include.backup.catalog.catalog import find_backup, verify_object, write_manifest
-    from include.backup.catalog.signing import authenticate
 
     target = _config_target(config, target_name, "verify", meta.backup_id)
     stored = find_backup(target, meta.backup_id)
@@ -488,8 +482,6 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any
     """Check the manifest's signature, then decrypt and decompress the payload to the end
     (authenticates every chunk and the payload's binding to this backup). ``keys``
     defaults to the configured key ring."""
-    from include.backup.catalog.signing import authenticate
-    from include.backup.pipeline.stream import open_sealed
 
     keys = keys if keys is not None else load_keys(config)
     try:
@@ -514,8 +506,6 @@ def cleanup(
     this run's staging goes even when the schedule has left the config since the dump."""
     stage = meta.stage
     if not dry_run:
-        from include.backup.metrics import emit_backup_run
-
         emit_backup_run(meta.to_xcom(), schedule_name, stage)  # reads the manifest in stage; never raises
         # Before the schedule is looked up: a schedule edited out of the config since the
         # dump must not leave this run's staging behind.
@@ -535,9 +525,6 @@ def sweep_schedule_orphans(
     never got a manifest (an upload whose manifest write failed) once their id is older
     than ORPHAN_GRACE_HOURS and no run of the source is in flight with that id. An
     unreachable target is skipped with a warning: the next cleanup tries again."""
-    from include.backup.catalog.inflight import read_inflight
-    from include.backup.retention import sweep_orphans
-    from include.backup.settings import ORPHAN_GRACE_HOURS, staging_root
 
     root = staging_root(config)
     removed: dict[str, list[str]] = {}
@@ -561,8 +548,6 @@ def apply_schedule_retention(
 ) -> dict[str, list[str]]:
     """The schedule's retention at each of its targets; returns the ids deleted (or that
     would be, with ``dry_run``) per target. Each decision is logged with its reason."""
-    from include.backup.catalog.inflight import read_inflight, source_lock
-    from include.backup.settings import staging_root
 
     root = staging_root(config)
     if dry_run:  # deletes nothing: no need to keep the runs in flight waiting
@@ -575,9 +560,6 @@ def apply_schedule_retention(
 def _retention_pass(
     config: BackupConfig, schedule: Schedule, in_flight: list[InFlight], *, dry_run: bool
 ) -> dict[str, list[str]]:
-    from include.backup.catalog.catalog import list_backups
-    from include.backup.retention import apply_retention, plan_retention
-
     deleted: dict[str, list[str]] = {}
     for name, target in _targets(config, schedule).items():
         # The whole source's listing, not just this schedule's: an incremental of another
@@ -601,7 +583,6 @@ def spare_in_flight(
     """Move out of ``plan.delete`` every backup a run in flight needs: its own backup, its
     parent and the parent's ancestors (a published incremental protects its chain through
     its manifest; one still in flight only through its in-flight record)."""
-    from include.backup.retention import ancestor_keep
 
     by_id = {m.backup_id: m for m in backups}
     for record in in_flight:

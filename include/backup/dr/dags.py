@@ -12,8 +12,29 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.backup import runtime
+from include.backup.alerts.callbacks import rto_deadline_for
+from include.backup.alerts.notify import Alert, AlertKind, send
 from include.backup.config.schema import BackupConfig
 from include.backup.dag_defaults import dag_defaults
+from include.backup.dr import failover
+from include.backup.dr.drtest import (
+    DRTestRequest,
+    mail_reports,
+    parse_dr_test_params,
+    run_dr_test,
+    store_reports,
+    summary,
+)
+from include.backup.dr.failover import parse_failover_params
+from include.backup.dr.monitor import notify_report, run_monitor
+from include.backup.dr.params import RestoreRequest, parse_restore_params
+from include.backup.dr.reports import TEST_TYPES, DRTestReport
+from include.backup.dr.restore import restore_backup
+from include.backup.errors import BackupError
+from include.backup.factory import _load, deadline_alerts_enabled
+from include.backup.metrics import emit_monitor_report, emit_restore
+from include.backup.staging import sweep_configured_staging
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +80,6 @@ def _restore_params(config: BackupConfig) -> dict[str, Any]:
 
 def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
     """The restore task: keys from the connection, then restore_backup; measured RTO."""
-    from include.backup import runtime
-    from include.backup.dr.params import RestoreRequest
-    from include.backup.dr.restore import restore_backup
 
     config = runtime.load_config()
     request = RestoreRequest.from_xcom(request_data)
@@ -76,7 +94,6 @@ def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
         until=request.point_in_time,
         source_name=request.source,
     )
-    from include.backup.metrics import emit_restore
 
     emit_restore(result, rto_hours=config.dr.rto_hours)  # never raises
     rto_seconds = config.dr.rto_hours * 3600
@@ -104,7 +121,6 @@ def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
 
 def _mail_rto_missed(config: BackupConfig, summary: dict[str, Any]) -> None:
     """An overrun is on-call's business, but must not turn a good restore into a failure."""
-    from include.backup.alerts.notify import Alert, AlertKind, send
 
     alert = Alert(
         kind=AlertKind.RTO_MISSED,
@@ -125,9 +141,6 @@ def _mail_rto_missed(config: BackupConfig, summary: dict[str, Any]) -> None:
 def build_restore_dag(config: BackupConfig) -> Any:
     from airflow.sdk import DAG, get_current_context, task
 
-    from include.backup.alerts.callbacks import rto_deadline_for
-    from include.backup.factory import deadline_alerts_enabled
-
     with DAG(
         dag_id="restore",
         schedule=None,
@@ -142,9 +155,6 @@ def build_restore_dag(config: BackupConfig) -> Any:
 
         @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr.params import parse_restore_params
-
             params = get_current_context()["params"]
             return parse_restore_params(params, runtime.load_config()).to_xcom()
 
@@ -204,8 +214,6 @@ sends the figures as Airflow metrics (docs/metrics.md). XCom: the report's metad
 def _dr_test_params(config: BackupConfig) -> dict[str, Any]:
     from airflow.sdk import Param
 
-    from include.backup.dr.reports import TEST_TYPES
-
     sources = ", ".join(config.sources) or "none configured"
     nullable_text = ["null", "string"]
     return {
@@ -247,8 +255,6 @@ DR_TEST_ALIAS = "dr_test"
 def run_dr_test_task(request_data: dict[str, Any], dag_run_id: str | None = None) -> dict[str, Any]:
     """The run_test task: run the test, write the report(s) at the targets. Does not fail
     for a failed test (the report says so; the result task fails)."""
-    from include.backup import runtime
-    from include.backup.dr.drtest import DRTestRequest, run_dr_test, store_reports, summary
 
     config = runtime.load_config()
     request = DRTestRequest.from_xcom(request_data)
@@ -269,9 +275,6 @@ def run_dr_test_task(request_data: dict[str, Any], dag_run_id: str | None = None
 def publish_dr_test(result: dict[str, Any], *, dag_id: str | None = None, run_id: str | None = None,
                     outlet_events: Any = None) -> dict[str, Any]:
     """Asset event per report (dr_test://<source>) and the DR_TEST_RESULT mail."""
-    from include.backup import runtime
-    from include.backup.dr.drtest import mail_reports
-    from include.backup.dr.reports import DRTestReport
 
     if outlet_events is not None:
         from airflow.sdk import Asset, AssetAlias
@@ -293,8 +296,6 @@ def publish_dr_test(result: dict[str, Any], *, dag_id: str | None = None, run_id
 
 
 def check_dr_test_result(result: dict[str, Any]) -> dict[str, Any]:
-    from include.backup.errors import BackupError
-
     if not result["success"]:
         failed = [
             f"{s['source']}: {'; '.join(s['issues']) or 'failed'}"
@@ -320,9 +321,6 @@ def build_dr_test_dag(config: BackupConfig) -> Any:
 
         @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr.drtest import parse_dr_test_params
-
             return parse_dr_test_params(get_current_context()["params"], runtime.load_config()).to_xcom()
 
         @task(task_id="run_test", multiple_outputs=False)
@@ -346,9 +344,6 @@ def build_dr_test_dag(config: BackupConfig) -> Any:
 def build_failover_dag(config: BackupConfig) -> Any:
     from airflow.sdk import DAG, get_current_context, task
 
-    from include.backup.alerts.callbacks import rto_deadline_for
-    from include.backup.factory import deadline_alerts_enabled
-
     with DAG(
         dag_id="failover",
         schedule=None,
@@ -362,24 +357,15 @@ def build_failover_dag(config: BackupConfig) -> Any:
 
         @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr.failover import parse_failover_params
-
             return parse_failover_params(get_current_context()["params"], runtime.load_config()).to_xcom()
 
         @task(task_id="assess", multiple_outputs=False)
         def assess(request: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr import failover
-
             req = failover.FailoverRequest.from_xcom(request)
             return failover.assess(runtime.load_config(), req.source, req.target)
 
         @task(task_id="switch", multiple_outputs=False)
         def switch(request: dict[str, Any], assessed: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr import failover
-
             req = failover.FailoverRequest.from_xcom(request)
             return failover.switch(runtime.load_config(), req.source, req.secondary,
                                    backup_id=assessed["backup_id"], dry_run=req.dry_run)
@@ -388,9 +374,6 @@ def build_failover_dag(config: BackupConfig) -> Any:
         def restore(
             request: dict[str, Any], assessed: dict[str, Any], switched: dict[str, Any]
         ) -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr import failover
-
             req = failover.FailoverRequest.from_xcom(request)
             return failover.restore_secondary(runtime.load_config(), req.source, req.secondary,
                                               backup_id=assessed["backup_id"], target=assessed["target"],
@@ -398,18 +381,10 @@ def build_failover_dag(config: BackupConfig) -> Any:
 
         @task(task_id="verify", multiple_outputs=False)
         def verify(restored: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr import failover
-
             return failover.verify_secondary(runtime.load_config(), restored)
 
         @task(task_id="notify", trigger_rule="all_done", multiple_outputs=False)
         def notify(request: dict[str, Any] | None) -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.alerts.notify import send
-            from include.backup.dr import failover
-            from include.backup.errors import BackupError
-
             ctx = get_current_context()
             if request is None:  # validate_params refused: nothing was touched, nothing to announce
                 raise BackupError("failover refused by validate_params (see its log); nothing was done")
@@ -453,11 +428,6 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
 
         @task(task_id="monitor", multiple_outputs=False)
         def monitor() -> dict[str, Any]:
-            from include.backup import runtime
-            from include.backup.dr.monitor import notify_report, run_monitor
-            from include.backup.metrics import emit_monitor_report
-            from include.backup.staging import sweep_configured_staging
-
             config = runtime.load_config()
             sweep_configured_staging(config)  # plaintext of dead runs (include/backup/staging.py)
             report = run_monitor(config)
@@ -472,8 +442,6 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
 
 
 def register_dr_dags(namespace: dict[str, Any]) -> None:
-    from include.backup.factory import _load
-
     config = _load(None).config
     for build in (build_restore_dag, build_dr_test_dag, build_failover_dag, build_dr_monitor_dag):
         dag = build(config)
