@@ -45,8 +45,9 @@ from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError,
 from include.backup.keys import KeyRing
 from include.backup.pipeline.compression import decompress_reader
 from include.backup.pipeline.crypto import DecryptingReader
+from include.backup.schedule_retention import apply_schedule_retention
 from include.backup.targets import build_target
-from include.backup.tasks import apply_schedule_retention, deep_verify
+from include.backup.tasks import deep_verify
 
 Handler = Callable[[argparse.Namespace], int]
 

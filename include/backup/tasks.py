@@ -12,7 +12,7 @@ them. ``run_dump`` … ``run_cleanup`` do the same for callers outside Airflow (
     dump ─► encrypt ─► checksum ─► upload[target…] ─► verify[target…] ─► cleanup
 
 Runs of several schedules (and of one) may overlap: the dump records its run as in flight
-and retention keeps what such runs need (docs/concurrency.md).
+and retention keeps what such runs need (docs/concurrency.md; schedule_retention.py).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from include.backup.catalog.catalog import find_backup, latest, list_backups, verify_object, write_manifest
-from include.backup.catalog.inflight import InFlight, read_inflight, run_lock, source_lock, write_inflight
+from include.backup.catalog.catalog import find_backup, latest, verify_object, write_manifest
+from include.backup.catalog.inflight import InFlight, run_lock, source_lock, write_inflight
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -49,15 +49,13 @@ from include.backup.pipeline.compression import compress_writer
 from include.backup.pipeline.crypto import encrypt_stream
 from include.backup.pipeline.hashing import CountingWriter, sha256_file
 from include.backup.pipeline.stream import open_sealed
-from include.backup.retention import (
-    RetentionPlan,
-    ancestor_keep,
-    apply_retention,
-    plan_retention,
-    sweep_orphans,
-)
 from include.backup.runtime import load_config, load_keys
-from include.backup.settings import ORPHAN_GRACE_HOURS, plaintext_grace_s, staging_root
+from include.backup.schedule_retention import (
+    apply_schedule_retention,
+    schedule_targets,
+    sweep_schedule_orphans,
+)
+from include.backup.settings import plaintext_grace_s, staging_root
 from include.backup.sources import build_source
 from include.backup.sources.postgres.spool import spool_in_use
 from include.backup.staging import (
@@ -166,17 +164,13 @@ def _config_target(config: BackupConfig, name: str, step: str, backup_id: str) -
     return build_target(name, config.targets[name])
 
 
-def _targets(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
-    return {name: build_target(name, config.targets[name]) for name in schedule.targets}
-
-
 def _find_parent(config: BackupConfig, schedule: Schedule) -> Manifest | None:
     """The newest backup of the source held by any of the schedule's targets: the parent
     of an incremental or a log backup (whichever schedule made it; SCHEMA backups hold no
     data and start no chain). An unreachable target is skipped (another may hold it)."""
 
     best: Manifest | None = None
-    for name, target in _targets(config, schedule).items():
+    for name, target in schedule_targets(config, schedule).items():
         try:
             found = latest(target, schedule.source, types=CHAIN_TYPES)
         except TargetError as exc:
@@ -516,87 +510,6 @@ def cleanup(
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
     orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
     return {"backup_id": meta.backup_id, "deleted": deleted, "orphans": orphans}
-
-
-def sweep_schedule_orphans(
-    config: BackupConfig, schedule: Schedule, *, dry_run: bool = False
-) -> dict[str, list[str]]:
-    """Remove, at each of the schedule's targets, the objects of the source's backups that
-    never got a manifest (an upload whose manifest write failed) once their id is older
-    than ORPHAN_GRACE_HOURS and no run of the source is in flight with that id. An
-    unreachable target is skipped with a warning: the next cleanup tries again."""
-
-    root = staging_root(config)
-    removed: dict[str, list[str]] = {}
-    for name, target in _targets(config, schedule).items():
-        try:
-            removed[name] = sweep_orphans(
-                target,
-                schedule.source,
-                now=utcnow(),
-                grace=timedelta(hours=ORPHAN_GRACE_HOURS),
-                in_flight=lambda: {r.backup_id for r in read_inflight(root, schedule.source)},
-                dry_run=dry_run,
-            )
-        except TargetError as exc:
-            log.warning("orphan sweep at target %s skipped: %s", name, exc)
-    return removed
-
-
-def apply_schedule_retention(
-    config: BackupConfig, schedule: Schedule, *, dry_run: bool = False
-) -> dict[str, list[str]]:
-    """The schedule's retention at each of its targets; returns the ids deleted (or that
-    would be, with ``dry_run``) per target. Each decision is logged with its reason."""
-
-    root = staging_root(config)
-    if dry_run:  # deletes nothing: no need to keep the runs in flight waiting
-        return _retention_pass(config, schedule, read_inflight(root, schedule.source), dry_run=True)
-    # Under the source's lock, which the dump takes to choose a parent: see _choose_parent.
-    with source_lock(root, schedule.source, purpose=f"retention of schedule {schedule.name}"):
-        return _retention_pass(config, schedule, read_inflight(root, schedule.source), dry_run=False)
-
-
-def _retention_pass(
-    config: BackupConfig, schedule: Schedule, in_flight: list[InFlight], *, dry_run: bool
-) -> dict[str, list[str]]:
-    deleted: dict[str, list[str]] = {}
-    for name, target in _targets(config, schedule).items():
-        # The whole source's listing, not just this schedule's: an incremental of another
-        # schedule may depend on one of ours, and that must keep it.
-        backups = list_backups(target, schedule.source)
-        plan = plan_retention(
-            backups,
-            gfs=schedule.retention,
-            retention_days=schedule.retention_days,
-            now=utcnow(),
-            schedule=schedule.name,
-        )
-        spare_in_flight(plan, backups, in_flight, target_name=name)
-        deleted[name] = apply_retention(target, schedule.source, schedule.name, plan, dry_run=dry_run)
-    return deleted
-
-
-def spare_in_flight(
-    plan: RetentionPlan, backups: list[Manifest], in_flight: list[InFlight], *, target_name: str
-) -> None:
-    """Move out of ``plan.delete`` every backup a run in flight needs: its own backup, its
-    parent and the parent's ancestors (a published incremental protects its chain through
-    its manifest; one still in flight only through its in-flight record)."""
-
-    by_id = {m.backup_id: m for m in backups}
-    for record in in_flight:
-        roots = [by_id[i] for i in sorted(record.protects()) if i in by_id]
-        needed = {m.backup_id for m in roots} | set(ancestor_keep(roots, by_id))
-        for backup_id in sorted(needed & plan.delete.keys()):
-            why = (
-                f"its run is still in flight (staging {record.backup_id} exists)"
-                if backup_id == record.backup_id
-                else f"needed by {record.backup_id} of schedule {record.schedule}, still in flight"
-            )
-            del plan.delete[backup_id]
-            plan.keep[backup_id] = [why]
-            log.info("retention at target %s: keeping %s (%s)", target_name, backup_id, why)
 
 
 def _remove_stale_staging(root: Path, schedule_name: str, *, known: set[str] | None = None) -> None:

@@ -24,6 +24,7 @@ from include.backup.catalog.inflight import (
 from include.backup.catalog.manifest import Manifest
 from include.backup.errors import BackupError
 from include.backup.retention import RetentionPlan
+from include.backup.schedule_retention import spare_in_flight
 from include.backup.sources.postgres.spool import spool_in_use
 
 CTX = multiprocessing.get_context("fork")
@@ -140,7 +141,7 @@ def test_spare_in_flight_keeps_the_parent_chain_and_the_run_s_own_backup():
     ]
     plan = RetentionPlan(delete={"f1": "old", "t1": "old", "f2": "old", "mine": "old"})
     records = [InFlight("t2", "wal", "pg", "t1"), InFlight("mine", "full", "pg")]
-    tasks.spare_in_flight(plan, backups, records, target_name="disk")
+    spare_in_flight(plan, backups, records, target_name="disk")
     assert plan.delete == {"f2": "old"}
     assert plan.keep["t1"] == ["needed by t2 of schedule wal, still in flight"]
     assert plan.keep["f1"] == ["needed by t2 of schedule wal, still in flight"]
