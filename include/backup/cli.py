@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -183,8 +184,6 @@ _UNSIGNED = "unsigned (made before manifests were signed: not authenticated)"
 def _cmd_restore(args: argparse.Namespace) -> int:
     until = None
     if args.until:
-        from datetime import UTC, datetime
-
         try:
             until = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
         except ValueError:
@@ -230,8 +229,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     """Apply a schedule's retention now; with --dry-run, only print the plan."""
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     config = _config(args)
     try:
@@ -279,8 +276,6 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     """Take a backup of one schedule now: the same step functions as the DAG (tasks.py),
     hence the same staging, manifests and locks. Progress goes to stderr; stdout's last
     line is the backup id."""
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     loaded = load_config(args.config)
     for warning in loaded.issues:

@@ -64,7 +64,11 @@ def deadline_alerts_enabled() -> bool:
 
 
 def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
-    from airflow.sdk import DAG, get_current_context, task
+    from airflow.sdk import (  # lazy: Airflow: not loaded by the CLI and config checks
+        DAG,
+        get_current_context,
+        task,
+    )
 
     source_type = config.sources[schedule.source].type
     # Late runs and missed RPOs page on-call through deadline alerts (Airflow 3's SLAs);
@@ -144,7 +148,7 @@ def running_dag_id() -> str | None:
     A task process parses its DAG file again to find its task; building all the other
     schedules' DAGs there cost 1.9 s of the 2.8 s start-up of every task with 50 schedules
     (bench/bench_scheduler.py), so it builds only its own (Airflow's parsing context)."""
-    from airflow.sdk import get_parsing_context
+    from airflow.sdk import get_parsing_context  # lazy: Airflow: not loaded by the CLI and config checks
 
     return get_parsing_context().dag_id
 

@@ -336,12 +336,16 @@ class KeyRing:
     def from_connection(cls, conn_id: str) -> KeyRing:
         """Load from an Airflow connection (extra ``secret_keys``, or login = id /
         password = key; the old extra ``keys`` with a warning)."""
-        from airflow.sdk import BaseHook
+        from airflow.sdk import BaseHook  # lazy: Airflow: not loaded by the CLI and config checks
 
         try:
-            from airflow.sdk.exceptions import AirflowNotFoundException
+            from airflow.sdk.exceptions import (
+                AirflowNotFoundException,  # lazy: Airflow: not loaded by the CLI and config checks
+            )
         except ImportError:  # pragma: no cover - older task SDKs
-            from airflow.exceptions import AirflowNotFoundException
+            from airflow.exceptions import (
+                AirflowNotFoundException,  # lazy: Airflow: not loaded by the CLI and config checks
+            )
 
         source = f"keys connection {conn_id!r}"
         try:
@@ -409,7 +413,7 @@ def _ring_fields(extra: Mapping[str, Any], conn_id: str, source: str) -> dict[st
 def _mask(ring: KeyRing) -> None:
     """Register key material with Airflow's secrets masker so it is redacted from logs."""
     try:
-        from airflow.sdk.log import mask_secret
+        from airflow.sdk.log import mask_secret  # lazy: Airflow: not loaded by the CLI and config checks
     except ImportError:  # pragma: no cover - Airflow always present where connections are
         return
     for encoded in ring.to_json()["keys"].values():

@@ -119,7 +119,9 @@ def alerts_metric(kind: str) -> str:
 
 def _facade_initialised() -> bool:
     try:
-        from airflow.sdk._shared.observability.metrics import stats as shared
+        from airflow.sdk._shared.observability.metrics import (
+            stats as shared,  # lazy: Airflow: not loaded by the CLI and config checks
+        )
     except ImportError:  # pragma: no cover - a layout change: initialise ourselves
         return False
     return getattr(shared, "_factory", None) is not None
@@ -129,9 +131,11 @@ def reinitialize() -> None:
     """(Re)build Airflow's metrics backend from the current ``[metrics]`` config, as the
     task runner does at start. For processes that are not Airflow task processes (the CLI,
     tests); a task process is already initialised and needs nothing."""
-    from airflow.sdk.configuration import conf
-    from airflow.sdk.observability import stats
-    from airflow.sdk.observability.metrics import stats_utils
+    from airflow.sdk.configuration import conf  # lazy: Airflow: not loaded by the CLI and config checks
+    from airflow.sdk.observability import stats  # lazy: Airflow: not loaded by the CLI and config checks
+    from airflow.sdk.observability.metrics import (
+        stats_utils,  # lazy: Airflow: not loaded by the CLI and config checks
+    )
 
     stats.initialize(
         factory=stats_utils.get_stats_factory(),
@@ -142,7 +146,7 @@ def reinitialize() -> None:
 def _emit(kind: Kind, name: str, value: float, tags: Mapping[str, str] | None = None) -> bool:
     """One metric through Airflow's facade; False (and a log line) when it failed."""
     try:
-        from airflow.sdk.observability import stats
+        from airflow.sdk.observability import stats  # lazy: Airflow: not loaded by the CLI and config checks
 
         if not _facade_initialised():
             reinitialize()

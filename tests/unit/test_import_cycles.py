@@ -8,7 +8,8 @@ blocks, which never run. `from include.backup.x import y` counts as importing
 must have no cycle (Tarjan's strongly connected components).
 
 A function-level import of our own code is allowed only with a `# cycle:` or
-`# lazy:` reason on its line.
+`# lazy:` reason on its line; a function-level import of anything else needs a
+`# lazy:` reason (only heavy third-party libraries stay lazy).
 """
 
 from __future__ import annotations
@@ -220,3 +221,12 @@ def test_function_level_imports_of_own_code_give_a_reason() -> None:
     })
     assert not bare, f"{len(bare)} function-level imports of our own code:\n" + "\n".join(bare)
 
+
+def test_function_level_imports_of_libraries_say_why() -> None:
+    bare = sorted({
+        _where(i)
+        for imports in _imports().values()
+        for i in imports
+        if i.nested and not _own(i.module) and "# lazy:" not in i.source_line
+    })
+    assert not bare, f"{len(bare)} function-level library imports without '# lazy:':\n" + "\n".join(bare)

@@ -319,7 +319,7 @@ def _interval(schedule: Any, now: datetime | None = None) -> timedelta:
 
 def _alert(kind: AlertKind, interval: timedelta, kwargs: dict[str, Any]) -> Any:
     # Exported by airflow.sdk at run time but missing from its __init__.pyi (task-sdk 1.3.2).
-    from airflow.sdk import (  # type: ignore[attr-defined]
+    from airflow.sdk import (  # type: ignore[attr-defined]  # lazy: Airflow: not loaded by the CLI and config checks
         AsyncCallback,
         DeadlineAlert,
         DeadlineReference,

@@ -233,7 +233,7 @@ def base_url() -> str | None:
     # unit tests should not pay seconds of imports for a link.
     if not url and "airflow" in sys.modules:
         try:
-            from airflow.configuration import conf
+            from airflow.configuration import conf  # lazy: Airflow: not loaded by the CLI and config checks
 
             url = conf.get("api", "base_url", fallback=None)
         except Exception:  # noqa: BLE001 - no Airflow config: no link
@@ -337,7 +337,7 @@ def _locked_state(path: Path) -> Iterator[dict[str, dict[str, Any]]]:
     lock_path = path.with_name(path.name + ".lock")
     with open(lock_path, "a+") as lock:
         try:
-            import fcntl
+            import fcntl  # lazy: POSIX only (the ImportError below)
 
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - not POSIX
@@ -479,7 +479,9 @@ def send(
             due.append(alert)
         if not due:
             return 0
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
+        from airflow.providers.smtp.hooks.smtp import (
+            SmtpHook,  # lazy: provider hook: loaded when the connection is used
+        )
 
         with SmtpHook(smtp_conn_id=smtp_conn_id) as hook:
             sender = _from_address(hook, from_email)

@@ -7,9 +7,11 @@ typo never silently turns into a default.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Literal
 
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -368,10 +370,6 @@ def cron_problem(cron: str) -> str | None:
     every DAG parse; and it accepts dates that never occur (31 February), which would make
     a backup DAG that silently never runs.
     """
-    from datetime import UTC, datetime
-
-    from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
-
     expr = CRON_PRESETS.get(cron, cron)
     fields = expr.split()
     if len(fields) != 5:

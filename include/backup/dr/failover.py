@@ -266,7 +266,9 @@ def switch(
             raise BackupError(f"failover switch: {what} exited with {proc.returncode}: {tail[-300:]}")
         detail = f"ran {action.command[0] if action.command else ''} (exit 0)"
     else:
-        from airflow.sdk import Variable  # Airflow's Task SDK: heavy, only for this switch kind
+        from airflow.sdk import (
+            Variable,  # lazy: Airflow's Task SDK: heavy, only for this switch kind
+        )
 
         if action.kind == "airflow_variable":
             if not action.variable:  # the config schema requires it; say so if it slipped

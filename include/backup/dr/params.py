@@ -244,7 +244,9 @@ def resolve_environment(config: BackupConfig, source: str, env: str) -> str:
     if value.startswith(CONN_PREFIX) or cfg.type == "files" or value.startswith("/"):
         return value
     try:
-        from airflow.sdk import BaseHook  # Airflow's Task SDK: heavy, and only needed here
+        from airflow.sdk import (
+            BaseHook,  # lazy: Airflow's Task SDK: heavy, and only needed here
+        )
 
         BaseHook.get_connection(value)
     except Exception:  # noqa: BLE001 - no such connection: a database name

@@ -315,7 +315,7 @@ def _session_options(existing: str | None) -> str:
 
 @contextmanager
 def _session(params: Any) -> Iterator[Any]:
-    import psycopg2  # type: ignore[import-untyped]  # the driver: only when a query runs
+    import psycopg2  # type: ignore[import-untyped]  # lazy: the driver: only when a query runs
 
     kwargs = params.connect_kwargs()
     kwargs["options"] = _session_options(kwargs.get("options"))
@@ -371,7 +371,7 @@ def run_smoke_queries(params: Any, queries: list[str]) -> list[str]:
 
 
 def _run_one(conn: Any, query: str, drop_role: bool) -> str | None:
-    import psycopg2  # type: ignore[import-untyped]  # the driver: only when a query runs
+    import psycopg2  # type: ignore[import-untyped]  # lazy: the driver: only when a query runs
 
     # A query that returns rows goes through a server-side cursor: one row is fetched,
     # not a whole table into the worker's memory. SHOW and EXPLAIN output is small.

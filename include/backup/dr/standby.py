@@ -124,7 +124,9 @@ def standby_cursor(conn_id: str, database: str | None = None) -> Iterator[tuple[
     database, or ``database``), in autocommit. Errors become BackupErrors that name the
     connection and the server, never the password."""
     # The Postgres provider pulls in SQLAlchemy and the DB-API driver: only when connecting.
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from airflow.providers.postgres.hooks.postgres import (
+        PostgresHook,  # lazy: provider hook: loaded when the connection is used
+    )
 
     hook = PostgresHook(postgres_conn_id=conn_id, database=database) if database else PostgresHook(
         postgres_conn_id=conn_id

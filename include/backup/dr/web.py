@@ -502,8 +502,12 @@ def airflow_auth() -> Any:
     """Airflow's own API auth as a FastAPI dependency: a valid JWT (Bearer header or the
     UI's ``_token`` cookie) for a user the auth manager lets see the installation's
     read-only views (AccessView.WEBSITE: every role that can log in)."""
-    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
-    from airflow.api_fastapi.core_api.security import requires_access_view
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        AccessView,  # lazy: Airflow: not loaded by the CLI and config checks
+    )
+    from airflow.api_fastapi.core_api.security import (
+        requires_access_view,  # lazy: Airflow: not loaded by the CLI and config checks
+    )
 
     return Depends(requires_access_view(AccessView.WEBSITE))
 

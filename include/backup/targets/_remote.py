@@ -104,7 +104,7 @@ def load_connection(target: str, conn_id: str, example: str) -> Any:
     Looked up explicitly even where the provider hook would fall back to ambient
     credentials (S3Hook does): a typo in ``conn_id`` must fail, not silently write the
     backups with whatever identity the worker happens to have."""
-    from airflow.sdk import BaseHook
+    from airflow.sdk import BaseHook  # lazy: Airflow: not loaded by the CLI and config checks
 
     try:
         return BaseHook.get_connection(conn_id)

@@ -90,7 +90,9 @@ class AzureBlobTarget(ObjectStoreTarget):
     # --- the client ------------------------------------------------------------------
 
     def _build_client(self) -> Any:
-        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+        from airflow.providers.microsoft.azure.hooks.wasb import (
+            WasbHook,  # lazy: provider hook: loaded when the connection is used
+        )
 
         service = WasbHook(wasb_conn_id=self.conn_id).get_conn()
         return service.get_container_client(self.container)
@@ -132,7 +134,7 @@ class AzureBlobTarget(ObjectStoreTarget):
             (lambda i=i, off=off, ln=ln: stage(i, off, ln))
             for i, (off, ln) in enumerate(part_ranges(size, block))
         ]
-        from azure.storage.blob import BlobBlock
+        from azure.storage.blob import BlobBlock  # lazy: Azure SDK is heavy: loaded when Azure is used
 
         with self._errors("upload", key, src):
             ids = run_bounded(jobs, self.concurrency)
@@ -146,7 +148,9 @@ class AzureBlobTarget(ObjectStoreTarget):
     # --- reading ---------------------------------------------------------------------
 
     def _lookup(self, full: str) -> tuple[int, Any] | None:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import (
+            ResourceNotFoundError,  # lazy: Azure SDK is heavy: loaded when Azure is used
+        )
 
         try:
             props = self._blob(full).get_blob_properties()
@@ -157,7 +161,7 @@ class AzureBlobTarget(ObjectStoreTarget):
         return int(props.size), props.etag
 
     def _read_range(self, key: str, full: str, start: int, end: int, version: Any) -> BinaryIO:
-        from azure.core import MatchConditions
+        from azure.core import MatchConditions  # lazy: Azure SDK is heavy: loaded when Azure is used
 
         blob = self._blob(full)
 
@@ -182,7 +186,9 @@ class AzureBlobTarget(ObjectStoreTarget):
     # --- deleting --------------------------------------------------------------------
 
     def _remove(self, full: str) -> None:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import (
+            ResourceNotFoundError,  # lazy: Azure SDK is heavy: loaded when Azure is used
+        )
 
         try:
             self._blob(full).delete_blob(delete_snapshots="include")
@@ -193,7 +199,7 @@ class AzureBlobTarget(ObjectStoreTarget):
     # --- errors ----------------------------------------------------------------------
 
     def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
-        from azure.core.exceptions import (
+        from azure.core.exceptions import (  # lazy: Azure SDK is heavy: loaded when Azure is used
             ClientAuthenticationError,
             HttpResponseError,
             ResourceModifiedError,

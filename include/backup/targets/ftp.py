@@ -60,7 +60,9 @@ class FTPTarget(PathStoreTarget[ftplib.FTP]):
     def _open_connection(self, action: str, key: str) -> ftplib.FTP:
         """A new logged-in control connection in binary mode (a fresh hook each time: the
         hook keeps a half-open connection around when the login fails)."""
-        from airflow.providers.ftp.hooks.ftp import FTPHook
+        from airflow.providers.ftp.hooks.ftp import (
+            FTPHook,  # lazy: provider hook: loaded when the connection is used
+        )
 
         conn = self._load_server()
         if not conn.host:

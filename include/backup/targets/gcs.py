@@ -62,7 +62,9 @@ class GCSTarget(ObjectStoreTarget):
     # --- the client ------------------------------------------------------------------
 
     def _build_client(self) -> Any:
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+        from airflow.providers.google.cloud.hooks.gcs import (
+            GCSHook,  # lazy: provider hook: loaded when the connection is used
+        )
 
         return GCSHook(gcp_conn_id=self.conn_id).get_conn()
 
@@ -73,7 +75,9 @@ class GCSTarget(ObjectStoreTarget):
         return self._client.get().bucket(self.bucket_name)
 
     def _retry(self) -> Any:
-        from google.cloud.storage.retry import DEFAULT_RETRY
+        from google.cloud.storage.retry import (
+            DEFAULT_RETRY,  # lazy: Google SDK is heavy: loaded when GCS is used
+        )
 
         return DEFAULT_RETRY.with_timeout(self.retry_deadline)
 
@@ -110,7 +114,9 @@ class GCSTarget(ObjectStoreTarget):
         generation = blob.generation
 
         def fetch(pos: int, n: int) -> bytes:
-            from google.api_core.exceptions import NotFound
+            from google.api_core.exceptions import (
+                NotFound,  # lazy: Google SDK is heavy: loaded when GCS is used
+            )
 
             with self._errors("read", key):
                 try:
@@ -142,7 +148,7 @@ class GCSTarget(ObjectStoreTarget):
     # --- deleting --------------------------------------------------------------------
 
     def _remove(self, full: str) -> None:
-        from google.api_core.exceptions import NotFound
+        from google.api_core.exceptions import NotFound  # lazy: Google SDK is heavy: loaded when GCS is used
 
         try:
             self._bucket().delete_blob(full, retry=self._retry(), timeout=TIMEOUT)
@@ -165,9 +171,9 @@ class GCSTarget(ObjectStoreTarget):
             return "the GCS endpoint"
 
     def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
-        import requests
-        from google.api_core import exceptions as gexc
-        from google.auth import exceptions as auth_exc
+        import requests  # lazy: with the Google SDK: loaded when GCS is used
+        from google.api_core import exceptions as gexc  # lazy: Google SDK is heavy: loaded when GCS is used
+        from google.auth import exceptions as auth_exc  # lazy: Google SDK is heavy: loaded when GCS is used
 
         cause: BaseException = exc
         if isinstance(exc, gexc.RetryError) and exc.cause is not None:
@@ -208,7 +214,7 @@ class GCSTarget(ObjectStoreTarget):
 
 
 def _auth_message(exc: BaseException, conn: str) -> str:
-    from google.auth import exceptions as auth_exc
+    from google.auth import exceptions as auth_exc  # lazy: Google SDK is heavy: loaded when GCS is used
 
     if isinstance(exc, auth_exc.RefreshError):
         return (

@@ -94,8 +94,10 @@ class S3Target(ObjectStoreTarget):
     # --- the client ------------------------------------------------------------------
 
     def _build_client(self) -> Any:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from botocore.config import Config
+        from airflow.providers.amazon.aws.hooks.s3 import (
+            S3Hook,  # lazy: provider hook: loaded when the connection is used
+        )
+        from botocore.config import Config  # lazy: botocore is heavy: loaded when S3 is used
 
         hook = S3Hook(aws_conn_id=self.conn_id)
         defaults = Config(
@@ -202,7 +204,7 @@ class S3Target(ObjectStoreTarget):
     # --- reading ---------------------------------------------------------------------
 
     def _lookup(self, full: str) -> tuple[int, Any] | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazy: botocore is heavy: loaded when S3 is used
 
         try:
             head = self._s3().head_object(Bucket=self.bucket, Key=full)
@@ -249,7 +251,7 @@ class S3Target(ObjectStoreTarget):
     # --- errors ----------------------------------------------------------------------
 
     def translate(self, exc: BaseException, action: str, key: str) -> TargetError:
-        from botocore.exceptions import (
+        from botocore.exceptions import (  # lazy: botocore is heavy: loaded when S3 is used
             ClientError,
             ConnectionClosedError,
             EndpointConnectionError,
@@ -258,7 +260,7 @@ class S3Target(ObjectStoreTarget):
             PartialCredentialsError,
             ReadTimeoutError,
         )
-        from botocore.exceptions import (
+        from botocore.exceptions import (  # lazy: botocore is heavy: loaded when S3 is used
             ConnectionError as BotoConnectionError,
         )
 

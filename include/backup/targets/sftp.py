@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import stat as stat_mod
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -58,7 +59,9 @@ class SFTPTarget(PathStoreTarget[Any]):
     # --- the session -----------------------------------------------------------------
 
     def _open_session(self, action: str, key: str) -> tuple[Any, Callable[[], None]]:
-        from airflow.providers.sftp.hooks.sftp import SFTPHook
+        from airflow.providers.sftp.hooks.sftp import (
+            SFTPHook,  # lazy: provider hook: loaded when the connection is used
+        )
 
         self._load_server()
         try:
@@ -230,7 +233,10 @@ class SFTPTarget(PathStoreTarget[Any]):
         does not offer it."""
 
         def statvfs(sftp: Any) -> int | None:
-            from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+            from paramiko.sftp import (  # lazy: paramiko is heavy: loaded when SFTP is used
+                CMD_EXTENDED,
+                CMD_EXTENDED_REPLY,
+            )
 
             probe = self.root
             while True:
@@ -256,9 +262,7 @@ class SFTPTarget(PathStoreTarget[Any]):
     def translate(
         self, exc: BaseException, action: str, key: str, *, connecting: bool = False
     ) -> TargetError:
-        import socket
-
-        import paramiko
+        import paramiko  # lazy: paramiko is heavy: loaded when SFTP is used
 
         conn = self._conn_ref()
         head = self._head(action, key)
@@ -305,9 +309,7 @@ def _alive(sftp: Any) -> bool:
 def _is_connection_error(exc: BaseException) -> bool:
     """True for errors of the SSH session itself (dropped, refused, timed out), as opposed
     to a remote file error (no such file, permission denied, failure)."""
-    import socket
-
-    import paramiko
+    import paramiko  # lazy: paramiko is heavy: loaded when SFTP is used
 
     if isinstance(exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException)):
         return False

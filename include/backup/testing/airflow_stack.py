@@ -60,7 +60,7 @@ class AirflowStackError(RuntimeError):
 
 
 def _fernet_key() -> str:
-    from cryptography.fernet import Fernet
+    from cryptography.fernet import Fernet  # lazy: only when a test stack is set up
 
     return Fernet.generate_key().decode()
 
@@ -346,7 +346,7 @@ class AirflowStack:
         it in a ``with`` block. Build the API classes on it (``ConnectionApi(client)``)."""
         # Imported here: the REST client is a test dependency (requirements-dev), not one of
         # the runtime pins the image installs.
-        import airflow_client.client as airflow_client
+        import airflow_client.client as airflow_client  # lazy: REST client: only against a running test stack
 
         config = airflow_client.Configuration(host=self.url, access_token=self.token())
         return airflow_client.ApiClient(config)

@@ -702,8 +702,8 @@ def db_fingerprint(conn: str | Mapping[str, Any] | PgCluster, dbname: str) -> di
     fingerprints hold the same data. ``conn``: a libpq URI, psycopg2.connect keyword
     arguments, or a PgCluster; ``dbname`` overrides the database it names.
     """
-    import psycopg2  # type: ignore[import-untyped]
-    from psycopg2 import sql  # type: ignore[import-untyped]
+    import psycopg2  # type: ignore[import-untyped]  # lazy: psycopg2: loaded when PostgreSQL is used
+    from psycopg2 import sql  # type: ignore[import-untyped]  # lazy: psycopg2: loaded when PostgreSQL is used
 
     if isinstance(conn, PgCluster):
         conn = conn.conn_params()

@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from croniter import croniter  # type: ignore[import-untyped]
+
 from include.backup.alerts.notify import Alert, AlertKind, redact
 from include.backup.catalog.catalog import as_utc
 from include.backup.catalog.manifest import Manifest
@@ -27,8 +29,6 @@ SLOW_MIN_HISTORY = 3  # finished backups of a schedule needed before a run can b
 
 def cron_interval(cron: str, now: datetime) -> timedelta:
     """The gap between the schedule's last two fire times before ``now``."""
-    from croniter import croniter  # type: ignore[import-untyped]  # third party: only for a cron string
-
     it = croniter(CRON_PRESETS.get(cron, cron), as_utc(now))
     last = it.get_prev(datetime)
     before = it.get_prev(datetime)

@@ -34,7 +34,9 @@ class MongoConn:
     def __init__(self, conn_id: str, source_name: str) -> None:
         try:
             # The provider (and pymongo under it) is loaded only when a dump or restore runs.
-            from airflow.providers.mongo.hooks.mongo import MongoHook
+            from airflow.providers.mongo.hooks.mongo import (
+                MongoHook,  # lazy: provider hook: loaded when the connection is used
+            )
         except ImportError as exc:  # pragma: no cover - a deployment problem
             raise SourceError(
                 f"mongo source {source_name!r}: apache-airflow-providers-mongo is not "
@@ -71,8 +73,10 @@ def source_database(source_name: str, cfg: schema.MongoSource, conn: MongoConn) 
 
 def oplog(client: Any, raw: bool = False) -> Any:
     """``local.oplog.rs``; with ``raw``, read as undecoded documents."""
-    from bson.codec_options import CodecOptions  # pymongo's bson: loaded only when a backup runs
-    from bson.raw_bson import RawBSONDocument
+    from bson.codec_options import (
+        CodecOptions,  # lazy: pymongo's bson: loaded only when a backup runs
+    )
+    from bson.raw_bson import RawBSONDocument  # lazy: pymongo's bson: loaded when MongoDB is used
 
     coll = client[OPLOG_NS[0]][OPLOG_NS[1]]
     if raw:
@@ -82,7 +86,9 @@ def oplog(client: Any, raw: bool = False) -> Any:
 
 def edge_ts(client: Any, direction: int, source_name: str) -> Any:
     """The newest (-1) or oldest (1) oplog timestamp; SourceError without an oplog."""
-    from pymongo.errors import OperationFailure  # pymongo: loaded only when a backup runs
+    from pymongo.errors import (
+        OperationFailure,  # lazy: pymongo: loaded only when a backup runs
+    )
 
     try:
         doc = oplog(client).find_one({}, {"ts": 1}, sort=[("$natural", direction)])

@@ -57,7 +57,9 @@ class MongoDump:
         return source_error(self.name, text)
 
     def run(self, backup_type: str, out: BinaryIO, parent: Manifest | None) -> DumpResult:
-        from pymongo.errors import PyMongoError  # pymongo: loaded only when a backup runs
+        from pymongo.errors import (
+            PyMongoError,  # lazy: pymongo: loaded only when a backup runs
+        )
 
         kind = str(getattr(backup_type, "value", backup_type)).upper()
         if kind not in ("FULL", "SCHEMA", *LOG_TYPES):
@@ -102,8 +104,10 @@ class MongoDump:
         return infos, missing
 
     def _dump_full(self, client: Any, db_name: str, out: BinaryIO, *, schema_only: bool) -> DumpResult:
-        from bson.codec_options import CodecOptions  # pymongo's bson: loaded only when a backup runs
-        from bson.raw_bson import RawBSONDocument
+        from bson.codec_options import (
+            CodecOptions,  # lazy: pymongo's bson: loaded only when a backup runs
+        )
+        from bson.raw_bson import RawBSONDocument  # lazy: pymongo's bson: loaded when MongoDB is used
 
         db = client[db_name]
         start_time = server_time(client)

@@ -106,7 +106,9 @@ def spool_file() -> Iterator[BinaryIO]:
 
 def metadata_json(db_name: str, info: dict[str, Any], indexes: list[dict[str, Any]]) -> bytes:
     """metadata.json as mongodump writes it (canonical extended JSON)."""
-    from bson import json_util  # pymongo's bson: loaded only when a mongo backup runs
+    from bson import (
+        json_util,  # lazy: pymongo's bson: loaded only when a mongo backup runs
+    )
 
     uuid = (info.get("info") or {}).get("uuid")
     doc: dict[str, Any] = {
@@ -120,7 +122,9 @@ def metadata_json(db_name: str, info: dict[str, Any], indexes: list[dict[str, An
 
 
 def load_metadata(data: bytes) -> dict[str, Any]:
-    from bson import json_util  # pymongo's bson: loaded only when a mongo restore runs
+    from bson import (
+        json_util,  # lazy: pymongo's bson: loaded only when a mongo restore runs
+    )
 
     return json_util.loads(data.decode(), json_options=json_util.CANONICAL_JSON_OPTIONS)
 

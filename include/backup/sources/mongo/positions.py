@@ -27,7 +27,9 @@ def ts_to_pos(ts: Any) -> dict[str, int] | None:
 
 
 def pos_to_ts(pos: Any) -> Any:
-    from bson.timestamp import Timestamp  # pymongo's bson: loaded only when a mongo backup runs
+    from bson.timestamp import (
+        Timestamp,  # lazy: pymongo's bson: loaded only when a mongo backup runs
+    )
 
     if not isinstance(pos, dict) or "t" not in pos or "i" not in pos:
         return None

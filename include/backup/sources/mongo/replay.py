@@ -55,7 +55,9 @@ class RestoreState:
         self.pending_indexes[name] = [{k: v for k, v in ix.items() if k != "ns"} for ix in indexes]
 
     def insert(self, name: str, docs: Iterator[bytes]) -> None:
-        from bson.raw_bson import RawBSONDocument  # pymongo's bson: loaded only when a restore runs
+        from bson.raw_bson import (
+            RawBSONDocument,  # lazy: pymongo's bson: loaded only when a restore runs
+        )
 
         if not self.wanted(name):
             for _ in docs:  # the tar stream must be read past this member anyway
@@ -98,7 +100,7 @@ class RestoreState:
         return moment > self.until
 
     def replay(self, entries: Iterator[bytes]) -> None:
-        import bson  # pymongo's bson: loaded only when a restore runs
+        import bson  # lazy: pymongo's bson: loaded only when a restore runs
 
         for raw in entries:
             if self.stopped:

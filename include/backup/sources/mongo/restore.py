@@ -73,7 +73,9 @@ class MongoRestore:
         overwrite: bool = False,
         until: datetime | None = None,
     ) -> dict[str, Any]:
-        from pymongo.errors import PyMongoError  # pymongo: loaded only when a restore runs
+        from pymongo.errors import (
+            PyMongoError,  # lazy: pymongo: loaded only when a restore runs
+        )
 
         items = list(chain)
         manifests = [m for m, _ in items]
@@ -212,8 +214,11 @@ def _copy_collection(work: Any, db: Any, info: dict[str, Any]) -> None:
     into ``db``: created with its options first, documents in natural order, then its
     indexes. A rename would be cheaper, but not every server carries the options along
     (SecantusDB drops them), and a restore that loses a validator is not a restore."""
-    from bson import CodecOptions, decode_all  # pymongo's bson: loaded only when a restore runs
-    from bson.raw_bson import RawBSONDocument
+    from bson import (  # lazy: pymongo's bson: loaded only when a restore runs
+        CodecOptions,
+        decode_all,
+    )
+    from bson.raw_bson import RawBSONDocument  # lazy: pymongo's bson: loaded when MongoDB is used
 
     name = info["name"]
     db.command({"create": name, **info["options"]})

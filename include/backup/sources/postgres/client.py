@@ -120,7 +120,7 @@ class PgParams:
 def params_from_connection(conn_id: str, database: str | None = None) -> PgParams:
     """Look up an Airflow connection (at run time) and turn it into :class:`PgParams`."""
     # Imported here: Airflow is heavy, and importing this module must stay cheap.
-    from airflow.sdk import BaseHook
+    from airflow.sdk import BaseHook  # lazy: Airflow: not loaded by the CLI and config checks
 
     try:
         conn = BaseHook.get_connection(conn_id)
@@ -290,7 +290,7 @@ def run_tool(args: list[str], params: PgParams, source_name: str) -> str:
 def open_connection(params: PgParams, source_name: str) -> Any:
     """A psycopg2 connection (autocommit) to ``params``; a failure names the connection."""
     # Imported here: psycopg2 is needed only when a job runs, not to import this module.
-    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2  # type: ignore[import-untyped]  # lazy: psycopg2: loaded when PostgreSQL is used
 
     try:
         conn = psycopg2.connect(**params.connect_kwargs())
@@ -308,7 +308,7 @@ def open_connection(params: PgParams, source_name: str) -> Any:
 @contextmanager
 def connect(params: PgParams, source_name: str) -> Iterator[Any]:
     """:func:`open_connection` for a block; a failed query becomes a (redacted) SourceError."""
-    import psycopg2  # type: ignore[import-untyped]  # here: see open_connection
+    import psycopg2  # type: ignore[import-untyped]  # lazy: here: see open_connection
 
     conn = open_connection(params, source_name)
     try:
@@ -345,7 +345,7 @@ def table_key(schema: str, table: str) -> str:
 def table_row_counts(cur: Any, *, exact: bool) -> dict[str, int]:
     """Row count per user table: exact count(*) or the planner's estimate (reltuples,
     which is 0 for a table never vacuumed or analyzed)."""
-    from psycopg2 import sql  # type: ignore[import-untyped]  # here: see open_connection
+    from psycopg2 import sql  # type: ignore[import-untyped]  # lazy: here: see open_connection
 
     cur.execute(TABLES_SQL)
     rows = cur.fetchall()

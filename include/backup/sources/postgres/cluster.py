@@ -77,7 +77,7 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 def _connect_local(port: int, data_dir: Path, dbname: str = "postgres") -> Any:
     # Imported here: psycopg2 is needed only when a job runs, not to import this module.
-    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2  # type: ignore[import-untyped]  # lazy: psycopg2: loaded when PostgreSQL is used
 
     conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, connect_timeout=10)
     conn.autocommit = True

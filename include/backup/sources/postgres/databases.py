@@ -77,7 +77,7 @@ def check_target(target: PgParams, source_name: str, *, overwrite: bool) -> bool
 def create_database(target: PgParams, source_name: str) -> None:
     """CREATE DATABASE ``target`` from template0."""
     # Imported here: psycopg2 is needed only when a job runs, not to import this module.
-    from psycopg2 import sql  # type: ignore[import-untyped]
+    from psycopg2 import sql  # type: ignore[import-untyped]  # lazy: psycopg2: loaded when PostgreSQL is used
 
     with maintenance(target, source_name) as conn, conn.cursor() as cur:
         # template0: a pristine database, so nothing added to template1 clashes with
@@ -89,8 +89,8 @@ def create_database(target: PgParams, source_name: str) -> None:
 def rename_database(work: PgParams, target: PgParams, source_name: str) -> None:
     """The restored temporary database becomes ``target`` (refused if a database of
     that name appeared meanwhile: it is never replaced)."""
-    import psycopg2  # here: see create_database
-    from psycopg2 import sql
+    import psycopg2  # lazy: here: see create_database
+    from psycopg2 import sql  # lazy: psycopg2: loaded when PostgreSQL is used
 
     try:
         with maintenance(target, source_name) as conn, conn.cursor() as cur:
@@ -112,7 +112,7 @@ def rename_database(work: PgParams, target: PgParams, source_name: str) -> None:
 
 def drop_database(target: PgParams, source_name: str) -> None:
     """DROP DATABASE ``target`` (a partly restored one); a failure is logged, not raised."""
-    from psycopg2 import sql  # type: ignore[import-untyped]  # here: see create_database
+    from psycopg2 import sql  # type: ignore[import-untyped]  # lazy: here: see create_database
 
     try:
         with maintenance(target, source_name) as conn, conn.cursor() as cur:

@@ -416,7 +416,7 @@ class _Counting(threading.Thread):
 
     def run(self) -> None:
         # Imported here: psycopg2 is needed only when a job runs, not to import this module.
-        from psycopg2 import sql  # type: ignore[import-untyped]
+        from psycopg2 import sql  # type: ignore[import-untyped]  # lazy: psycopg2: loaded when PostgreSQL is used
 
         try:
             self.cur.execute(TABLES_SQL)
