@@ -1,5 +1,8 @@
 """The steps of a backup run, as plain functions the generated DAGs call.
 
+Why about 500 lines: the six steps and their typed metadata, each step with the checks
+that make it safe to retry; retention lives in schedule_retention.py, staging in staging.py.
+
 Each step reads its inputs from the staging directory of the backup and hands the next a
 :class:`BackupMeta` (ids, paths, sizes, hashes: never data, never secrets), a plain dict
 in XCom. Every step is idempotent: a retry redoes the step from its inputs.

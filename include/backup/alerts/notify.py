@@ -1,5 +1,8 @@
 """On-call alerts: what they say (:func:`render`) and how they are mailed (:func:`send`).
 
+Why one module of about 500 lines: the alert type, its rendering, redaction, the dedupe
+state and the SMTP send are one pipeline that every alert kind goes through.
+
 An :class:`Alert` carries metadata only — names, ids, sizes, times — never a secret; its
 text still passes :func:`redact` before it is rendered, as a second line of defence
 (exception messages from drivers sometimes quote a URI with a password in it).

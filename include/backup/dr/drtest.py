@@ -1,5 +1,8 @@
 """DR tests (the ``dr_test`` DAG): params, the four test types, and the report.
 
+Why about 500 lines: the four test types share the restore, the measurements and the
+report; params live in dr/params.py, smoke queries in dr/smoke.py.
+
 - BACKUP_VERIFICATION: the newest backup of the source (or of every scheduled source) at
   every target of its schedules is re-hashed against its manifest and deep-verified
   (decrypted and decompressed to the end). Nothing is written but the report.

@@ -1,6 +1,9 @@
 """The DR Management page and its JSON metrics API: a FastAPI app, mounted by the Airflow
 plugin (plugins/dr_management.py) at ``/dr`` in the api-server.
 
+Why about 650 lines: one route table and the display strings the templates need
+(dr/templates/ holds the markup); the figures come from dr/monitor.
+
 Routes (relative to the mount point)::
 
     GET /                      the DR Management page (server-rendered HTML, no assets)

@@ -1,5 +1,9 @@
 """Streaming compression: zstd (default) and gzip (for compatibility), plus "none".
 
+Why one module of about 500 lines: the writers and readers of three codecs behind one
+factory each, whose stream contracts (flush, close, abort, multi-frame zstd) must stay
+alike; they are easier to keep alike side by side.
+
 Writers push compressed bytes into a destination stream as they go; readers pull
 decompressed bytes from a source stream. Neither ever holds a whole payload in memory.
 

@@ -1,5 +1,10 @@
 """The encrypted backup container: chunked AES-256-GCM (a STREAM construction).
 
+Why one module of about 600 lines: it is the reference implementation of one specification
+(header, wrap, chunk sealing, streaming decryption and its precise error rules), read
+beside docs/container-format.md; splitting writer and reader would separate the two halves
+of the same byte layout.
+
 Byte layout, nonce construction and error rules are specified in docs/container-format.md;
 this module is the reference implementation. In short::
 

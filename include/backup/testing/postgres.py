@@ -1,6 +1,10 @@
 """A throwaway PostgreSQL cluster, sample "event manager" data, and a fingerprint to compare
 two databases row for row.
 
+Why one module of about 780 lines: it is the public test helper users import
+(include.backup.testing), kept as one self-contained file with no dependency on the rest of
+the library.
+
 Used by the integration tests and by ``make demo``. The cluster runs on 127.0.0.1 with
 ``trust`` authentication (plus any password users added with :meth:`PgCluster.create_user`)
 and is stopped and deleted by :meth:`PgCluster.stop`, by the context manager, or at
