@@ -16,7 +16,6 @@ import pytest
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import FilesSource as FilesConfig
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
-from include.backup.sources import files as files_mod
 from include.backup.sources.base import DumpResult, Source
 from include.backup.sources.files import (
     FilesSource,
@@ -24,6 +23,8 @@ from include.backup.sources.files import (
     tree_digest,
     tree_mtimes,
 )
+from include.backup.sources.files import dump as files_dump
+from include.backup.sources.files import headers as files_headers
 
 EXCLUDES = ["*.tmp", "*.log", "node_modules/"]
 NON_ASCII = "résumé ünïcode ✓.txt"
@@ -383,7 +384,7 @@ def test_vanished_file_is_skipped_and_recorded(
             raise FileNotFoundError(2, "No such file or directory", str(path))
         return real_open(path, flags, *a, **kw)
 
-    monkeypatch.setattr(files_mod.os, "open", flaky_open)
+    monkeypatch.setattr(files_dump.os, "open", flaky_open)
     src = make_source(uploads)
     m, payload = backup(src, "FULL", None, "b1")
     monkeypatch.undo()
@@ -402,14 +403,14 @@ def test_file_shrinking_while_read_is_padded_and_taken_again(
     uploads = tree["uploads"]
     victim = uploads / "a" / "b" / "c" / "deep.bin"
     original = victim.read_bytes()
-    real_init = files_mod._ExactSizeReader.__init__
+    real_init = files_headers._ExactSizeReader.__init__
 
     def shrink_then_read(self, fd: int, size: int) -> None:
         if size == len(original):  # header already announced the full size
             os.truncate(victim, 1000)
         real_init(self, fd, size)
 
-    monkeypatch.setattr(files_mod._ExactSizeReader, "__init__", shrink_then_read)
+    monkeypatch.setattr(files_headers._ExactSizeReader, "__init__", shrink_then_read)
     src = make_source(uploads)
     full = backup(src, "FULL", None, "b1")
     monkeypatch.undo()
