@@ -68,7 +68,7 @@ def target_overlaps(targets: dict[str, Any]) -> dict[str, list[str]]:
 
 def _excluded_below(source: Any, root: str, inner: str) -> bool:
     """Whether the files source's excludes skip ``inner`` (or a directory above it,
-    below ``root``). The same matching as sources/files.py: anchored patterns against the
+    below ``root``). The same matching as sources/files/index.py: anchored patterns against the
     absolute path, others against the base name and the path below the root."""
     root_n, cur = _norm(root), _norm(inner)
     while cur != root_n and cur != "/":
