@@ -84,8 +84,8 @@ class AzureBlobTarget(ObjectStoreTarget):
         self.read_chunk = read_chunk
         super().__init__(name, conn_id, prefix)
 
-    def __repr__(self) -> str:
-        return f"AzureBlobTarget({self.name!r}, container {self.container!r}, prefix {self.root!r})"
+    def _shown_at(self) -> str:
+        return f"container {self.container!r}, prefix {self.root!r}"
 
     # --- the client ------------------------------------------------------------------
 

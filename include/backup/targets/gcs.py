@@ -56,8 +56,8 @@ class GCSTarget(ObjectStoreTarget):
         self.retry_deadline = retry_deadline
         super().__init__(name, conn_id, prefix)
 
-    def __repr__(self) -> str:
-        return f"GCSTarget({self.name!r}, gs://{self.bucket_name}/{self.root})"
+    def _shown_at(self) -> str:
+        return f"gs://{self.bucket_name}/{self.root}"
 
     # --- the client ------------------------------------------------------------------
 

@@ -35,6 +35,13 @@ class ObjectStoreTarget(RemoteTarget):
         self.root = root_prefix(name, prefix)
         self._client = Lazy(self._make_client)
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self._shown_at()})"
+
+    def _shown_at(self) -> str:
+        """Where the target's objects are, for its repr (never a secret)."""
+        return repr(self.root)
+
     # --- what each store provides ----------------------------------------------------
 
     @abstractmethod

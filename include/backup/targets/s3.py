@@ -88,8 +88,8 @@ class S3Target(ObjectStoreTarget):
         self.concurrency = max(1, concurrency)
         super().__init__(name, conn_id, prefix)
 
-    def __repr__(self) -> str:
-        return f"S3Target({self.name!r}, s3://{self.bucket}/{self.root})"
+    def _shown_at(self) -> str:
+        return f"s3://{self.bucket}/{self.root}"
 
     # --- the client ------------------------------------------------------------------
 
