@@ -70,6 +70,15 @@ def read_all(blob: bytes) -> bytes:
     return reader.read()
 
 
+def test_a_mac_with_non_ascii_characters_is_refused_not_a_crash() -> None:
+    # Found by the manifest fuzz below: hmac.compare_digest raises TypeError on such a str.
+    forged = Manifest.from_json(MANIFEST_JSON)
+    assert forged.auth is not None
+    forged.auth.mac = "é" * 64
+    with pytest.raises(BackupError, match="failed authentication"):
+        authenticate(forged, RING, source="events", backup_id=MANIFEST.backup_id)
+
+
 def test_the_real_artifacts_are_good() -> None:
     assert read_all(CONTAINER) == PLAIN
     authenticate(Manifest.from_json(MANIFEST_JSON), RING, source="events", backup_id=MANIFEST.backup_id)

@@ -131,7 +131,9 @@ def authenticate(
             f"manifest of {manifest.backup_id} is signed with key id {auth.key_id!r}, which is "
             "not in the key ring: add that key back to check it"
         ) from exc
-    if not hmac.compare_digest(_mac(manifest, kek), auth.mac):
+    # Bytes: compare_digest refuses str with non-ASCII characters (a hostile "mac" may hold any).
+    given = auth.mac.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(_mac(manifest, kek).encode("ascii"), given):
         raise IntegrityError(
             f"manifest of {manifest.backup_id} failed authentication: it was altered after it "
             f"was signed (or signed with another key than {auth.key_id!r}); refusing it — "
