@@ -1,12 +1,14 @@
 """Fuzzing the two parsers an attacker with write access to a target can feed: the payload
 container and the manifest. Random mutations of a real artifact must never crash the
 reader (only the package's own errors, which name the problem) and never come back as good
-data. Bounded: a few hundred examples each, no deadline per example."""
+data. Bounded: 300 examples each (FUZZ_EXAMPLES), no deadline per example; the same
+examples every run so that CI is repeatable — FUZZ_RANDOM=1 explores new ones."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -24,7 +26,12 @@ from include.backup.pipeline.stream import open_sealed
 
 RING = KeyRing({"k1": b"\x01" * 32, "k2": b"\x02" * 32}, "k1")
 PLAIN = b"".join(b"row %06d of the events table\n" % i for i in range(3000))
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=os.environ.get("FUZZ_RANDOM") != "1",  # CI: the same examples every run
+)
 
 
 def real_manifest() -> Manifest:
