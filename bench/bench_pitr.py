@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import tempfile
 import textwrap
@@ -49,7 +50,9 @@ def baseline(pg: PgCluster, base: Path, until: datetime) -> float:
     data = Path(str(base) + "-recovered")
     shutil.copytree(base, data, symlinks=True)
     port = cluster.free_port()
-    recovery._write_recovery_conf(data, pg.wal_archive_dir, port, until)
+    # PostgreSQL's own replay from the archive folder, with plain cp: the baseline.
+    archive = shlex.quote(str(pg.wal_archive_dir))
+    recovery._write_recovery_conf(data, data, f"cp {archive}/%f %p", port, until)
     cluster.own_paths(data)
     t0 = time.monotonic()
     cluster.pg_ctl(data, "start")
