@@ -309,6 +309,7 @@ def dump(
         compression=algo,
         stats=result.stats,
         source_state=result.source_state,
+        incomplete=result.incomplete,
     )
     _write_atomic(stage / DRAFT_NAME, manifest.to_json())
     log.info(

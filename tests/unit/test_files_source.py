@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from include.backup.catalog.manifest import Manifest
+from include.backup.catalog import signing
+from include.backup.catalog.manifest import Manifest, StoredObject
 from include.backup.config.schema import FilesSource as FilesConfig
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
 from include.backup.sources.base import DumpResult, Source
@@ -92,12 +93,16 @@ def tree(tmp_path: Path) -> dict[str, Path]:
 
 
 def make_source(
-    *paths: Path, exclude: list[str] | None = None, name: str = "uploads"
+    *paths: Path,
+    exclude: list[str] | None = None,
+    name: str = "uploads",
+    on_changed: str = "fail",
 ) -> FilesSource:
     cfg = FilesConfig(
         type="files",
         paths=[str(p) for p in paths],
         exclude=EXCLUDES if exclude is None else exclude,
+        on_changed=on_changed,
     )
     return FilesSource(name, cfg)
 
@@ -117,6 +122,7 @@ def manifest_for(
         payload_format=result.payload_format,
         stats=result.stats,
         source_state=result.source_state,
+        incomplete=result.incomplete,
     )
     return Manifest.from_json(m.to_json())
 
@@ -370,7 +376,7 @@ def test_special_files_skipped_with_warning(tmp_path: Path) -> None:
 # --- files changing during the dump ----------------------------------------------------------
 
 
-def test_vanished_file_is_skipped_and_recorded(
+def test_vanished_file_with_on_changed_warn_is_skipped_and_marks_incomplete(
     tree: dict[str, Path], monkeypatch, tmp_path: Path
 ) -> None:
     uploads = tree["uploads"]
@@ -385,11 +391,13 @@ def test_vanished_file_is_skipped_and_recorded(
         return real_open(path, flags, *a, **kw)
 
     monkeypatch.setattr(files_dump.os, "open", flaky_open)
-    src = make_source(uploads)
+    src = make_source(uploads, on_changed="warn")
     m, payload = backup(src, "FULL", None, "b1")
     monkeypatch.undo()
 
     assert m.stats["vanished"] == [str(victim)] and m.stats["vanished_count"] == 1
+    assert m.incomplete
+    assert f"{victim} (vanished)" in m.stats["warnings"][0]
     key = str(victim).lstrip("/")
     assert key not in m.source_state["file_index"]
     assert key not in member_names(payload)
@@ -411,11 +419,12 @@ def test_file_shrinking_while_read_is_padded_and_taken_again(
         real_init(self, fd, size)
 
     monkeypatch.setattr(files_headers._ExactSizeReader, "__init__", shrink_then_read)
-    src = make_source(uploads)
+    src = make_source(uploads, on_changed="warn")
     full = backup(src, "FULL", None, "b1")
     monkeypatch.undo()
 
     assert full[0].stats["changed_during_read"] == [str(victim)]
+    assert full[0].incomplete
     into = tmp_path / "r1"
     restore(src, [full], into)  # the rest of the archive is still readable
     got = under(into, victim).read_bytes()
@@ -424,10 +433,115 @@ def test_file_shrinking_while_read_is_padded_and_taken_again(
 
     # The index kept the pre-read stat, so the next incremental takes the file again.
     inc = backup(src, "INCREMENTAL", full[0], "b2")
+    assert not inc[0].incomplete
     assert str(victim).lstrip("/") in member_names(inc[1])
     into2 = tmp_path / "r2"
     restore(src, [full, inc], into2)
     assert under(into2, victim).read_bytes() == original[:1000]
+
+
+def _renamed_away_after(monkeypatch, root: Path, opened: int) -> None:
+    """Rename ``root`` away once ``opened`` files were opened: the issue's case, made
+    deterministic (between listing and reading, not by timing)."""
+    real_open, count = os.open, [0]
+
+    def open_then_rename(path, flags, *a, **kw):
+        count[0] += 1
+        if count[0] == opened + 1:
+            os.rename(root, f"{root}.moved")
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(files_dump.os, "open", open_then_rename)
+
+
+@pytest.fixture
+def wide_tree(tmp_path: Path) -> Path:
+    """440 files in 22 folders."""
+    root = tmp_path / "data"
+    for i in range(22):
+        for j in range(20):
+            _write(root / f"d{i:02}" / f"f{j:02}.txt", b"x" * 100)
+    return root
+
+
+def test_tree_renamed_away_mid_dump_fails_naming_the_paths(
+    wide_tree: Path, monkeypatch
+) -> None:
+    # Before: 66 of 440 files published as a good backup, warnings [].
+    _renamed_away_after(monkeypatch, wide_tree, 66)
+    with pytest.raises(SourceError) as err:
+        make_source(wide_tree, exclude=[]).dump("FULL", io.BytesIO(), None)
+    msg = str(err.value)
+    assert "32 path(s) vanished or changed" in msg  # 12 files of d03, then 20 folders
+    assert f"{wide_tree}/d03/f06.txt (vanished)" in msg and "and 27 more" in msg
+    assert "sources.uploads.on_changed: warn" in msg and "sources.uploads.exclude" in msg
+
+
+def test_tree_renamed_away_with_on_changed_warn_is_published_incomplete(
+    wide_tree: Path, monkeypatch, tmp_path: Path
+) -> None:
+    _renamed_away_after(monkeypatch, wide_tree, 66)
+    src = make_source(wide_tree, exclude=[], on_changed="warn")
+    m, payload = backup(src, "FULL", None, "b1")
+    monkeypatch.undo()
+
+    assert m.incomplete and m.stats["files"] == 66
+    assert m.stats["warnings"][0].startswith("incomplete: 32 path(s) vanished")
+    assert m.stats["vanished_count"] == 32 and f"{wide_tree}/d21" in m.stats["vanished"]
+    restore(src, [(m, payload)], tmp_path / "r")
+    assert len(list(under(tmp_path / "r", wide_tree).rglob("*.txt"))) == 66
+
+
+def test_file_growing_while_read_fails_by_default(
+    tree: dict[str, Path], monkeypatch
+) -> None:
+    victim = tree["uploads"] / "a" / "b" / "c" / "deep.bin"
+    real_init = files_headers._ExactSizeReader.__init__
+
+    def grow_then_read(self, fd: int, size: int) -> None:
+        if size == 70_000:
+            with open(victim, "ab") as f:
+                f.write(b"more")
+        real_init(self, fd, size)
+
+    monkeypatch.setattr(files_headers._ExactSizeReader, "__init__", grow_then_read)
+    with pytest.raises(SourceError, match=rf"1 path\(s\).*{victim} \(changed while read\)"):
+        make_source(tree["uploads"]).dump("FULL", io.BytesIO(), None)
+
+
+def test_incomplete_mark_is_signed_and_absent_from_complete_manifests(
+    tree: dict[str, Path], monkeypatch
+) -> None:
+    kek = os.urandom(32)
+    complete, _ = backup(make_source(tree["uploads"]), "FULL", None, "b1")
+    signing.sign(complete, "k1", kek)
+    # Not in the JSON nor in the signed bytes: manifests signed before the field existed
+    # keep their signature, and earlier versions still read complete manifests.
+    assert b'"incomplete"' not in complete.to_json()
+    assert b'"incomplete"' not in signing.signed_bytes(complete)
+
+    monkeypatch.setattr(files_dump.os, "open", _vanishing_open(tree["uploads"] / "top.txt"))
+    partial, _ = backup(make_source(tree["uploads"], on_changed="warn"), "FULL", None, "b2")
+    partial.objects = [StoredObject(name="payload", size=1, sha256="0" * 64)]
+    signing.sign(partial, "k1", kek)
+    assert b'"incomplete": true' in partial.to_json()
+    assert signing.authenticate(partial, lambda key_id: kek) is signing.AuthStatus.SIGNED
+    # Dropping the mark (to pass the backup off as complete) breaks the signature.
+    stripped = Manifest.from_json(partial.to_json().replace(b'"incomplete": true,', b""))
+    assert not stripped.incomplete
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        signing.authenticate(stripped, lambda key_id: kek)
+
+
+def _vanishing_open(victim: Path) -> Any:
+    real_open = os.open
+
+    def flaky_open(path, flags, *a, **kw):
+        if str(path) == str(victim):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, flags, *a, **kw)
+
+    return flaky_open
 
 
 # --- INCREMENTAL ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_NAME = "payload"
@@ -79,6 +79,20 @@ class Manifest(BaseModel):
     source_state: dict[str, Any] = Field(default_factory=dict)  # e.g. the file index
     verification: dict[str, Verification] = Field(default_factory=dict)  # per target name
     auth: ManifestAuth | None = None  # None: made before manifests were signed
+    # True: the source moved under the dump (files that vanished or changed while read, with
+    # the source's on_changed: warn) and the backup lacks part of it; stats["warnings"] says
+    # what. Signed like every field; left out of the JSON while False (below).
+    incomplete: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_complete(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump ``incomplete`` only when True: the signed bytes of every manifest made
+        before the field existed stay what they were (catalog/signing.py signs the dump),
+        and a complete backup's manifest stays readable by earlier versions."""
+        data: dict[str, Any] = handler(self)
+        if not self.incomplete:
+            data.pop("incomplete", None)
+        return data
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True).encode()

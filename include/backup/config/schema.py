@@ -284,6 +284,10 @@ class FilesSource(Strict):
     type: Literal["files"]
     paths: list[str] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    # What a file or folder that vanishes, or changes while it is read, does to the run:
+    # "fail" it (the backup would not match the source), or "warn": publish the backup
+    # marked incomplete, with the paths in its warnings.
+    on_changed: Literal["fail", "warn"] = "fail"
 
     @field_validator("paths")
     @classmethod

@@ -21,6 +21,9 @@ class DumpResult:
     position: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     source_state: dict[str, Any] = field(default_factory=dict)  # kept in the manifest
+    # True when the source published what it could of a source that moved under it (the
+    # warnings say what is missing); the manifest is marked incomplete.
+    incomplete: bool = False
 
 
 def drain(stream: BinaryIO) -> int:

@@ -20,6 +20,7 @@ from include.backup.catalog.manifest import Manifest
 from include.backup.config import schema
 from include.backup.errors import SourceError
 from include.backup.sources.base import DumpResult
+from include.backup.sources.files.changes import check_changes
 from include.backup.sources.files.headers import _ExactSizeReader, _Names, _ns_to_pax
 from include.backup.sources.files.index import (
     DIR,
@@ -94,6 +95,8 @@ class Dumper:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for root in roots:
                 self._dump_root(root, tar, state, names, parent_index)
+        # Fails here (on_changed: fail) before the payload is ever published.
+        incomplete = check_changes(self.name, self.cfg, state.stats)
 
         deleted: list[str] = []
         if parent_index is not None:
@@ -114,6 +117,7 @@ class Dumper:
             parent_id=parent.backup_id if kind == "INCREMENTAL" and parent else None,
             stats=state.stats,
             source_state=source_state,
+            incomplete=incomplete,
         )
 
     def _parent_index(self, parent: Manifest | None) -> dict[str, IndexEntry] | None:
