@@ -41,7 +41,7 @@ from include.backup import tasks
 from include.backup.catalog.catalog import find_backup, list_backups, verify_object
 from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
 from include.backup.config.loader import load_config, validate_command
-from include.backup.dr.restore import restore_backup
+from include.backup.dr.restore import incomplete_note, restore_backup
 from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, ObjectNotFound
 from include.backup.keys import KeyRing
 from include.backup.pipeline.compression import decompress_reader
@@ -94,7 +94,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         row = _row(b, args.target)
         print(
             f"{b.backup_id:<48} {b.source:<14} {b.backup_type:<12} "
-            f"{'yes' if b.parent_id else '-':<10} {_human(b.stored_size):>10}  {row['verified']}"
+            f"{'yes' if b.parent_id else '-':<10} {_human(b.stored_size):>10}  {_status(row)}"
         )
     return 0
 
@@ -112,7 +112,14 @@ def _row(b: Any, target: str) -> dict[str, Any]:
         "raw_size": b.raw_size,
         "stored_size": b.stored_size,
         "verified": ("ok" if v.ok else "FAILED") + (" (deep)" if v.deep else "") if v else "never",
+        # Marked at dump time: the source moved under it (files' on_changed: warn).
+        "incomplete": bool(getattr(b, "incomplete", False)),
     }
+
+
+def _status(row: dict[str, Any]) -> str:
+    """The list table's last column: verification, and the incomplete mark."""
+    return row["verified"] + ("  INCOMPLETE" if row["incomplete"] else "")
 
 
 def _human(n: int) -> str:
@@ -143,6 +150,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if args.deep and not problems:
             problems = deep_verify(config, target, manifest, keys or _keys(args, config))
         status = "FAILED: " + "; ".join(problems) if problems else "ok" + (" (deep)" if args.deep else "")
+        if manifest.incomplete:  # intact as stored, but it lacks part of its source
+            status += f"; {incomplete_note(manifest)}"
         print(f"{name}: {args.backup_id}: {status}; manifest {auth}")
         failed += bool(problems)
     if not found:
@@ -219,11 +228,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                 "chain": result.chain,
                 "seconds": round(result.seconds, 3),
                 "stats": result.stats,
+                "incomplete": result.incomplete,
             },
             indent=1,
             default=str,
         )
     )
+    for note in result.warnings:
+        print(f"warning: {note}: what vanished or changed during that dump is not restored", file=sys.stderr)
     return 0
 
 

@@ -36,6 +36,15 @@ class RestoreResult:
     stats: dict[str, Any] = field(default_factory=dict)
     until: datetime | None = None  # the point in time asked for, if any
     source: str = ""  # the restored backup's source (metrics)
+    # Backups of the chain marked incomplete at dump time (the source moved under them).
+    incomplete: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the restore lacks, said why
+
+
+def incomplete_note(manifest: Manifest) -> str:
+    """What to say about a backup marked incomplete: its id and the dump's first warning."""
+    warnings = manifest.stats.get("warnings") or ["the source changed during its dump"]
+    return f"backup {manifest.backup_id} is INCOMPLETE ({warnings[0]})"
 
 
 def locate(config: BackupConfig, backup_id: str, target_name: str | None = None) -> tuple[Any, Manifest]:
@@ -150,6 +159,9 @@ def restore_backup(
     kwargs: dict[str, Any] = {"only": only, "overwrite": overwrite}
     if until is not None:
         kwargs["until"] = until
+    notes = [incomplete_note(m) for m in chain if m.incomplete]
+    for note in notes:
+        log.warning("restoring %s: %s; what vanished or changed then is not restored", backup_id, note)
     with ExitStack() as stack:
         streams = _open_chain(stack, target, chain, keys)
         stats = source.restore(streams, into, **kwargs)
@@ -162,6 +174,8 @@ def restore_backup(
         stats=stats,
         until=until,
         source=manifest.source,
+        incomplete=[m.backup_id for m in chain if m.incomplete],
+        warnings=notes,
     )
 
 

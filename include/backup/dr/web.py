@@ -196,6 +196,7 @@ def _backup_row(m: Manifest, held: list[str], ok: list[str]) -> dict[str, Any]:
         "targets": sorted(held),
         "verified_targets": sorted(ok),
         "verified": bool(ok),
+        "incomplete": m.incomplete,  # marked at dump time: the source moved under it
     }
 
 
@@ -414,6 +415,7 @@ def _source_row(
     if s["last_good_backup_id"]:
         row["last_good_at"] = fmt_time(_dt(s["last_good_backup_at"]))
         row["last_good_targets"] = ", ".join(s["last_good_backup_targets"])
+        row["last_good_incomplete"] = s.get("last_good_backup_incomplete", False)
         row["age"] = fmt_age(timedelta(hours=s["last_good_backup_age_hours"]))
         row["rpo_kind"] = "ok" if s["rpo_ok"] else "bad"
         row["rpo_hours"] = f"{s['rpo_hours']:g}"

@@ -68,6 +68,7 @@ class SourceStatus:
     last_good_backup_at: datetime | None = None
     last_good_backup_age_hours: float | None = None
     last_good_backup_targets: list[str] = field(default_factory=list)
+    last_good_backup_incomplete: bool = False  # marked incomplete at dump time
     rpo_ok: bool = False
     success: bool = False  # the newest backup of the source is verified and within the RPO
     backups_count: int = 0  # distinct backups at any target

@@ -259,6 +259,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
             st.last_good_backup_at = newest_good.started_at
             st.last_good_backup_age_hours = hours(now - as_utc(newest_good.started_at))
             st.last_good_backup_targets = sorted(verified[newest_good.backup_id])
+            st.last_good_backup_incomplete = newest_good.incomplete
         dag_id = next((s.dag_id for s in config.schedules if s.source == source and s.active), None)
         rpo_alert = check_rpo(
             source,
