@@ -19,9 +19,10 @@ Rules, in order (a backup is kept when any rule keeps it):
 5. Safety: every ancestor (parent, grandparent, … up to the FULL) of a kept backup is
    kept, so nothing kept ever becomes unrestorable.
 
-Apart from the policy, :func:`sweep_orphans` removes what is not a backup at all: the
-objects of a folder with no manifest (an upload whose manifest write failed), once old
-enough and not from a run in flight.
+Apart from the policy, :func:`sweep_target` removes what is not a backup at all, once old
+enough and not from a run in flight: the objects of a folder with no manifest (an upload
+whose manifest write failed, a delete cut short: :func:`sweep_orphans`), and what killed
+uploads left (temporary files, open multipart uploads: :func:`sweep_partial_uploads`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from include.backup.catalog.catalog import (
 )
 from include.backup.catalog.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from include.backup.config.schema import GFSRetention
-from include.backup.targets.base import Target
+from include.backup.targets.base import PartialUpload, SweepsPartialUploads, Target
 
 logger = logging.getLogger(__name__)
 
@@ -325,8 +326,13 @@ def _spared(
 
 
 def _delete_backup(target: Target, manifest: Manifest) -> None:
-    """The manifest goes first: from then on the backup is no longer listed, so a crash
-    halfway leaves unlisted leftovers, never a listed backup with missing data."""
+    """The manifest goes first, the payload after it.
+
+    Of the two orders this is the safe one: a delete cut short between the two (the task
+    killed, the target gone) leaves an orphan payload (no manifest, so no longer listed,
+    chosen as a parent or restored), which :func:`sweep_orphans` removes once the grace is
+    over; the other order would leave a listed backup whose data is gone, which every
+    reader (list, restore, PITR, the DR page's figures) would still take for a backup."""
     target.delete(manifest_key(manifest.source, manifest.backup_id))
     prefix = backup_prefix(manifest.source, manifest.backup_id) + "/"
     for info in list(target.list(prefix)):
@@ -367,12 +373,20 @@ def find_orphans(
     candidates = {
         backup_id: keys
         for backup_id, keys in folders.items()
-        if backup_id not in with_manifest and _id_time(backup_id, default=cutoff) < cutoff
+        if backup_id not in with_manifest
+        and _ours(backup_id)
+        and _id_time(backup_id, default=cutoff) < cutoff
     }
     if not candidates:
         return {}
     running = in_flight()
     return {b: sorted(keys) for b, keys in sorted(candidates.items()) if b not in running}
+
+
+def _ours(folder: str) -> bool:
+    """Whether a folder under a source is one of our backups' (never ``_catalog`` and the
+    other ``_``-folders, never a name that is not one of our ids)."""
+    return not folder.startswith("_") and _ORPHAN_ID_RE.fullmatch(folder) is not None
 
 
 def _id_time(backup_id: str, *, default: datetime) -> datetime:
@@ -405,5 +419,119 @@ def sweep_orphans(
         for key in keys:
             target.delete(key)
         log.info("orphans at target %s: deleted %s (%d object(s), no manifest, older than %s)",
-                 target.name, backup_id, len(keys), grace)
+                 target.name, backup_id, len(keys), _hours(grace))
     return list(orphans)
+
+
+# --- leftovers of killed uploads -------------------------------------------------------
+
+
+def find_partial_uploads(
+    target: Target,
+    source: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    in_flight: Callable[[], set[str]],
+) -> list[PartialUpload]:
+    """What killed puts left in ``source``'s backup folders at ``target`` (temporary files,
+    open multipart uploads: never listed, so retention never sees them), whatever became of
+    the backup since (published, deleted, never finished).
+
+    One is stale when both its own time (last write of a temp file, start of a multipart
+    upload, when the store tells it) and its backup id's time are older than ``grace``,
+    and no run in flight has its backup id; ``in_flight`` is called after the listing. (Both
+    times: a store's clock or its answer may be off, as moto's fixed multipart start time is;
+    a young id alone keeps a live upload of a current run safe.)"""
+    if not (target.capabilities.partial_uploads and isinstance(target, SweepsPartialUploads)):
+        return []  # the store expires them itself (Azure, GCS): docs/targets.md
+    cutoff = as_utc(now) - grace
+    stale: list[tuple[str, PartialUpload]] = []
+    for upload in target.list_partial_uploads(f"{source}/"):
+        parts = upload.key.split("/")
+        if len(parts) < 3 or not _ours(parts[1]):
+            continue
+        latest = _id_time(parts[1], default=cutoff)
+        if upload.started_at is not None:
+            latest = max(latest, as_utc(upload.started_at))
+        if latest < cutoff:
+            stale.append((parts[1], upload))
+    if not stale:
+        return []
+    running = in_flight()
+    return [upload for backup_id, upload in stale if backup_id not in running]
+
+
+def sweep_partial_uploads(
+    target: Target,
+    source: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    in_flight: Callable[[], set[str]],
+    dry_run: bool = False,
+    log: logging.Logger | logging.LoggerAdapter = logger,  # type: ignore[type-arg]
+) -> list[str]:
+    """Remove every leftover :func:`find_partial_uploads` names (with ``dry_run``, only log
+    them); returns their keys."""
+    found = find_partial_uploads(target, source, now=now, grace=grace, in_flight=in_flight)
+    if not isinstance(target, SweepsPartialUploads):
+        return []  # find_partial_uploads found none
+    for upload in found:
+        what = _describe(upload)
+        if dry_run:
+            log.info("orphans at target %s: would remove %s", target.name, what)
+            continue
+        target.remove_partial_upload(upload)
+        log.info("orphans at target %s: removed %s (older than %s, no run in flight)",
+                 target.name, what, _hours(grace))
+    return [u.key for u in found]
+
+
+def _hours(grace: timedelta) -> str:
+    return f"{grace.total_seconds() / 3600:g} hours"
+
+
+def _describe(upload: PartialUpload) -> str:
+    when = f"{as_utc(upload.started_at):%Y-%m-%d %H:%M} UTC" if upload.started_at else "an unknown time"
+    size = f", {upload.size} bytes" if upload.size is not None else ""
+    if upload.upload_id:
+        return f"the unfinished multipart upload of '{upload.key}' (started {when})"
+    return f"the temporary upload file '{upload.key}' (last written {when}{size})"
+
+
+@dataclass
+class Swept:
+    """What one sweep of a source at a target removed (or would, with ``dry_run``)."""
+
+    orphans: list[str] = field(default_factory=list)  # backup ids: folders with no manifest
+    partial_uploads: list[str] = field(default_factory=list)  # keys of killed uploads' leftovers
+
+    def __bool__(self) -> bool:
+        return bool(self.orphans or self.partial_uploads)
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"orphans": list(self.orphans), "partial_uploads": list(self.partial_uploads)}
+
+
+def sweep_target(
+    target: Target,
+    source: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    in_flight: Callable[[], set[str]],
+    dry_run: bool = False,
+    log: logging.Logger | logging.LoggerAdapter = logger,  # type: ignore[type-arg]
+) -> Swept:
+    """The orphan sweep of ``source`` at ``target``: leftovers of killed uploads first, then
+    the folders with no manifest. Only folders named like our backup ids are looked at,
+    never ``_``-folders (the catalog index), and nothing with a manifest is removed but the
+    temporary files beside it."""
+    partial = sweep_partial_uploads(
+        target, source, now=now, grace=grace, in_flight=in_flight, dry_run=dry_run, log=log
+    )
+    orphans = sweep_orphans(
+        target, source, now=now, grace=grace, in_flight=in_flight, dry_run=dry_run, log=log
+    )
+    return Swept(orphans=orphans, partial_uploads=partial)

@@ -1,23 +1,29 @@
 """A schedule's retention at its targets: the cleanup step's second half, and the CLI's
-``prune`` verb. Backups that runs still in flight need are spared (docs/concurrency.md);
-objects of uploads that never got their manifest are swept once old enough."""
+``prune`` verb. Backups that runs still in flight need are spared (docs/concurrency.md).
+The orphan sweep (objects of uploads that never got their manifest, leftovers of killed
+uploads) runs here too, once old enough: for the schedule's source at its targets after
+each cleanup, and for every source at every target from ``dr_monitor``."""
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
 
-from include.backup.catalog.catalog import list_backups
+from include.backup.catalog.catalog import as_utc, list_backups
 from include.backup.catalog.inflight import InFlight, read_inflight, source_lock
 from include.backup.catalog.manifest import Manifest, utcnow
 from include.backup.config.schema import BackupConfig, Schedule
 from include.backup.errors import TargetError
 from include.backup.retention import (
     RetentionPlan,
+    Swept,
     ancestor_keep,
     apply_retention,
     plan_retention,
-    sweep_orphans,
+    sweep_target,
 )
 from include.backup.settings import ORPHAN_GRACE_HOURS, staging_root
 from include.backup.targets import build_target
@@ -25,35 +31,112 @@ from include.backup.targets.base import Target
 
 log = logging.getLogger(__name__)
 
+# dr_monitor runs every 15 minutes; against a 48-hour grace a sweep of every target every
+# few hours is plenty, and spares the listings (and S3 requests) in between.
+MONITOR_SWEEP_EVERY = timedelta(hours=6)
+SWEEP_STATE_NAME = ".orphan-sweep.json"  # in the staging root: when dr_monitor last swept
+
 
 def schedule_targets(config: BackupConfig, schedule: Schedule) -> dict[str, Target]:
     """The schedule's targets, built (no connection is made until one is used)."""
     return {name: build_target(name, config.targets[name]) for name in schedule.targets}
 
 
+def sweep_source(
+    target: Target, source: str, root: Path, *, dry_run: bool = False, now: datetime | None = None
+) -> Swept:
+    """The orphan sweep of ``source`` at ``target`` (include/backup/retention.py): what is
+    older than ORPHAN_GRACE_HOURS and from no run in flight under the staging ``root``."""
+    return sweep_target(
+        target,
+        source,
+        now=now or utcnow(),
+        grace=timedelta(hours=ORPHAN_GRACE_HOURS),
+        in_flight=lambda: {r.backup_id for r in read_inflight(root, source)},
+        dry_run=dry_run,
+    )
+
+
 def sweep_schedule_orphans(
     config: BackupConfig, schedule: Schedule, *, dry_run: bool = False
-) -> dict[str, list[str]]:
+) -> dict[str, Swept]:
     """Remove, at each of the schedule's targets, the objects of the source's backups that
-    never got a manifest (an upload whose manifest write failed) once their id is older
-    than ORPHAN_GRACE_HOURS and no run of the source is in flight with that id. An
-    unreachable target is skipped with a warning: the next cleanup tries again."""
+    never got a manifest (an upload whose manifest write failed, a delete cut short) and
+    the leftovers of killed uploads (temporary files, open multipart uploads), once older
+    than ORPHAN_GRACE_HOURS and from no run of the source in flight. An unreachable target
+    is skipped with a warning: the next cleanup tries again."""
 
     root = staging_root(config)
-    removed: dict[str, list[str]] = {}
+    removed: dict[str, Swept] = {}
     for name, target in schedule_targets(config, schedule).items():
         try:
-            removed[name] = sweep_orphans(
-                target,
-                schedule.source,
-                now=utcnow(),
-                grace=timedelta(hours=ORPHAN_GRACE_HOURS),
-                in_flight=lambda: {r.backup_id for r in read_inflight(root, schedule.source)},
-                dry_run=dry_run,
-            )
+            removed[name] = sweep_source(target, schedule.source, root, dry_run=dry_run)
         except TargetError as exc:
             log.warning("orphan sweep at target %s skipped: %s", name, exc)
     return removed
+
+
+def orphan_report(swept: dict[str, Swept]) -> dict[str, dict[str, list[str]]]:
+    """The cleanup step's XCom fields for a sweep: ``orphans`` (target -> backup ids whose
+    manifest-less folder went) and ``partial_uploads`` (target -> keys of killed uploads'
+    leftovers removed)."""
+    return {
+        "orphans": {name: s.orphans for name, s in swept.items()},
+        "partial_uploads": {name: s.partial_uploads for name, s in swept.items()},
+    }
+
+
+def sweep_all_targets(
+    config: BackupConfig,
+    *,
+    now: datetime | None = None,
+    targets: dict[str, Target] | None = None,
+    every: timedelta = MONITOR_SWEEP_EVERY,
+) -> dict[str, dict[str, Swept]]:
+    """``dr_monitor``'s sweep: every source of the config at every target (a target may
+    hold a source's backups from a schedule since edited), at most once per ``every``
+    per target. Returns what was removed: target -> source -> :class:`Swept`, only where
+    something was. A target that cannot be swept is logged and tried the next round."""
+    now = as_utc(now) if now else utcnow()
+    root = staging_root(config)
+    state = _read_sweep_state(root)
+    built = targets if targets is not None else {n: build_target(n, c) for n, c in config.targets.items()}
+    removed: dict[str, dict[str, Swept]] = {}
+    for name, target in built.items():
+        last = state.get(name)
+        if last is not None and now - last < every:
+            continue
+        try:
+            for source in config.sources:
+                swept = sweep_source(target, source, root, now=now)
+                if swept:
+                    removed.setdefault(name, {})[source] = swept
+        except Exception as exc:  # noqa: BLE001 - TargetError, SDK errors: the others still go
+            log.warning("orphan sweep at target %s skipped: %s", name, exc)
+            continue
+        state[name] = now
+    _write_sweep_state(root, state)
+    return removed
+
+
+def _read_sweep_state(root: Path) -> dict[str, datetime]:
+    try:
+        data = json.loads((root / SWEEP_STATE_NAME).read_text())
+        return {str(k): as_utc(datetime.fromisoformat(v)) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}  # none yet, or damaged: sweep everything now
+
+
+def _write_sweep_state(root: Path, state: dict[str, datetime]) -> None:
+    path = root / SWEEP_STATE_NAME
+    if not root.is_dir():
+        return  # no staging yet (it is created 0700 by the first dump, not here)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({k: v.isoformat() for k, v in sorted(state.items())}))
+        os.replace(tmp, path)
+    except OSError as exc:  # the next round sweeps again: harmless
+        log.warning("orphan sweep: cannot record the sweep time in %s: %s", path, exc)
 
 
 def apply_schedule_retention(

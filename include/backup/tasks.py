@@ -55,6 +55,7 @@ from include.backup.pipeline.stream import open_sealed
 from include.backup.runtime import load_config, load_keys
 from include.backup.schedule_retention import (
     apply_schedule_retention,
+    orphan_report,
     schedule_targets,
     sweep_schedule_orphans,
 )
@@ -513,7 +514,7 @@ def cleanup(
     schedule = resolve_schedule(config, schedule_name, "cleanup", meta.backup_id)
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
     orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
-    return {"backup_id": meta.backup_id, "deleted": deleted, "orphans": orphans}
+    return {"backup_id": meta.backup_id, "deleted": deleted, **orphan_report(orphans)}
 
 
 def _remove_stale_staging(root: Path, schedule_name: str, *, known: set[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ import pytest
 
 from include.backup.catalog.catalog import list_backups
 from include.backup.errors import ObjectNotFound, TargetError
+from include.backup.retention import Swept, sweep_target
 from include.backup.targets.base import ObjectInfo, Target
 from tests.integration.target_harness import Harness, MiB
 
@@ -299,3 +301,66 @@ def test_build_target(tmp_path: Path) -> None:
 def test_object_not_found_is_also_file_not_found(target: Target) -> None:
     with pytest.raises(FileNotFoundError):
         target.open("missing")
+
+
+# --- the orphan sweep's contract (include/backup/retention.py) --------------------------
+
+GOOD, ORPHAN, RUNNING, KILLED = (f"daily-20200101T00000{i}Z-abcde{i}" for i in range(4))
+LATER = datetime.now(UTC) + timedelta(days=3)  # the leftovers made now are older than the grace then
+YOUNG = f"daily-{LATER - timedelta(hours=1):%Y%m%dT%H%M%S}Z-abcdef"  # a run of an hour before
+
+
+def _stock_leftovers(harness: Harness) -> None:
+    target = harness.target
+    target.put_bytes(f"src/{GOOD}/payload", b"sealed")  # a backup: payload and manifest
+    target.put_bytes(f"src/{GOOD}/manifest.json", b"{}")
+    target.put_bytes(f"src/{ORPHAN}/payload", b"sealed")  # its manifest never arrived
+    target.put_bytes(f"src/{RUNNING}/payload", b"sealed")  # its run still in flight
+    target.put_bytes(f"src/{YOUNG}/payload", b"sealed")  # within the grace
+    target.put_bytes("src/_catalog/daily-20200101T000000Z-abcdef", b"index")  # never '_'
+    target.put_bytes("src/not-ours/payload", b"someone else's")  # never a foreign name
+    harness.leave_partial_upload(f"src/{KILLED}/payload", b"half of it")  # a killed put
+    harness.leave_partial_upload(f"src/{RUNNING}/manifest.json", b"half of it")
+    harness.leave_partial_upload(f"src/{YOUNG}/manifest.json", b"half of it")
+
+
+def _sweep(target: Target, **kw: bool) -> Swept:
+    return sweep_target(
+        target, "src", now=LATER, grace=timedelta(hours=48), in_flight=lambda: {RUNNING}, **kw
+    )
+
+
+def test_sweep_removes_orphans_and_killed_uploads_only(harness: Harness) -> None:
+    target = harness.target
+    _stock_leftovers(harness)
+    kept = sorted(o.key for o in target.list("") if ORPHAN not in o.key)
+    assert _sweep(target, dry_run=True).orphans == [ORPHAN]
+    assert target.stat(f"src/{ORPHAN}/payload") is not None
+    swept = _sweep(target)
+    assert swept.orphans == [ORPHAN]
+    if target.capabilities.partial_uploads:
+        # Found and removed, only the one past the grace and of no run in flight.
+        assert [k.split("/")[1] for k in swept.partial_uploads] == [KILLED]
+        left = sorted(u.key.split("/")[1] for u in target.list_partial_uploads("src/"))
+        assert left == sorted([RUNNING, YOUNG])
+    else:
+        # Azure's uncommitted blocks and GCS's resumable sessions cannot be listed; the
+        # store drops them after a week (docs/targets.md).
+        assert swept.partial_uploads == [] and target.list_partial_uploads("src/") == []
+    assert sorted(o.key for o in target.list("")) == kept
+    assert _sweep(target) == Swept()  # nothing left to do
+
+
+def test_partial_uploads_listed_and_removed(harness: Harness) -> None:
+    target = harness.target
+    harness.leave_partial_upload("src/b1/payload", b"half of it")
+    found = target.list_partial_uploads("src/")
+    if not target.capabilities.partial_uploads:
+        assert found == []
+        return
+    # (Its time is whatever the store reports: moto gives every multipart upload the same.)
+    assert [u.key.rpartition("/")[0] for u in found] == ["src/b1"] and found[0].started_at is not None
+    assert target.list_partial_uploads("other/") == []
+    target.remove_partial_upload(found[0])
+    target.remove_partial_upload(found[0])  # already gone: no error
+    assert target.list_partial_uploads("") == [] and list(target.list("")) == []

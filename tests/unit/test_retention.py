@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from include.backup.catalog.catalog import list_backups, write_manifest
 from include.backup.catalog.manifest import (
+    MANIFEST_NAME,
     PAYLOAD_NAME,
     Manifest,
     StoredObject,
@@ -24,14 +26,18 @@ from include.backup.catalog.manifest import (
     backup_prefix,
 )
 from include.backup.config.schema import GFSRetention
+from include.backup.errors import TargetError
 from include.backup.retention import (
     DEPENDENT_TYPES,
     TIERS,
     RetentionPlan,
+    Swept,
     apply_retention,
     bucket,
     plan_retention,
+    sweep_target,
 )
+from include.backup.targets.base import PartialUpload, temp_name
 from include.backup.targets.local import LocalTarget
 
 SEED_GFS = GFSRetention(daily=7, weekly=4, monthly=12, yearly=7)
@@ -610,3 +616,134 @@ def test_orphan_sweep_removes_only_old_manifestless_folders_not_in_flight(tmp_pa
         "src/full-20260301T000000Z-dddddd/payload", "src/someone-else/payload",
         "other/full-20260301T000000Z-eeeeee/payload",
     ])
+
+
+def test_orphan_sweep_never_touches_underscore_folders(tmp_path: Path) -> None:
+    from include.backup.retention import find_orphans
+
+    target = LocalTarget("disk", tmp_path / "t")
+    # Named like one of our ids, but '_' folders (the catalog index) are never ours to sweep.
+    target.put_bytes("src/_catalog-20260301T000000Z-aaaaaa/segment", b"index")
+    target.put_bytes("src/_catalog/records-1", b"index")
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    assert find_orphans(target, "src", now=now, grace=timedelta(hours=48), in_flight=set) == {}
+
+
+# --- a delete cut short, and leftovers of killed uploads -------------------------------
+
+GRACE = timedelta(hours=48)
+OLD_IDS = [f"daily_full-2026020{d}T020000Z-{d}{d}{d}{d}{d}{d}" for d in range(1, 5)]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after the point runs, no except Exception catches it."""
+
+
+class KilledAfter(LocalTarget):
+    """A target whose process dies just before deleting the key ``die_before``."""
+
+    def __init__(self, name: str, root: Path, die_before: str) -> None:
+        super().__init__(name, root)
+        self.die_before = die_before
+
+    def delete(self, key: str) -> None:
+        if key == self.die_before:
+            self.die_before = ""
+            raise Killed(key)
+        super().delete(key)
+
+
+def _stock_old(target: LocalTarget) -> None:
+    t0 = datetime(2026, 2, 1, 2, tzinfo=UTC)
+    for i, backup_id in enumerate(OLD_IDS):
+        store(target, make(backup_id, t0 + timedelta(days=i)))
+
+
+def test_retention_killed_between_manifest_and_payload_leaves_an_unlisted_orphan_the_sweep_removes(
+    tmp_path: Path,
+) -> None:
+    victim = OLD_IDS[2]
+    target = KilledAfter("disk", tmp_path / "t", die_before=f"events_pg/{victim}/{PAYLOAD_NAME}")
+    _stock_old(target)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    plan = plan_retention(list_backups(target), gfs=ONE_DAILY, retention_days=None, now=now,
+                          schedule="daily_full")
+    assert set(plan.delete) == set(OLD_IDS[:3])
+    with pytest.raises(Killed):
+        apply_retention(target, "events_pg", "daily_full", plan)
+    # Half deleted: the manifest went first, so it is no longer a listed backup (nothing
+    # restores it, chains onto it or counts it), and its payload is an orphan.
+    assert [m.backup_id for m in list_backups(target)] == [OLD_IDS[0], OLD_IDS[1], OLD_IDS[3]]
+    assert target.stat(f"events_pg/{victim}/{PAYLOAD_NAME}") is not None
+    # The retry (Airflow's, or the next cleanup) finishes the listed ones...
+    plan = plan_retention(list_backups(target), gfs=ONE_DAILY, retention_days=None, now=now,
+                          schedule="daily_full")
+    assert apply_retention(target, "events_pg", "daily_full", plan) == [OLD_IDS[1], OLD_IDS[0]]
+    # ...and the sweep the orphan, once its id is older than the grace.
+    early = sweep_target(target, "events_pg", now=datetime(2026, 2, 4, tzinfo=UTC), grace=GRACE,
+                         in_flight=set)
+    assert not early and target.stat(f"events_pg/{victim}/{PAYLOAD_NAME}") is not None
+    swept = sweep_target(target, "events_pg", now=now, grace=GRACE, in_flight=set)
+    assert swept == Swept(orphans=[victim], partial_uploads=[])
+    assert [o.key for o in target.list("") if "/_" not in o.key] == [  # '_': the catalog index
+        f"events_pg/{OLD_IDS[3]}/{MANIFEST_NAME}", f"events_pg/{OLD_IDS[3]}/{PAYLOAD_NAME}"
+    ]
+    assert not (target.root / "events_pg" / victim).exists()
+
+
+def _leave_temp(target: LocalTarget, key: str, written: datetime) -> Path:
+    """What a put of ``key`` killed halfway leaves: its temporary file, last written then."""
+    dest = target.root / key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / temp_name(dest.name)
+    tmp.write_bytes(b"half an upload")
+    os.utime(tmp, (written.timestamp(), written.timestamp()))
+    return tmp
+
+
+def test_sweep_removes_temp_files_of_killed_uploads_after_the_grace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = LocalTarget("disk", tmp_path / "t")
+    _stock_old(target)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    long_ago, just_now = now - timedelta(days=10), now - timedelta(minutes=5)
+    kept_id, deleted_id, running_id = OLD_IDS[3], OLD_IDS[0], "daily_full-20260201T030000Z-abcdef"
+    stale = [
+        # a manifest re-write (verify) killed beside a good backup
+        _leave_temp(target, f"events_pg/{kept_id}/{MANIFEST_NAME}", long_ago),
+        # a payload upload killed, its backup deleted by retention since: the temp file
+        # outlived it, alone in the folder, and nothing lists it
+        _leave_temp(target, f"events_pg/{deleted_id}/{PAYLOAD_NAME}", long_ago),
+    ]
+    fresh = [
+        _leave_temp(target, f"events_pg/{OLD_IDS[1]}/{PAYLOAD_NAME}", just_now),  # still writing
+        _leave_temp(target, f"events_pg/{running_id}/{PAYLOAD_NAME}", long_ago),  # its run in flight
+        _leave_temp(target, f"events_pg/_catalog/{MANIFEST_NAME}", long_ago),  # never '_' folders
+        _leave_temp(target, f"events_pg/not-ours/{PAYLOAD_NAME}", long_ago),  # nor foreign ones
+        _leave_temp(target, f"uploads/{deleted_id}/{PAYLOAD_NAME}", long_ago),  # another source
+    ]
+    target.delete(f"events_pg/{deleted_id}/{MANIFEST_NAME}")
+    target.delete(f"events_pg/{deleted_id}/{PAYLOAD_NAME}")
+    assert all(o.key.split("/")[1] != deleted_id for o in target.list(""))  # hidden from listings
+
+    dry = sweep_target(target, "events_pg", now=now, grace=GRACE, in_flight=lambda: {running_id},
+                       dry_run=True)
+    assert sorted(dry.partial_uploads) == sorted(str(p.relative_to(target.root)) for p in stale)
+    assert all(p.exists() for p in stale)
+    with caplog.at_level(logging.INFO):
+        swept = sweep_target(target, "events_pg", now=now, grace=GRACE, in_flight=lambda: {running_id})
+    assert swept.orphans == [] and swept.partial_uploads == dry.partial_uploads
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in fresh)
+    assert not (target.root / "events_pg" / deleted_id).exists()  # the emptied folder went too
+    assert f"removed the temporary upload file 'events_pg/{deleted_id}/.payload.tmp-" in caplog.text
+    assert len(list_backups(target)) == 3  # the backups untouched
+    assert sweep_target(target, "events_pg", now=now, grace=GRACE, in_flight=lambda: {running_id}) == Swept()
+
+
+def test_partial_upload_removal_refuses_objects(tmp_path: Path) -> None:
+    target = LocalTarget("disk", tmp_path / "t")
+    target.put_bytes("src/b/payload", b"a backup")
+    with pytest.raises(TargetError, match="not a temporary upload file"):
+        target.remove_partial_upload(PartialUpload("src/b/payload", None))
+    assert target.stat("src/b/payload") is not None

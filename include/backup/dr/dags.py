@@ -27,7 +27,7 @@ from include.backup.dr.drtest import (
     summary,
 )
 from include.backup.dr.failover import parse_failover_params
-from include.backup.dr.monitor import notify_report, run_monitor
+from include.backup.dr.monitor import notify_report, run_monitor, sweep_targets
 from include.backup.dr.params import RestoreRequest, parse_restore_params
 from include.backup.dr.reports import TEST_TYPES, DRTestReport
 from include.backup.dr.restore import restore_backup
@@ -444,6 +444,7 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
             config = runtime.load_config()
             sweep_configured_staging(config)  # plaintext of dead runs (include/backup/staging.py)
             report = run_monitor(config)
+            sweep_targets(config, report)  # orphans at the targets (schedule_retention.py)
             emit_monitor_report(report, rto_hours=config.dr.rto_hours)  # before mail: SMTP may raise
             sent = notify_report(report, config)
             log.info("monitor: %d alert(s), %d issue(s), %d mail(s) sent",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -38,6 +39,39 @@ class Capabilities:
     # old or the new object, never none. False where some servers need the old file
     # removed before the rename (SFTP without posix-rename, FTP).
     atomic_replace: bool = True
+    # list_partial_uploads() finds what a put killed before it published left behind
+    # (temporary files, open multipart uploads), and remove_partial_upload() removes it.
+    # False where the store expires such leftovers itself and offers no way to list them
+    # (Azure's uncommitted blocks and GCS's resumable sessions go after a week).
+    partial_uploads: bool = False
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """What a put killed before it published left at the target: a temporary file or an
+    open multipart upload. Never listed, never an object, never part of a backup."""
+
+    key: str  # where it is: the temp file's key, or the key a multipart upload was for
+    started_at: datetime | None  # its last write (temp file) or its start (multipart), UTC
+    size: int | None = None  # bytes it holds, when the store says
+    upload_id: str | None = None  # the store's handle (S3's UploadId), when it has one
+
+
+@runtime_checkable
+class SweepsPartialUploads(Protocol):
+    """The optional part of the interface the orphan sweep uses (every target here has
+    it; ``capabilities.partial_uploads`` says whether it can find anything)."""
+
+    def list_partial_uploads(self, prefix: str = "") -> list[PartialUpload]:
+        """Every leftover of an interrupted put whose key starts with ``prefix``, uploads
+        still in progress included: the caller decides what is old enough. Raises
+        TargetError."""
+        ...
+
+    def remove_partial_upload(self, upload: PartialUpload) -> None:
+        """Remove one leftover (delete the temp file, abort the multipart upload); one
+        already gone is not an error. Raises TargetError."""
+        ...
 
 
 @runtime_checkable
@@ -152,6 +186,18 @@ def check_not_temp(target_name: str, key: str) -> str:
         raise TargetError(
             f"target '{target_name}': invalid object key {key!r} (its name looks like a "
             f"temporary upload file, '.…{TEMP_MARKER}…'); choose another name"
+        )
+    return key
+
+
+def check_temp_key(target_name: str, key: str) -> str:
+    """Return ``key`` if it is a valid key whose name is a temporary upload file's: the
+    only files :meth:`SweepsPartialUploads.remove_partial_upload` may remove."""
+    check_key(target_name, key)
+    if not is_temp_name(key.rpartition("/")[2]):
+        raise TargetError(
+            f"target '{target_name}': {key!r} is not a temporary upload file ('.…{TEMP_MARKER}…'); "
+            "only those are removed as partial uploads: delete objects with delete()"
         )
     return key
 

@@ -24,6 +24,7 @@ import contextlib
 import ftplib
 import socket
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import BinaryIO, TypeVar
 
 from include.backup.errors import TargetError
@@ -47,7 +48,7 @@ class FTPTarget(PathStoreTarget[ftplib.FTP]):
     secret_fields = ("password",)
     # free_bytes is None (FTP has no standard way to ask); servers that refuse to rename
     # onto an existing file get the old one deleted first.
-    capabilities = Capabilities(free_space=False, atomic_replace=False)
+    capabilities = Capabilities(free_space=False, atomic_replace=False, partial_uploads=True)
     server_label = "FTP"
     session_label = "FTP connection"
     default_port = 21
@@ -161,6 +162,18 @@ class FTPTarget(PathStoreTarget[ftplib.FTP]):
         except ftplib.error_perm:
             return False
         return True
+
+    def _modified(self, ftp: ftplib.FTP, path: str) -> datetime | None:
+        """MDTM's answer (RFC 3659: ``213 YYYYMMDDHHMMSS[.sss]``, UTC); None without it."""
+        try:
+            resp = ftp.sendcmd(f"MDTM {path}")
+        except ftplib.error_perm:
+            return None  # no MDTM command, or the file is gone
+        stamp = resp.split()[-1].split(".")[0]
+        try:
+            return datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        except ValueError:
+            return None
 
     def _file_size(self, ftp: ftplib.FTP, path: str) -> int | None:
         """Size of the file at ``path``, None if there is none (or it is a directory)."""

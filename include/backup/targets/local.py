@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,8 +22,10 @@ from include.backup.errors import ObjectNotFound, TargetError
 from include.backup.targets.base import (
     Capabilities,
     ObjectInfo,
+    PartialUpload,
     check_file_key,
     check_prefix,
+    check_temp_key,
     is_temp_name,
     temp_name,
 )
@@ -30,12 +33,14 @@ from include.backup.targets.streams import FileSlice, buffered
 
 COPY_BLOCK = 1 << 20  # 1 MiB: big enough for full-speed sequential I/O, small in memory
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_Infos = list[ObjectInfo]  # (a method below is named list)
+_Partials = list[PartialUpload]
 
 
 class LocalTarget:
     """A :class:`~include.backup.targets.base.Target` on a local (or mounted) file system."""
 
-    capabilities = Capabilities(free_space=True, atomic_replace=True)
+    capabilities = Capabilities(free_space=True, atomic_replace=True, partial_uploads=True)
 
     def __init__(self, name: str, root: str | Path) -> None:
         self.name = name
@@ -154,14 +159,18 @@ class LocalTarget:
         return ObjectInfo(key=key, size=st.st_size)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._listing(prefix, temps=False))
+
+    def _listing(self, prefix: str, *, temps: bool) -> _Infos:
+        """The objects (or, with ``temps``, the temporary upload files) under ``prefix``."""
         check_prefix(self.name, prefix)
         # Walk only the directory the prefix pins down ('a/b/c' -> root/a/b), then filter
         # by string prefix like an object store does.
         start_dir = prefix.rpartition("/")[0]
         start = self.root / start_dir if start_dir else self.root
-        found: list[ObjectInfo] = []
+        found: _Infos = []
         try:
-            _walk(start, start_dir, prefix, found)
+            _walk(start, start_dir, prefix, found, temps=temps)
         except OSError as exc:
             raise TargetError(
                 f"target '{self.name}': cannot list {start}: {exc.strerror or exc}; "
@@ -170,7 +179,32 @@ class LocalTarget:
         # Sorted and collected up front: deterministic order, and callers may delete while
         # iterating without disturbing the walk.
         found.sort(key=lambda o: o.key)
-        return iter(found)
+        return found
+
+    # --- leftovers of killed puts ----------------------------------------------------
+
+    def list_partial_uploads(self, prefix: str = "") -> _Partials:
+        """The temporary files of puts that never renamed them (a killed upload), with
+        their last write time: a put in progress keeps writing, so it stays young."""
+        found: _Partials = []
+        for info in self._listing(prefix, temps=True):
+            try:
+                mtime = (self.root / info.key).stat().st_mtime
+            except FileNotFoundError:
+                continue  # published or removed while we listed
+            found.append(PartialUpload(info.key, datetime.fromtimestamp(mtime, UTC), info.size))
+        return found
+
+    def remove_partial_upload(self, upload: PartialUpload) -> None:
+        path = self.root / check_temp_key(self.name, upload.key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TargetError(
+                f"target '{self.name}': cannot remove the temporary upload file {path}: "
+                f"{exc.strerror or exc}; check the permissions of the backup directory"
+            ) from exc
+        self._prune_empty_dirs(path.parent)
 
     # --- deleting --------------------------------------------------------------------
 
@@ -221,8 +255,9 @@ class LocalTarget:
         return ObjectNotFound(f"target '{self.name}': object '{key}' not found")
 
 
-def _walk(directory: Path, rel: str, prefix: str, out: list[ObjectInfo]) -> None:
-    """Append every complete object under ``directory`` whose key starts with ``prefix``."""
+def _walk(directory: Path, rel: str, prefix: str, out: list[ObjectInfo], *, temps: bool = False) -> None:
+    """Append every complete object under ``directory`` whose key starts with ``prefix``
+    (with ``temps``, every temporary upload file instead)."""
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
@@ -232,9 +267,9 @@ def _walk(directory: Path, rel: str, prefix: str, out: list[ObjectInfo]) -> None
         if entry.is_dir(follow_symlinks=False):
             # Descend only where keys can still match: 'a/' under prefix 'a/b' or 'a'.
             if key.startswith(prefix) or prefix.startswith(key + "/"):
-                _walk(Path(entry.path), key, prefix, out)
+                _walk(Path(entry.path), key, prefix, out, temps=temps)
             continue
-        if not key.startswith(prefix) or is_temp_name(entry.name):
+        if not key.startswith(prefix) or is_temp_name(entry.name) != temps:
             continue
         try:
             if not entry.is_file(follow_symlinks=False):

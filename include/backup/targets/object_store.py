@@ -19,8 +19,10 @@ from typing import Any, BinaryIO
 
 from include.backup.errors import ObjectNotFound, TargetError
 from include.backup.targets._remote import Lazy, RemoteTarget, root_prefix, short, sorted_infos, translating
-from include.backup.targets.base import Capabilities, ObjectInfo, check_key, check_prefix
+from include.backup.targets.base import Capabilities, ObjectInfo, PartialUpload, check_key, check_prefix
 from include.backup.targets.streams import ChunkReader, buffered, clamp_range, empty_stream
+
+_Partials = list[PartialUpload]  # (a method below is named list)
 
 
 class ObjectStoreTarget(RemoteTarget):
@@ -161,6 +163,17 @@ class ObjectStoreTarget(RemoteTarget):
 
     def free_bytes(self) -> int | None:
         return None  # a bucket or container reports no free space
+
+    # --- leftovers of killed puts (a store that can list them overrides these) -------
+
+    def list_partial_uploads(self, prefix: str = "") -> _Partials:
+        """None by default: Azure's uncommitted blocks and GCS's resumable upload sessions
+        cannot be listed, and the store removes them itself after a week."""
+        check_prefix(self.name, prefix)
+        return []
+
+    def remove_partial_upload(self, upload: PartialUpload) -> None:
+        return None  # nothing was listed, so nothing to remove
 
     def _not_found(self, key: str) -> ObjectNotFound:
         return ObjectNotFound(f"target '{self.name}': object '{key}' not found ({self._location(key)})")

@@ -22,6 +22,7 @@ import logging
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
@@ -29,9 +30,11 @@ from include.backup.errors import ObjectNotFound, TargetError
 from include.backup.targets._remote import RemoteTarget, short, sorted_infos, source_error, source_size
 from include.backup.targets.base import (  # the temporary upload names
     ObjectInfo,
+    PartialUpload,
     check_key,
     check_not_temp,
     check_prefix,
+    check_temp_key,
     is_temp_name,
     temp_name,
 )
@@ -42,6 +45,7 @@ S = TypeVar("S")  # the session: paramiko's SFTPClient, ftplib.FTP
 T = TypeVar("T")
 Entries = list[tuple[str, bool, int]]  # (name, is a directory, size)
 _Infos = list[ObjectInfo]  # (a method below is named list)
+_Partials = list[PartialUpload]
 
 
 class PathStoreTarget(RemoteTarget, Generic[S]):
@@ -108,6 +112,11 @@ class PathStoreTarget(RemoteTarget, Generic[S]):
     @abstractmethod
     def _rmdir(self, session: S, directory: str) -> bool:
         """Remove the directory if it is empty: False when it stays."""
+
+    def _modified(self, session: S, path: str) -> datetime | None:
+        """When the file at ``path`` was last written (UTC), None when the server cannot
+        tell (the orphan sweep then goes by the backup id's time)."""
+        return None
 
     @abstractmethod
     def translate(
@@ -248,15 +257,46 @@ class PathStoreTarget(RemoteTarget, Generic[S]):
 
         return sorted_infos(self._run("list", prefix or "(everything)", walk_all))
 
-    def _walk(self, session: S, directory: str, rel: str, prefix: str, out: _Infos) -> None:
+    def _walk(
+        self, session: S, directory: str, rel: str, prefix: str, out: _Infos, *, temps: bool = False
+    ) -> None:
+        """Append the objects under ``directory`` whose key starts with ``prefix`` (with
+        ``temps``, the temporary upload files instead)."""
         for name, is_dir, size in self._entries(session, directory):
             key = f"{rel}/{name}" if rel else name
             if is_dir:
                 # Descend only where keys can still match: 'a/' under prefix 'a/b' or 'a'.
                 if key.startswith(prefix) or prefix.startswith(key + "/"):
-                    self._walk(session, f"{directory.rstrip('/')}/{name}", key, prefix, out)
-            elif key.startswith(prefix) and not is_temp_name(name):
+                    self._walk(session, f"{directory.rstrip('/')}/{name}", key, prefix, out, temps=temps)
+            elif key.startswith(prefix) and is_temp_name(name) == temps:
                 out.append(ObjectInfo(key=key, size=size))
+
+    # --- leftovers of killed puts ----------------------------------------------------
+
+    def list_partial_uploads(self, prefix: str = "") -> _Partials:
+        """The temporary files of puts that never renamed them (a killed task, a dropped
+        session), with their last write time where the server tells it."""
+        check_prefix(self.name, prefix)
+        start_dir = prefix.rpartition("/")[0]
+
+        def walk_temps(session: S) -> _Partials:
+            found: _Infos = []
+            self._walk(session, self._join(start_dir), start_dir, prefix, found, temps=True)
+            return [
+                PartialUpload(i.key, self._modified(session, self._join(i.key)), i.size)
+                for i in sorted_infos(found)
+            ]
+
+        return self._run("list", prefix or "(everything)", walk_temps)
+
+    def remove_partial_upload(self, upload: PartialUpload) -> None:
+        path = self._join(check_temp_key(self.name, upload.key))
+
+        def remove(session: S) -> None:
+            if self._delete_file(session, path):
+                self._prune(session, path.rpartition("/")[0])
+
+        self._run("remove the temporary upload file", upload.key, remove)
 
     # --- deleting --------------------------------------------------------------------
 

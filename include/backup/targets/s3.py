@@ -11,9 +11,11 @@
   the file (memory does not grow with the part size). Every request carries an
   x-amz-checksum-crc32 that S3 checks on arrival (ChecksumAlgorithm=CRC32), on top of
   the SHA-256 the manifest records. The object exists only once CompleteMultipartUpload
-  succeeds: an interrupted upload is never listed, and a failed one is aborted. (Add a
-  lifecycle rule "AbortIncompleteMultipartUpload" to the bucket for uploads killed so
-  hard that the abort could not run.)
+  succeeds: an interrupted upload is never listed, and a failed one is aborted. An upload
+  killed so hard that the abort could not run (SIGKILL, the endpoint gone) stays open and
+  billed: ``list_partial_uploads`` / ``remove_partial_upload`` let the orphan sweep abort
+  it once old enough (a bucket lifecycle rule "AbortIncompleteMultipartUpload" does the
+  same on AWS).
 - Reads: one ranged GET per open(), pinned to the ETag seen by the size lookup, streamed.
 - The bucket must exist: a missing bucket is an error that says so, never created here.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,7 +37,7 @@ from include.backup.targets._remote import (
     source_error,
     source_size,
 )
-from include.backup.targets.base import ObjectInfo
+from include.backup.targets.base import Capabilities, ObjectInfo, PartialUpload, check_prefix
 from include.backup.targets.object_store import ObjectStoreTarget
 from include.backup.targets.streams import FileSlice, IterReader, buffered
 
@@ -75,6 +78,7 @@ class S3Target(ObjectStoreTarget):
         "extra.session_kwargs.aws_session_token",
     )
     client_label = "S3"
+    capabilities = Capabilities(free_space=False, atomic_replace=True, partial_uploads=True)
     setup_hint = "the connection's fields and extra (region_name, endpoint_url, config_kwargs)"
 
     def __init__(  # the store's own options are keyword-only
@@ -247,6 +251,39 @@ class S3Target(ObjectStoreTarget):
 
     def _remove(self, full: str) -> None:
         self._s3().delete_object(Bucket=self.bucket, Key=full)  # missing: no error
+
+    # --- leftovers of killed puts ----------------------------------------------------
+
+    def list_partial_uploads(self, prefix: str = "") -> list[PartialUpload]:
+        """The multipart uploads under ``prefix`` never completed nor aborted (a killed
+        task, an endpoint outage during the abort), with their start time."""
+        check_prefix(self.name, prefix)
+        found: list[PartialUpload] = []
+        with self._errors("list the open multipart uploads under", prefix or "(everything)"):
+            pages = self._s3().get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.root + prefix
+            )
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    key, started = up["Key"][len(self.root) :], up["Initiated"].astimezone(UTC)
+                    found.append(PartialUpload(key, started, upload_id=up["UploadId"]))
+        return sorted(found, key=lambda u: (u.key, u.upload_id or ""))
+
+    def remove_partial_upload(self, upload: PartialUpload) -> None:
+        from botocore.exceptions import ClientError  # lazy: botocore is heavy: loaded when S3 is used
+
+        if not upload.upload_id:
+            raise TargetError(
+                f"target '{self.name}': no upload id for the partial upload of '{upload.key}'; "
+                "pass one listed by list_partial_uploads()"
+            )
+        full = self._key(upload.key)
+        with self._errors("abort the multipart upload of", upload.key):
+            try:
+                self._s3().abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload.upload_id)
+            except ClientError as exc:
+                if _code(exc) not in ("NoSuchUpload", "404"):
+                    raise  # already completed or aborted: nothing left to remove
 
     # --- errors ----------------------------------------------------------------------
 

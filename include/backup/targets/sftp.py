@@ -22,6 +22,7 @@ import errno
 import socket
 import stat as stat_mod
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from include.backup.errors import TargetError
@@ -41,7 +42,7 @@ class SFTPTarget(PathStoreTarget[Any]):
     connection_example = "sftp://user@host:22?private_key=..."
     secret_fields = ("password", "extra.private_key", "extra.private_key_passphrase")
     # free_bytes asks statvfs@openssh.com; servers without posix-rename get a plain rename.
-    capabilities = Capabilities(free_space=True, atomic_replace=False)
+    capabilities = Capabilities(free_space=True, atomic_replace=False, partial_uploads=True)
     server_label = "SFTP"
     session_label = "SFTP session"
     default_port = 22
@@ -175,6 +176,13 @@ class SFTPTarget(PathStoreTarget[Any]):
         except OSError:
             return False
         return True
+
+    def _modified(self, sftp: Any, path: str) -> datetime | None:
+        try:
+            mtime = sftp.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        return datetime.fromtimestamp(mtime, UTC) if mtime is not None else None
 
     # --- reading ---------------------------------------------------------------------
 

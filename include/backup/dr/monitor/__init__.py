@@ -80,7 +80,7 @@ from include.backup.dr.monitor.report import (
     fmt_duration,
     fmt_time,
 )
-from include.backup.dr.monitor.run import notify_report, run_monitor
+from include.backup.dr.monitor.run import notify_report, run_monitor, sweep_targets
 from include.backup.dr.monitor.running import (
     SLOW_HISTORY,
     StagedBackup,
@@ -125,6 +125,7 @@ __all__ = [
     "notify_report",
     "read_stage",
     "run_monitor",
+    "sweep_targets",
     "run_seconds",
     "slow_after",
     "staged_backups",

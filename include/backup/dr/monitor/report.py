@@ -102,6 +102,9 @@ class MonitorReport:
     keys: KeyStatus | None = None
     alerts: list[Alert] = field(default_factory=list)
     issues: list[str] = field(default_factory=list)  # could not check something
+    # What the round's orphan sweep removed (dr_monitor's task only, not the DR page):
+    # target -> source -> {"orphans": [backup ids], "partial_uploads": [keys]}.
+    swept: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +122,7 @@ class MonitorReport:
                 "keys": asdict(self.keys) if self.keys else None,
                 "alerts": [a.to_json() for a in self.alerts],
                 "issues": list(self.issues),
+                "swept": self.swept,
             }
         )
 

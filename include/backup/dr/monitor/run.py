@@ -45,6 +45,7 @@ from include.backup.dr.monitor.running import (
 )
 from include.backup.dr.reports import DRTestReport, list_reports
 from include.backup.runtime import load_keys
+from include.backup.schedule_retention import sweep_all_targets
 from include.backup.settings import staging_root
 from include.backup.targets import build_target
 from include.backup.targets.base import Target
@@ -292,6 +293,25 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
 
     _load_key_status(config, keyring, now.date(), report)
     return report
+
+
+def sweep_targets(
+    config: BackupConfig,
+    report: MonitorReport,
+    *,
+    now: datetime | None = None,
+    targets: Mapping[str, Target] | None = None,
+) -> None:
+    """``dr_monitor``'s orphan sweep (include/backup/schedule_retention.py): every source
+    at every target, at most every few hours per target; what it removed goes into
+    ``report.swept`` and the task log. Never raises for a target (logged, tried again)."""
+    swept = sweep_all_targets(config, now=now, targets=dict(targets) if targets is not None else None)
+    report.swept = {t: {src: s.to_json() for src, s in by_source.items()} for t, by_source in swept.items()}
+    for target_name, by_source in swept.items():
+        for source, s in by_source.items():
+            log.info("monitor: orphan sweep at target %s, source %s: %d orphan folder(s) %s, "
+                     "%d partial upload(s) %s", target_name, source, len(s.orphans), s.orphans,
+                     len(s.partial_uploads), s.partial_uploads)
 
 
 def notify_report(
