@@ -7,10 +7,10 @@ the failure callback that mails on-call); each DAG says only how it differs.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from include.backup.alerts.callbacks import on_backup_failure
 
 OWNER = "backup"
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -20,6 +20,20 @@ BACKOFF: dict[str, Any] = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }
+
+
+def on_backup_failure(
+    context: Mapping[str, Any],
+    *,
+    config: Any = None,
+    state_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """The ``on_failure_callback`` of the project's DAGs: runs
+    :func:`include.backup.alerts.callbacks.on_backup_failure` (mail, metrics, staging) when
+    a task or run fails, so that parsing a DAG does not import what it needs. Never raises."""
+    from include.backup.alerts import callbacks  # lazy: DAG parse time (callbacks pulls in tasks, targets)
+
+    callbacks.on_backup_failure(context, config=config, state_path=state_path)
 
 
 def dag_defaults(

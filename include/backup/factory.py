@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from include.backup import runtime, tasks
-from include.backup.alerts.callbacks import deadlines_for, on_backup_failure
+from include.backup.alerts.deadlines import deadlines_for
 from include.backup.config.loader import LoadedConfig, config_path, load_config
 from include.backup.config.schema import BackupConfig, GFSRetention, Schedule
-from include.backup.dag_defaults import dag_defaults
+from include.backup.dag_defaults import dag_defaults, on_backup_failure
 from include.backup.errors import ConfigError
 
 
@@ -92,6 +91,7 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
         @task(task_id="dump", multiple_outputs=False)
         def dump(schedule_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
             ctx = get_current_context()
             # Runs triggered through the REST API with "logical_date": null have none; the
             # run's run_after is fixed for the run, so every retry gets the same backup id.
@@ -102,26 +102,31 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
         @task(task_id="encrypt", multiple_outputs=False)
         def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
             return tasks.encrypt(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
 
         @task(task_id="checksum", multiple_outputs=False)
         def checksum(meta: dict[str, Any]) -> dict[str, Any]:
+            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
             return tasks.checksum(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
 
         @task(task_id="upload", map_index_template="{{ target_name }}", multiple_outputs=False)
         def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.upload(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
         @task(task_id="verify", map_index_template="{{ target_name }}", multiple_outputs=False)
         def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
             # An extra context key for map_index_template, as Airflow documents.
             get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
             return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
         @task(task_id="cleanup", multiple_outputs=False)
         def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
+            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
             return tasks.cleanup(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), schedule_name)
 
         # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).

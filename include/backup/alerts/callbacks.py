@@ -41,16 +41,20 @@ from pathlib import Path
 from typing import Any
 
 from include.backup import metrics
+from include.backup.alerts.deadlines import (  # re-exported: they lived here (DAGs use deadlines.py)
+    DEADLINE_CALLBACK_PATH,  # noqa: F401
+    deadline_for,  # noqa: F401
+    deadlines_for,  # noqa: F401
+    rto_deadline_for,  # noqa: F401
+)
 from include.backup.alerts.notify import Alert, AlertKind, redact, send
 from include.backup.catalog.catalog import as_utc, list_backups, verified_at
-from include.backup.dr.monitor.checks import cron_interval
 from include.backup.staging import FAILED_MARKER, remove_plaintext, write_private
 from include.backup.targets import build_targets
 from include.backup.tasks import load_config, make_backup_id, staging_dir
 
 log = logging.getLogger(__name__)
 
-DEADLINE_CALLBACK_PATH = "include.backup.alerts.callbacks.deadline_missed"
 BACKUP_DAG_PREFIX = "backup__"  # Schedule.dag_id
 ERROR_MAX_CHARS = 600
 
@@ -311,63 +315,6 @@ def on_backup_failure(
 
 
 # --- deadline alerts -------------------------------------------------------------------
-
-
-def _interval(schedule: Any, now: datetime | None = None) -> timedelta:
-    return cron_interval(schedule.cron, now or datetime.now(UTC))
-
-
-def _alert(kind: AlertKind, interval: timedelta, kwargs: dict[str, Any]) -> Any:
-    # Exported by airflow.sdk at run time but missing from its __init__.pyi (task-sdk 1.3.2).
-    from airflow.sdk import (  # type: ignore[attr-defined]  # lazy: Airflow: not loaded by the CLI and config checks
-        AsyncCallback,
-        DeadlineAlert,
-        DeadlineReference,
-    )
-
-    return DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=interval,
-        callback=AsyncCallback(
-            DEADLINE_CALLBACK_PATH,
-            kwargs={"kind": kind.value, "interval_seconds": interval.total_seconds(), **kwargs},
-        ),
-        name=f"{kind.value.lower()}",
-    )
-
-
-def deadlines_for(config: Any, schedule: Any) -> list[Any]:
-    """The deadline alerts of a backup DAG: BACKUP_LATE at one cron interval after the run
-    was queued when that is shorter than the RPO, and RPO_MISSED at the RPO."""
-    rpo = timedelta(hours=config.dr.rpo_hours)
-    interval = _interval(schedule)
-    common = {
-        "schedule": schedule.name,
-        "source": schedule.source,
-        "rpo_hours": float(config.dr.rpo_hours),
-    }
-    alerts = []
-    if interval < rpo:
-        alerts.append(_alert(AlertKind.BACKUP_LATE, interval, common))
-    alerts.append(_alert(AlertKind.RPO_MISSED, rpo, common))
-    return alerts
-
-
-def deadline_for(config: Any, schedule: Any) -> Any:
-    """The DeadlineAlert to pass as ``DAG(deadline=...)`` for a backup schedule: queued-at
-    + min(RPO, cron interval); the kind is BACKUP_LATE when the cron interval is the
-    smaller, else RPO_MISSED. None for an inactive schedule."""
-    if not getattr(schedule, "active", True):
-        return None
-    return deadlines_for(config, schedule)[0]
-
-
-def rto_deadline_for(config: Any, operation: str = "restore") -> Any:
-    """The DeadlineAlert for a ``restore`` / ``failover`` DAG: queued-at + RTO -> RTO_MISSED."""
-    rto = timedelta(hours=config.dr.rto_hours)
-    return _alert(
-        AlertKind.RTO_MISSED, rto, {"operation": operation, "rto_hours": float(config.dr.rto_hours)}
-    )
 
 
 def deadline_alert(  # noqa: C901 - a flat list of optional facts

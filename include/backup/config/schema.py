@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import Enum
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
@@ -366,6 +367,7 @@ _CRON_HELP = (
 )
 
 
+@lru_cache(maxsize=4096)  # every DAG parse validates every schedule's cron; schedules share crons
 def cron_problem(cron: str) -> str | None:
     """Why ``cron`` cannot be a DAG schedule, or None if it can.
 
@@ -378,12 +380,15 @@ def cron_problem(cron: str) -> str | None:
     fields = expr.split()
     if len(fields) != 5:
         return f"{cron!r} is not a valid cron expression: it has {len(fields)} fields; {_CRON_HELP}"
+    valid = croniter.is_valid(expr)
     for i, (field, allowed) in enumerate(CRON_FIELDS):
         if any(part == "R" or part.startswith("R(") for part in fields[i].split(",")):
             return (
                 f"{cron!r} is not a valid cron expression: random (R) {field} fields are not "
                 "supported because the schedule would change on every DAG parse; pick a fixed value"
             )
+        if valid:
+            continue
         # Check each field alone so the message can say which one is wrong.
         probe = ["*"] * 5
         probe[i] = fields[i]
@@ -392,7 +397,7 @@ def cron_problem(cron: str) -> str | None:
                 f"{cron!r} is not a valid cron expression: {field} field {fields[i]!r} is "
                 f"invalid; the {field} field takes {allowed}, combined with * , - /"
             )
-    if not croniter.is_valid(expr):
+    if not valid:
         return f"{cron!r} is not a valid cron expression; {_CRON_HELP}"
     try:
         croniter(expr, datetime(2024, 1, 1, tzinfo=UTC)).get_next(datetime)

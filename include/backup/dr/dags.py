@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from include.backup import runtime
-from include.backup.alerts.callbacks import rto_deadline_for
+from include.backup.alerts.deadlines import rto_deadline_for
 from include.backup.alerts.notify import Alert, AlertKind, send
 from include.backup.config.schema import BackupConfig
 from include.backup.dag_defaults import dag_defaults

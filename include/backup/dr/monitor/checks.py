@@ -8,12 +8,11 @@ import statistics
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from croniter import croniter  # type: ignore[import-untyped]
-
+from include.backup.alerts.deadlines import cron_interval  # re-exported by dr.monitor
 from include.backup.alerts.notify import Alert, AlertKind, redact
 from include.backup.catalog.catalog import as_utc
 from include.backup.catalog.manifest import Manifest
-from include.backup.config.schema import CRON_PRESETS, Schedule
+from include.backup.config.schema import Schedule
 from include.backup.dr.monitor.report import fmt_age, fmt_bytes, fmt_duration, fmt_time
 from include.backup.dr.monitor.running import StagedBackup
 from include.backup.dr.reports import DRTestReport
@@ -25,14 +24,6 @@ NO_DATA_TYPES = frozenset({"SCHEMA"})  # backups that do not count towards the R
 SLOW_FACTOR = 3  # BACKUP_SLOW after this many times the usual duration...
 SLOW_FLOOR = timedelta(minutes=10)  # ...and at least this much over it (short backups jitter)
 SLOW_MIN_HISTORY = 3  # finished backups of a schedule needed before a run can be called slow
-
-
-def cron_interval(cron: str, now: datetime) -> timedelta:
-    """The gap between the schedule's last two fire times before ``now``."""
-    it = croniter(CRON_PRESETS.get(cron, cron), as_utc(now))
-    last = it.get_prev(datetime)
-    before = it.get_prev(datetime)
-    return last - before
 
 
 def check_rpo(
