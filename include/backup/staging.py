@@ -27,6 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
+from include.backup import faults
 from include.backup.catalog.inflight import try_run_lock
 from include.backup.config.schema import BackupConfig
 from include.backup.errors import BackupError
@@ -96,12 +97,16 @@ class StagingFile(io.RawIOBase):
     A full disk (ENOSPC, or EDQUOT) raises :class:`StagingFull` naming the path, the free
     space and the bytes written so far (and needed, when the caller knows), and removes
     the partial file. The error is also kept in ``full`` so that a caller whose source
-    wraps it in its own error can still report the real cause."""
+    wraps it in its own error can still report the real cause.
 
-    def __init__(self, path: Path, *, needed: int | None = None) -> None:
+    ``fault``: a fault point (include/backup/faults.py) hit once the first bytes are
+    written: where a test kills or pauses the step mid-write."""
+
+    def __init__(self, path: Path, *, needed: int | None = None, fault: str | None = None) -> None:
         super().__init__()
         self.path = path
         self.needed = needed
+        self._fault = fault
         self.written = 0
         self.full: StagingFull | None = None
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -131,6 +136,9 @@ class StagingFile(io.RawIOBase):
                 self._raise_if_full(exc)
                 raise
         self.written += done
+        if self._fault is not None and done:
+            point, self._fault = self._fault, None
+            faults.hit(point)
         return done
 
     def sync(self) -> None:
@@ -157,12 +165,26 @@ class StagingFile(io.RawIOBase):
         raise self.full from exc
 
 
-def full_message(path: Path, written: int, needed: int | None) -> str:
+def as_staging_full(exc: BaseException, where: Path, *, expected: str | None = None) -> StagingFull | None:
+    """``exc`` as a :class:`StagingFull` naming ``where`` (the file, or the directory being
+    written), when it is a full disk that no StagingFile reported (a directory, a lock, a
+    record created on a full file system); None for any other error."""
+    if not isinstance(exc, OSError) or exc.errno not in _FULL:
+        return None
+    path = Path(exc.filename) if isinstance(exc.filename, str) else where
+    return StagingFull(full_message(path, 0, None, expected=expected))
+
+
+def full_message(path: Path, written: int, needed: int | None, *, expected: str | None = None) -> str:
+    """``expected``: what the step is expected to write, in words, when ``needed`` (a
+    number of bytes) is not known (e.g. "the last backup of docs was 3.1 MiB")."""
     try:
         free = fmt_bytes(shutil.disk_usage(path.parent).free)
     except OSError:
         free = "an unknown amount"
     need = f"; this step needs about {fmt_bytes(needed)}" if needed is not None else ""
+    if needed is None and expected:
+        need = f"; {expected}"
     return (
         f"staging is full: writing {path} failed (no space left on its file system) after "
         f"{fmt_bytes(written)} written; {free} free there{need}. Free space on that volume, "

@@ -32,7 +32,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from include.backup.catalog.catalog import find_backup, latest, verify_object, write_manifest
+from include.backup import faults
+from include.backup.catalog.catalog import (
+    find_backup,
+    latest,
+    read_manifest,
+    verify_object,
+    write_manifest,
+)
 from include.backup.catalog.inflight import InFlight, run_lock, source_lock, write_inflight
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
@@ -46,7 +53,13 @@ from include.backup.catalog.manifest import (
 )
 from include.backup.catalog.signing import authenticate, sign
 from include.backup.config.schema import BackupConfig, BackupType, Schedule
-from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, TargetError
+from include.backup.errors import (
+    BackupError,
+    IntegrityError,
+    KeyNotFoundError,
+    ObjectNotFound,
+    TargetError,
+)
 from include.backup.metrics import emit_backup_run
 from include.backup.pipeline.compression import compress_writer
 from include.backup.pipeline.crypto import encrypt_stream
@@ -65,7 +78,11 @@ from include.backup.sources.postgres.spool import spool_in_use
 from include.backup.staging import (
     DRAFT_NAME,
     StagingFile,
+    StagingFull,
+    as_staging_full,
     backup_stage,
+    fmt_bytes,
+    full_message,
     remove_stale_staging,
     sweep_plaintext,
     write_private,
@@ -256,15 +273,29 @@ def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False)
 def dump(
     config: BackupConfig, schedule: Schedule, run_id: str, logical_date: datetime | None
 ) -> BackupMeta:
-    """Stream the source through the compressor into the staging directory."""
+    """Stream the source through the compressor into the staging directory.
+
+    A retry whose earlier attempt finished (its process died before Airflow recorded it)
+    returns that dump; one that did not finish starts again from nothing."""
     started = utcnow()
     backup_id = make_backup_id(schedule.name, logical_date or started, run_id)
     stage = staging_dir(config, backup_id)
     # Plaintext of any schedule's runs that died with their worker (staging.py).
     sweep_plaintext(stage.parent, grace_s=plaintext_grace_s(), skip=backup_id)
+    finished = _finished_dump(stage)
+    if finished is not None:
+        _touch(stage)
+        log.info("the dump of %s had finished in an earlier attempt: kept", backup_id)
+        return finished
     if stage.exists():  # a retry: start the step again from nothing
         shutil.rmtree(stage)
-    backup_stage(stage.parent, backup_id)
+    try:
+        backup_stage(stage.parent, backup_id)
+    except OSError as exc:
+        full = as_staging_full(exc, stage)
+        if full is not None:
+            raise full from exc
+        raise
 
     source_cfg = config.sources[schedule.source]
     source = build_source(schedule.source, source_cfg)
@@ -279,7 +310,7 @@ def dump(
         # this run (sources.postgres.spool).
         with run_lock(stage, purpose=f"dump of {backup_id}"), _spool_in_use(source_cfg):
             parent = _choose_parent(config, schedule, stage, backup_id)
-            with StagingFile(partial) as raw_out:
+            with StagingFile(partial, fault="dump.mid-write") as raw_out:
                 with compress_writer(
                     cast(BinaryIO, raw_out), algo, config.pipeline.compression_level
                 ) as zout:
@@ -289,10 +320,13 @@ def dump(
                 raw_out.sync()
             os.replace(partial, stage / DUMP_NAME)
     except BaseException as exc:
+        # Named before the partial files go, so that the free space it gives is the space
+        # the dump found; the source may have wrapped the full disk in its own error.
+        full = _dump_full(config, schedule, exc, raw_out, stage)
         # A failed dump leaves nothing behind (a retry starts again from nothing anyway).
         shutil.rmtree(stage, ignore_errors=True)
-        if raw_out is not None and raw_out.full is not None and exc is not raw_out.full:
-            raise raw_out.full from exc  # the source wrapped the full disk in its own error
+        if full is not None:
+            raise full from exc
         raise
 
     manifest = Manifest(
@@ -312,19 +346,73 @@ def dump(
         source_state=result.source_state,
         incomplete=result.incomplete,
     )
-    _write_atomic(stage / DRAFT_NAME, manifest.to_json())
+    try:
+        _write_atomic(stage / DRAFT_NAME, manifest.to_json())
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # a dump without its draft is no use: no plaintext kept
+        raise
     log.info(
         "dumped %s (%s) as %s: %d bytes raw, %d compressed",
         schedule.source, result.backup_type, backup_id, manifest.raw_size, manifest.compressed_size,
     )
+    faults.hit("dump.done")
+    return _dump_meta(stage, manifest)
+
+
+def _dump_meta(stage: Path, manifest: Manifest) -> BackupMeta:
     return BackupMeta(
-        backup_id=backup_id,
+        backup_id=manifest.backup_id,
         staging=str(stage),
-        backup_type=result.backup_type,
-        parent_id=result.parent_id,
+        backup_type=manifest.backup_type,
+        parent_id=manifest.parent_id,
         raw_size=manifest.raw_size,
         compressed_size=manifest.compressed_size,
     )
+
+
+def _finished_dump(stage: Path) -> BackupMeta | None:
+    """The dump an earlier attempt finished: its draft manifest (not yet encrypted) and a
+    dump of the size the draft records. None when there is none (or it is incomplete)."""
+    try:
+        draft = Manifest.from_json((stage / DRAFT_NAME).read_bytes())
+        size = (stage / DUMP_NAME).stat().st_size
+    except (OSError, ValueError):
+        return None
+    if draft.encryption is not None or size != draft.compressed_size:
+        return None
+    return _dump_meta(stage, draft)
+
+
+def _dump_full(
+    config: BackupConfig, schedule: Schedule, exc: BaseException, raw_out: StagingFile | None, stage: Path
+) -> StagingFull | None:
+    """A full staging disk during the dump, named with what the dump was expected to
+    need (the last backup of this type); None when ``exc`` is something else."""
+    if raw_out is not None and raw_out.full is not None:
+        return StagingFull(
+            full_message(raw_out.path, raw_out.written, None, expected=_expected_dump(config, schedule))
+        )
+    if as_staging_full(exc, stage) is None:
+        return None
+    return as_staging_full(exc, stage, expected=_expected_dump(config, schedule))
+
+
+def _expected_dump(config: BackupConfig, schedule: Schedule) -> str | None:
+    """What the dump is expected to take in staging: the compressed size of the last
+    backup of this type of the source, at the first target that answers (best effort:
+    this only words an error message)."""
+    for target in schedule_targets(config, schedule).values():
+        try:
+            last = latest(target, schedule.source, types=(schedule.type.value,))
+        except Exception as exc:  # noqa: BLE001 - a message detail must not hide the full disk
+            log.debug("no size estimate from target %s: %s", target.name, exc)
+            continue
+        if last is not None:
+            return (
+                f"the last {last.backup_type} backup of {schedule.source} ({last.backup_id}) "
+                f"took {fmt_bytes(last.compressed_size)} compressed"
+            )
+    return None
 
 
 def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
@@ -333,7 +421,10 @@ def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     The plaintext dump goes as soon as the container is complete. When this step fails it
     stays (0600, in a 0700 directory) for Airflow's retry of this step only: once the task
     has failed for good, the failure callback removes it (alerts/callbacks.py), and a
-    worker killed outright is covered by the staging sweep (staging.py)."""
+    worker killed outright is covered by the staging sweep (staging.py).
+
+    A retry whose earlier attempt finished (the dump gone, the payload and the draft with
+    its encryption there) checks that the payload opens and returns the same metadata."""
     stage = meta.stage
     if not stage.is_dir():
         raise BackupError(
@@ -343,11 +434,45 @@ def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
         )
     _touch(stage)
     with run_lock(stage, purpose=f"encrypt of {meta.backup_id}"):
-        try:
-            return _encrypt_dump(config, meta, stage)
-        except BaseException:
-            (stage / (PAYLOAD_NAME + ".partial")).unlink(missing_ok=True)
-            raise
+        done = _finished_encrypt(config, meta, stage)
+        if done is None:
+            try:
+                done = _encrypt_dump(config, meta, stage)
+            except BaseException as exc:
+                (stage / (PAYLOAD_NAME + ".partial")).unlink(missing_ok=True)
+                full = as_staging_full(exc, stage)  # one no StagingFile named (the draft's is)
+                if full is not None:
+                    raise full from exc
+                raise
+    faults.hit("encrypt.done")
+    return done
+
+
+def _finished_encrypt(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta | None:
+    """The payload an earlier attempt completed, once it has removed the dump: the draft
+    records its encryption and size, and it opens (every chunk authenticated, the
+    plaintext of the recorded size). None while the dump is there (encrypt it again)."""
+    payload = stage / PAYLOAD_NAME
+    if (stage / DUMP_NAME).exists() or not payload.exists():
+        return None
+    draft = _read_draft(stage)
+    if draft.encryption is None:
+        return None  # the dump is gone and nothing was sealed: _encrypt_dump says so
+    size = payload.stat().st_size
+    problems = [] if draft.stored_size in (0, size) else [
+        f"it is {size} bytes, the draft records {draft.stored_size}"
+    ]
+    if not problems:
+        with open(payload, "rb") as raw:
+            problems = _sealed_problems(raw, load_keys(config), draft)
+    if problems:
+        raise BackupError(
+            f"staging {stage} holds the payload of backup {meta.backup_id} but not its dump, "
+            f"and the payload does not open: {'; '.join(problems)}. Clear the dump task to run "
+            "the backup again"
+        )
+    log.info("the encrypt of %s had finished in an earlier attempt: payload checked, kept", meta.backup_id)
+    return replace(meta, key_id=draft.encryption.key_id, stored_size=size)
 
 
 def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta:
@@ -362,7 +487,10 @@ def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> Backup
     key_id, kek = load_keys(config).active()
     partial = stage / (PAYLOAD_NAME + ".partial")
     needed = _container_size(stage / DUMP_NAME, config.pipeline.chunk_size)
-    with open(stage / DUMP_NAME, "rb") as src, StagingFile(partial, needed=needed) as staged:
+    with (
+        open(stage / DUMP_NAME, "rb") as src,
+        StagingFile(partial, needed=needed, fault="encrypt.mid-write") as staged,
+    ):
         dst = cast(BinaryIO, staged)  # a raw binary stream: what encrypt_stream writes to
         enc = encrypt_stream(
             src,
@@ -373,14 +501,27 @@ def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> Backup
             context=manifest.payload_context(),  # binds the payload to this backup
         )
         staged.sync()
-    os.replace(partial, stage / PAYLOAD_NAME)
-    # The container is complete: the plaintext (compressed) dump goes at once.
-    (stage / DUMP_NAME).unlink()
+    # The draft records the wrapped data key before the payload is complete and long
+    # before the dump goes: a process killed between them leaves either the dump (a retry
+    # encrypts again) or a payload whose key is recorded (a retry checks it and keeps it).
     manifest.encryption = EncryptionInfo(
         key_id=enc.key_id, wrapped_key=enc.wrapped_key, chunk_size=enc.chunk_size
     )
+    manifest.stored_size = enc.ciphertext_size
     _write_atomic(stage / DRAFT_NAME, manifest.to_json())
+    os.replace(partial, stage / PAYLOAD_NAME)
+    _sync_dir(stage)  # the payload's name is on disk before the dump's goes
+    # The container is complete: the plaintext (compressed) dump goes at once.
+    (stage / DUMP_NAME).unlink()
     return replace(meta, key_id=enc.key_id, stored_size=enc.ciphertext_size)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _container_size(dump: Path, chunk_size: int) -> int:
@@ -398,22 +539,53 @@ def checksum(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     _touch(stage)
     manifest = _read_draft(stage)
     digest, size = sha256_file(stage / PAYLOAD_NAME)
-    manifest.objects = [StoredObject(name=PAYLOAD_NAME, size=size, sha256=digest)]
-    manifest.stored_size = size
-    manifest.finished_at = utcnow()
-    key_id, kek = load_keys(config).active()
-    sign(manifest, key_id, kek)
-    _write_atomic(stage / MANIFEST_NAME, manifest.to_json())
+    keys = load_keys(config)
+    if _signed_for(stage / MANIFEST_NAME, keys, manifest.backup_id, digest, size):
+        # An earlier attempt finished: its manifest stays byte for byte what it was.
+        log.info("the checksum of %s had finished in an earlier attempt: manifest kept", manifest.backup_id)
+    else:
+        manifest.objects = [StoredObject(name=PAYLOAD_NAME, size=size, sha256=digest)]
+        manifest.stored_size = size
+        manifest.finished_at = utcnow()
+        key_id, kek = keys.active()
+        sign(manifest, key_id, kek)
+        _write_atomic(stage / MANIFEST_NAME, manifest.to_json())
+    faults.hit("checksum.done")
     return replace(meta, sha256=digest, stored_size=size)
+
+
+def _signed_for(path: Path, keys: Any, backup_id: str, digest: str, size: int) -> bool:
+    """Whether ``path`` is a signed manifest of ``backup_id`` naming a payload of this
+    hash and size."""
+    try:
+        manifest = Manifest.from_json(path.read_bytes())
+        authenticate(manifest, keys, backup_id=backup_id)
+        payload = manifest.object(PAYLOAD_NAME)
+    except (OSError, ValueError, KeyError, BackupError):
+        return False
+    return manifest.auth is not None and payload.sha256 == digest and payload.size == size
 
 
 def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str, Any]:
     """Data objects first, the manifest last: until the manifest is there, the target
-    holds no backup. The schedule is the one the manifest names."""
+    holds no backup. The schedule is the one the manifest names.
+
+    When the target already holds this backup (an earlier attempt got that far, even if
+    the run's staging is gone since), the step checks it and puts nothing again."""
     stage = meta.stage
     _touch(stage)
-    manifest = Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
-    target = _config_target(config, target_name, "upload", manifest.backup_id)
+    staged = _staged_manifest(stage)
+    backup_id = staged.backup_id if staged is not None else meta.backup_id
+    target = _config_target(config, target_name, "upload", backup_id)
+    published = _published(config, target, meta, staged)
+    manifest = staged or published
+    if manifest is None:
+        raise BackupError(
+            f"the upload step of backup {backup_id} cannot run: staging {stage} holds no "
+            f"{MANIFEST_NAME} (the checksum step did not finish, or the staging was removed) "
+            f"and target {target_name!r} does not hold the backup; clear the dump task to run "
+            "the backup again"
+        )
     schedule = resolve_schedule(config, manifest.schedule, "upload", manifest.backup_id)
     if target_name not in schedule.targets:
         raise BackupError(
@@ -422,7 +594,15 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
             "after this run was created; its retention would never prune it there). Put it "
             "back and clear the task, or let the run fail; the next run uses the new config"
         )
+    if published is not None:
+        log.info("backup %s is already at target %s (an earlier attempt): kept", backup_id, target_name)
+        return {"backup_id": backup_id, "target": target_name, "stored_size": published.stored_size}
     prefix = backup_prefix(manifest.source, manifest.backup_id)
+    # A manifest of this id naming another payload (an attempt of an earlier encrypt)
+    # goes first: while the payload is replaced, the target holds no backup, never a
+    # manifest over the wrong payload.
+    if target.stat(f"{prefix}/{MANIFEST_NAME}") is not None:
+        target.delete(f"{prefix}/{MANIFEST_NAME}")
     for obj in manifest.objects:
         info = target.put(f"{prefix}/{obj.name}", stage / obj.name)
         if info.size != obj.size:
@@ -430,9 +610,42 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
                 f"target {target_name!r}: stored {obj.name} is {info.size} bytes, "
                 f"expected {obj.size}; the upload was cut short — retry the task"
             )
+    faults.hit("upload.before-manifest")
     target.put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest.to_json())
+    faults.hit("upload.done")
     log.info("uploaded %s to target %s", manifest.backup_id, target_name)
     return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}
+
+
+def _staged_manifest(stage: Path) -> Manifest | None:
+    try:
+        return Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _published(
+    config: BackupConfig, target: Any, meta: BackupMeta, staged: Manifest | None
+) -> Manifest | None:
+    """This backup as the target holds it, when an earlier attempt published it: a signed
+    manifest naming the payload this run sealed (the staged manifest's, else the XCom's
+    hash and size), and a payload object of that size. None otherwise."""
+    try:
+        if staged is not None:
+            stored = read_manifest(target, staged.source, staged.backup_id)
+        else:
+            stored = find_backup(target, meta.backup_id)
+        authenticate(stored, load_keys(config), backup_id=meta.backup_id)
+        payload = stored.object(PAYLOAD_NAME)
+    except (ObjectNotFound, IntegrityError, KeyNotFoundError, KeyError):
+        return None
+    want = staged.object(PAYLOAD_NAME) if staged is not None else None
+    sha256 = want.sha256 if want is not None else meta.sha256
+    size = want.size if want is not None else meta.stored_size
+    if stored.auth is None or (payload.sha256, payload.size) != (sha256, size):
+        return None
+    info = target.stat(f"{backup_prefix(stored.source, stored.backup_id)}/{PAYLOAD_NAME}")
+    return stored if info is not None and info.size == payload.size else None
 
 
 def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool = False) -> dict[str, Any]:
@@ -469,6 +682,7 @@ def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool 
     )
     stored.verification[target_name] = result
     write_manifest(target, stored)
+    faults.hit("verify.done")
     if problems:
         raise BackupError(
             f"verification of {stored.backup_id} at target {target_name!r} failed: {result.detail}"
@@ -486,10 +700,19 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any
     try:
         authenticate(manifest, keys)
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
-            plain = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
-            total = 0
-            while block := plain.read(1 << 20):
-                total += len(block)
+            return _sealed_problems(raw, keys, manifest)
+    except BackupError as exc:
+        return [str(exc)]
+
+
+def _sealed_problems(raw: BinaryIO, keys: Any, manifest: Manifest) -> list[str]:
+    """Decrypt and decompress the payload ``raw`` to the end: what is wrong with it (every
+    chunk authenticated, bound to this backup, the plaintext of the recorded size)."""
+    try:
+        plain = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
+        total = 0
+        while block := plain.read(1 << 20):
+            total += len(block)
     except BackupError as exc:
         return [str(exc)]
     if total != manifest.raw_size:
@@ -505,15 +728,18 @@ def cleanup(
     this run's staging goes even when the schedule has left the config since the dump."""
     stage = meta.stage
     if not dry_run:
-        emit_backup_run(meta.to_xcom(), schedule_name, stage)  # reads the manifest in stage; never raises
+        if stage.exists():  # gone: an earlier attempt of this step emitted, then removed it
+            emit_backup_run(meta.to_xcom(), schedule_name, stage)  # reads the manifest in stage; never raises
         # Before the schedule is looked up: a schedule edited out of the config since the
         # dump must not leave this run's staging behind.
         shutil.rmtree(stage, ignore_errors=True)
         _remove_stale_staging(stage.parent, schedule_name, known={s.name for s in config.schedules})
         sweep_plaintext(stage.parent, grace_s=plaintext_grace_s())
+        faults.hit("cleanup.staging-removed")
     schedule = resolve_schedule(config, schedule_name, "cleanup", meta.backup_id)
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
     orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
+    faults.hit("cleanup.done")
     return {"backup_id": meta.backup_id, "deleted": deleted, **orphan_report(orphans)}
 
 
