@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from include.backup import faults
 from include.backup.errors import ObjectNotFound, TargetError
 from include.backup.targets.base import (
     Capabilities,
@@ -64,6 +65,7 @@ class LocalTarget:
                 ) from exc
             with fin:
                 _copy_stream(fin, out)
+            faults.hit("upload.mid-write")  # a test hook: the temp file written, not published
 
         return self._publish(key, copy)
 

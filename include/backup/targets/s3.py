@@ -28,6 +28,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from include.backup import faults
 from include.backup.errors import TargetError
 from include.backup.targets._remote import (
     MiB,
@@ -171,6 +172,8 @@ class S3Target(ObjectStoreTarget):
                     ContentLength=length,
                     ChecksumAlgorithm=CHECKSUM,
                 )
+            if number == 1:
+                faults.hit("upload.mid-write")  # a test hook: a multipart upload begun
             part = {"PartNumber": number, "ETag": resp["ETag"]}
             # S3 wants each part's checksum back when the upload was created with one.
             if resp.get(f"Checksum{CHECKSUM}"):
