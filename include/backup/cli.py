@@ -5,13 +5,15 @@ Verbs:
   backup SCHEDULE                       take a backup now, without Airflow: the DAG's six steps
                                         (dump, encrypt, checksum, upload, verify, cleanup);
                                         prints the backup id
-  list --target NAME [--source S] [--json]
-                                        the backups a target holds, read from the target
+  list --target NAME [--source S] [--json] [--rebuild-index]
+                                        the backups a target holds, from its catalog index
   verify BACKUP_ID [--target NAME] [--deep]
                                         re-read and re-hash a backup at its targets
   restore [BACKUP_ID] --into DEST [--source S] [--until ISO] [--target NAME] [--only A,B] [--overwrite]
                                         restore a backup (and its chain)
-  prune --schedule NAME [--dry-run]     apply a schedule's retention (the plan, with --dry-run)
+  prune --schedule NAME [--dry-run [--json]]
+                                        apply a schedule's retention (the plan, with --dry-run:
+                                        counts by rule per target, then the ids)
   decrypt IN OUT [--decompress zstd|gzip]
                                         decrypt a payload container to a file
 
@@ -37,8 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup import tasks
-from include.backup.catalog.catalog import find_backup, list_backups, verify_object
+from include.backup import prune_report, tasks
+from include.backup.catalog import index
+from include.backup.catalog.catalog import find_backup, verify_object
 from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
 from include.backup.config.loader import load_config, validate_command
 from include.backup.dr.restore import incomplete_note, restore_backup
@@ -80,23 +83,50 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    """The backups from the target's catalog index (records only), written as they are
+    formatted: the output streams instead of being built whole."""
     config = _config(args)
     target = _target(config, args.target)
-    backups = list_backups(target, args.source)
+    keys = _index_keys(args, config)
+    if args.rebuild_index:
+        if keys is None:
+            raise BackupError("--rebuild-index needs the key ring (it signs the index): pass --key-file")
+        for source in [args.source] if args.source else index.index_sources(target):
+            count = len(index.rebuild(target, source, keys))
+            print(f"rebuilt the index of {source} at {args.target!r}: {count} backup(s)", file=sys.stderr)
+    backups = index.summaries(target, args.source, keys)
+    out = sys.stdout
     if args.json:
-        print(json.dumps([_row(b, args.target) for b in backups], indent=1, default=str))
+        out.write("[")
+        for i, b in enumerate(backups):
+            out.write(("," if i else "") + "\n" + json.dumps(_row(b, args.target), indent=1, default=str))
+        out.write("\n]\n")
         return 0
     if not backups:
         print(f"target {args.target!r} holds no backups" + (f" of {args.source}" if args.source else ""))
         return 0
-    print(f"{'backup id':<48} {'source':<14} {'type':<12} {'parent':<10} {'stored':>10}  verified")
+    out.write(f"{'backup id':<48} {'source':<14} {'type':<12} {'parent':<10} {'stored':>10}  verified\n")
     for b in backups:
         row = _row(b, args.target)
-        print(
+        out.write(
             f"{b.backup_id:<48} {b.source:<14} {b.backup_type:<12} "
-            f"{'yes' if b.parent_id else '-':<10} {_human(b.stored_size):>10}  {_status(row)}"
+            f"{'yes' if b.parent_id else '-':<10} {_human(b.stored_size):>10}  {_status(row)}\n"
         )
     return 0
+
+
+def _index_keys(args: argparse.Namespace, config: Any) -> Any:
+    """The key ring that checks the catalog index, or None: the listing then reads every
+    manifest (same rows, slower)."""
+    try:
+        return _keys(args, config)
+    except BackupError as exc:
+        print(
+            f"warning: no key ring, so the catalog index cannot be checked; reading every "
+            f"manifest instead (slower): {exc}",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _row(b: Any, target: str) -> dict[str, Any]:
@@ -247,10 +277,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         schedule = config.schedule(args.schedule)
     except KeyError as exc:
         raise BackupError(str(exc.args[0])) from None
-    deleted = apply_schedule_retention(config, schedule, dry_run=args.dry_run)
-    verb = "would delete" if args.dry_run else "deleted"
+    if args.dry_run:
+        plans = prune_report.plan_schedule(config, schedule)
+        if args.json:
+            print(prune_report.render_json(plans))
+        else:
+            for line in prune_report.render(plans):
+                print(line)
+        return 0
+    deleted = apply_schedule_retention(config, schedule)
     for target, ids in deleted.items():
-        print(f"{target}: {verb} {len(ids)} backup(s)" + (": " + ", ".join(ids) if ids else ""))
+        print(f"{target}: deleted {len(ids)} backup(s)" + (": " + ", ".join(ids) if ids else ""))
     return 0
 
 
@@ -410,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="target name from the config")
     p.add_argument("--source", help="only this source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--rebuild-index", action="store_true", help="rebuild the catalog index from the manifests first"
+    )
     p.set_defaults(handler=_cmd_list)
 
     p = sub.add_parser("verify", parents=[common], help="re-read and re-hash a backup")
@@ -433,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", parents=[common], help="apply a schedule's retention (GFS) now")
     p.add_argument("--schedule", required=True, help="schedule name from the config")
     p.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.set_defaults(handler=_cmd_prune)
 
     p = sub.add_parser("decrypt", parents=[common], help="decrypt a payload container to a file")

@@ -39,6 +39,7 @@ from include.backup.catalog.catalog import (
     manifest_key,
     sort_key,
 )
+from include.backup.catalog.index import record_deleted
 from include.backup.catalog.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from include.backup.config.schema import GFSRetention
 from include.backup.targets.base import PartialUpload, SweepsPartialUploads, Target
@@ -267,14 +268,17 @@ def apply_retention(
     *,
     dry_run: bool = False,
     log: logging.Logger | logging.LoggerAdapter = logger,  # type: ignore[type-arg]
+    current: list[Manifest] | None = None,
 ) -> list[str]:
     """Delete the backups ``plan`` condemns that belong to ``schedule_name`` at ``target``;
     returns their ids (the ones that would go, with ``dry_run``).
 
-    The plan is re-checked against the target's current listing: a backup that something
-    staying at the target depends on is kept (the plan may predate a new incremental, or
-    have been made without another schedule's backups)."""
-    current = list_backups(target, source)
+    The plan is re-checked against the target's current listing (``current``, when the
+    caller just read it from the catalog index; else the manifests): a backup that
+    something staying at the target depends on is kept (the plan may predate a new
+    incremental, or have been made without another schedule's backups)."""
+    if current is None:
+        current = list_backups(target, source)
     by_id = {m.backup_id: m for m in current}
     doomed = _doomed(current, plan, schedule_name)
     spared = _spared(current, doomed, by_id, schedule_name)
@@ -334,6 +338,7 @@ def _delete_backup(target: Target, manifest: Manifest) -> None:
     over; the other order would leave a listed backup whose data is gone, which every
     reader (list, restore, PITR, the DR page's figures) would still take for a backup."""
     target.delete(manifest_key(manifest.source, manifest.backup_id))
+    record_deleted(target, manifest.source, manifest.backup_id)  # out of the catalog index
     prefix = backup_prefix(manifest.source, manifest.backup_id) + "/"
     for info in list(target.list(prefix)):
         target.delete(info.key)

@@ -12,7 +12,8 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from include.backup.catalog.catalog import as_utc, list_backups
+from include.backup.catalog.catalog import as_utc
+from include.backup.catalog.index import optional_keys, summaries
 from include.backup.catalog.inflight import InFlight, read_inflight, source_lock
 from include.backup.catalog.manifest import Manifest, utcnow
 from include.backup.config.schema import BackupConfig, Schedule
@@ -157,10 +158,12 @@ def _retention_pass(
     config: BackupConfig, schedule: Schedule, in_flight: list[InFlight], *, dry_run: bool
 ) -> dict[str, list[str]]:
     deleted: dict[str, list[str]] = {}
+    keys = optional_keys(config)
     for name, target in schedule_targets(config, schedule).items():
         # The whole source's listing, not just this schedule's: an incremental of another
-        # schedule may depend on one of ours, and that must keep it.
-        backups = list_backups(target, schedule.source)
+        # schedule may depend on one of ours, and that must keep it. From the catalog
+        # index: records only, never the file indexes.
+        backups = summaries(target, schedule.source, keys)
         plan = plan_retention(
             backups,
             gfs=schedule.retention,
@@ -169,7 +172,9 @@ def _retention_pass(
             schedule=schedule.name,
         )
         spare_in_flight(plan, backups, in_flight, target_name=name)
-        deleted[name] = apply_retention(target, schedule.source, schedule.name, plan, dry_run=dry_run)
+        deleted[name] = apply_retention(
+            target, schedule.source, schedule.name, plan, dry_run=dry_run, current=backups
+        )
     return deleted
 
 

@@ -38,8 +38,8 @@ from include.backup.catalog.catalog import (
     latest,
     read_manifest,
     verify_object,
-    write_manifest,
 )
+from include.backup.catalog.index import publish
 from include.backup.catalog.inflight import InFlight, run_lock, source_lock, write_inflight
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
@@ -611,7 +611,7 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
                 f"expected {obj.size}; the upload was cut short — retry the task"
             )
     faults.hit("upload.before-manifest")
-    target.put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest.to_json())
+    publish(target, manifest, load_keys(config))  # the manifest, then its catalog index record
     faults.hit("upload.done")
     log.info("uploaded %s to target %s", manifest.backup_id, target_name)
     return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}
@@ -681,7 +681,7 @@ def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool 
         ok=not problems, verified_at=utcnow(), deep=deep, detail="; ".join(problems) or "sha256 match"
     )
     stored.verification[target_name] = result
-    write_manifest(target, stored)
+    publish(target, stored, load_keys(config))  # and the verification into the catalog index
     faults.hit("verify.done")
     if problems:
         raise BackupError(

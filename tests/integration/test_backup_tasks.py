@@ -165,11 +165,17 @@ def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
     manifest = json.loads(manifest_path.read_text())
     manifest["started_at"] = "2024-06-01T00:00:00Z"
     manifest_path.write_text(json.dumps(manifest))
+    # The catalog index recorded the manifest as published: rebuild it from the edited one.
+    assert main(["list", "--target", "disk1", "--rebuild-index"]) == 0
 
     assert main(["prune", "--schedule", "docs_full", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "disk1: would delete 0 backup(s)" in out
-    assert f"disk2: would delete 1 backup(s): {old['backup_id']}" in out
+    assert "disk1: would delete 0 backup(s), keep 2" in out
+    # The plan: counts by rule, then the ids one per line.
+    disk2 = out[out.index("disk2: would delete 1 backup(s), keep 1") :]
+    assert "1  daily" in disk2 and "1  newest backup" in disk2
+    assert "1  FULL not kept by any GFS tier" in disk2
+    assert f"  would delete:\n    {old['backup_id']}\n" in disk2
     assert len(list((tmp / "t2").rglob(MANIFEST_NAME))) == 2  # dry run deleted nothing
 
     assert main(["prune", "--schedule", "docs_full"]) == 0

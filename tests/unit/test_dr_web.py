@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,6 +75,8 @@ def age_backup(tmp: Path, backup_id: str, hours: float) -> None:
         doc["started_at"] = started.isoformat()
         doc["finished_at"] = (started + timedelta(seconds=42)).isoformat()
         manifest.write_text(json.dumps(doc))
+        # The catalog index holds the times as published: drop it, the next read rebuilds it.
+        shutil.rmtree(manifest.parent.parent / "_catalog", ignore_errors=True)
 
 
 def client() -> TestClient:

@@ -11,6 +11,7 @@ Routes (relative to the mount point)::
     GET /api/metrics/violations        the current alerts (RPO/RTO misses, overdue tests...)
     GET /api/metrics/success-rate      per source: backups, verified, success rate
     GET /api/backups           backups at the targets; ?source= &type= &latest= &start_date= &end_date=
+                               &since= &limit= &cursor= (pages: pass back next_cursor; 400 when bad)
     GET /api/health            {"status": "ok"}: the app is up (no target is touched)
     GET /api/openapi.json      the OpenAPI schema (no /openapi.json, /docs or /redoc)
 
@@ -53,8 +54,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from include.backup.alerts.notify import redact
-from include.backup.catalog.catalog import as_utc, list_backups, verified_at
+from include.backup.catalog.catalog import as_utc, verified_at
+from include.backup.catalog.index import optional_keys, summaries
 from include.backup.catalog.manifest import Manifest
+from include.backup.dr import paging
 from include.backup.dr.monitor import MonitorReport, fmt_age, fmt_bytes, fmt_time, run_monitor
 from include.backup.factory import _load
 from include.backup.targets import build_target
@@ -158,9 +161,10 @@ class Monitor:
 def _scan_backups(config: Any) -> tuple[list[dict[str, Any]], list[str]]:
     merged: dict[str, tuple[Manifest, list[str], list[str]]] = {}
     problems: list[str] = []
+    keys = optional_keys(config)  # checks the catalog index; without it, every manifest is read
     for name, cfg in config.targets.items():
         try:
-            manifests = list_backups(build_target(name, cfg))
+            manifests = summaries(build_target(name, cfg), None, keys)
         except Exception as exc:  # noqa: BLE001 - one bad target must not hide the rest
             problems.append(f"target '{name}': {redact(exc)}")
             continue
@@ -170,7 +174,7 @@ def _scan_backups(config: Any) -> tuple[list[dict[str, Any]], list[str]]:
             if verified_at(m, name):
                 ok.append(name)
     rows = [_backup_row(m, held, ok) for m, held, ok in merged.values()]
-    rows.sort(key=lambda r: r["started_at"])
+    rows.sort(key=lambda r: (r["started_at"], r["backup_id"]))  # the order paging relies on
     return rows, problems
 
 
@@ -632,8 +636,14 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         start_date: str | None = None,
         end_date: str | None = None,
         refresh: bool = False,
+        limit: str | None = Query(None, description=f"rows per page, 1..{paging.MAX_LIMIT} (default: all)"),
+        cursor: str | None = Query(None, description="next_cursor of the previous page"),
+        since: str | None = Query(None, description="only backups started at or after (ISO)"),
     ) -> JSONResponse:
         period = parse_period(start_date, end_date)  # a bad date: 422 before any work
+        # Paging and ``since``: 400 naming the parameter, before any work.
+        page_size, after = paging.parse_limit(limit), paging.parse_cursor(cursor)
+        since_at = paging.parse_since(since)
         try:
             rows, problems = mon.backups(refresh=refresh)
         except Exception as exc:  # noqa: BLE001 - config cannot be loaded
@@ -650,8 +660,11 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
             newest: dict[str, dict[str, Any]] = {}
             for r in chosen:  # sorted oldest first: the last one per source wins
                 newest[r["source"]] = r
-            chosen = sorted(newest.values(), key=lambda r: r["started_at"])
-        return JSONResponse({"backups": chosen, "count": len(chosen), "problems": problems})
+            chosen = sorted(newest.values(), key=lambda r: (r["started_at"], r["backup_id"]))
+        rows_page, next_cursor = paging.page(chosen, limit=page_size, after=after, since=since_at)
+        return JSONResponse(
+            {"backups": rows_page, "count": len(rows_page), "next_cursor": next_cursor, "problems": problems}
+        )
 
     return app
 

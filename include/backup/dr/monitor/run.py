@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from include.backup.alerts.notify import clear_resolved, redact, send
-from include.backup.catalog.catalog import as_utc, list_backups, verified_at
+from include.backup.catalog.catalog import as_utc, verified_at
+from include.backup.catalog.index import summaries
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import BackupConfig, Schedule
 from include.backup.dr.monitor.checks import (
@@ -98,17 +99,28 @@ def _build_targets(config: BackupConfig, report: MonitorReport) -> dict[str, Tar
     return built
 
 
-def _load_key_status(config: BackupConfig, keyring: Any, today: date, report: MonitorReport) -> None:
+def _resolve_ring(config: BackupConfig, keyring: Any) -> tuple[Any, Exception | None]:
+    """(the key ring, None), or (None, why it could not be loaded)."""
+    try:
+        if keyring is None:
+            return load_keys(config), None
+        if callable(keyring) and not hasattr(keyring, "active_id"):
+            return keyring(config), None
+        return keyring, None
+    except Exception as exc:  # noqa: BLE001 - a monitor reports, it does not crash
+        return None, exc
+
+
+def _load_key_status(
+    config: BackupConfig, resolved: tuple[Any, Exception | None], today: date, report: MonitorReport
+) -> None:
     conn_id = config.encryption.key_conn_id
     status = KeyStatus(conn_id=conn_id, rotation_days=config.encryption.key_rotation_days)
     report.keys = status
+    ring, error = resolved
     try:
-        if keyring is None:
-            ring = load_keys(config)
-        elif callable(keyring) and not hasattr(keyring, "active_id"):
-            ring = keyring(config)
-        else:
-            ring = keyring
+        if ring is None:
+            raise error or ValueError("no key ring")
         status.active_key_id = ring.active_id
         status.age_days = ring.age_days(today=today)
         created = ring.created(ring.active_id)
@@ -164,6 +176,8 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
     report = MonitorReport(generated_at=now)
     staged = _read_staging(config, staging, report)
     built = dict(targets) if targets is not None else _build_targets(config, report)
+    # The ring checks the catalog index; without one the listing reads every manifest.
+    resolved = _resolve_ring(config, keyring)
 
     # One pass over each target: its backups and its DR test reports.
     held: dict[str, list[tuple[str, Manifest]]] = {}  # source -> [(target, manifest)]
@@ -173,7 +187,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
         status = TargetStatus(name, cfg.type if cfg else type(target).__name__)
         report.targets[name] = status
         try:
-            manifests = list_backups(target)
+            manifests = summaries(target, None, resolved[0])  # index records, no file index
             reports = list_reports(target)
         except Exception as exc:  # noqa: BLE001 - TargetError, SDK errors, timeouts
             status.reachable = False
@@ -291,7 +305,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
             if dr_alert:
                 report.alerts.append(dr_alert)
 
-    _load_key_status(config, keyring, now.date(), report)
+    _load_key_status(config, resolved, now.date(), report)
     return report
 
 
