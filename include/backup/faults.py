@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 POINTS = frozenset(
     {
         "dump.mid-write",  # the first bytes of dump.partial are on disk
-        "dump.mid-collection",  # mongo FULL: a collection's first batch read, more to come
+        "dump.mid-read",  # the source partly read: files: the first file; mongo: a collection's
+        # first batch (more to come); postgres logical: pg_dump's first block (its locks held)
         "dump.snapshot-taken",  # postgres logical: the dump's snapshot taken, no table locked
         "dump.done",  # the dump and its draft manifest are in staging, the step not over
         "encrypt.mid-write",  # the first bytes of payload.partial are on disk
@@ -47,6 +48,7 @@ POINTS = frozenset(
         "upload.done",  # the manifest is at the target
         "verify.done",  # the verification is recorded in the target's manifest
         "cleanup.staging-removed",  # the run's staging is gone, retention not applied
+        "retention.between-deletes",  # a backup's manifest deleted, its payload not yet
         "cleanup.done",  # retention and the orphan sweep are done
     }
 )

@@ -15,6 +15,7 @@ import tarfile
 from datetime import datetime
 from typing import Any, BinaryIO
 
+from include.backup import faults
 from include.backup.catalog.manifest import Manifest
 from include.backup.config import schema
 from include.backup.errors import SourceError
@@ -104,37 +105,20 @@ class MongoDump:
         return infos, missing
 
     def _dump_full(self, client: Any, db_name: str, out: BinaryIO, *, schema_only: bool) -> DumpResult:
-        from bson.codec_options import (
-            CodecOptions,  # lazy: pymongo's bson: loaded only when a backup runs
-        )
-        from bson.raw_bson import RawBSONDocument  # lazy: pymongo's bson: loaded when MongoDB is used
+        from pymongo.errors import OperationFailure  # lazy: pymongo: loaded only when a backup runs
 
         db = client[db_name]
         start_time = server_time(client)
         start = None if schema_only else edge_ts(client, -1, self.name)
         infos, missing = self._collection_infos(db)
         stats: dict[str, Any] = {"database": db_name, "collections": {}, "bytes": {}, "views": []}
-        raw_opts = CodecOptions(document_class=RawBSONDocument)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for info in infos:
-                name = info["name"]
-                is_view = info.get("type") == "view"
-                indexes = [] if is_view else list(db[name].list_indexes())
-                add_bytes(tar, f"{db_name}/{name}.metadata.json", metadata_json(db_name, info, indexes))
-                if is_view:
-                    stats["views"].append(name)
-                    continue
-                if schema_only:
-                    stats["collections"][name] = 0
-                    continue
-                coll = db.get_collection(name, codec_options=raw_opts)
-                count = 0
-                with spool_file() as spool:
-                    for batch in coll.find_raw_batches({}, batch_size=BATCH_DOCS):
-                        spool.write(batch)
-                        count += count_docs(batch)
-                    stats["bytes"][name] = add_spool(tar, f"{db_name}/{name}.bson", spool)
-                stats["collections"][name] = count
+                try:
+                    self._dump_collection(tar, db, db_name, info, stats, schema_only=schema_only)
+                except OperationFailure as exc:
+                    # Read before anything of it is written: the tar stays whole without it.
+                    self._gone_during_dump(client, db_name, info["name"], start, exc, stats)
             position: dict[str, Any] = {"start_time": iso(start_time)}
             if not schema_only:
                 end_time = server_time(client)
@@ -157,6 +141,75 @@ class MongoDump:
             stats=stats,
             source_state={"database": db_name, "collections": list(self.cfg.collections)},
         )
+
+    def _dump_collection(
+        self, tar: tarfile.TarFile, db: Any, db_name: str, info: dict[str, Any], stats: dict[str, Any],
+        *, schema_only: bool,
+    ) -> None:
+        """One collection (or view): its metadata and documents, read whole (indexes, then
+        the documents into a spool file) before any of it goes into the tar."""
+        from bson.codec_options import (
+            CodecOptions,  # lazy: pymongo's bson: loaded only when a backup runs
+        )
+        from bson.raw_bson import RawBSONDocument  # lazy: pymongo's bson: loaded when MongoDB is used
+
+        name = info["name"]
+        is_view = info.get("type") == "view"
+        indexes = [] if is_view else list(db[name].list_indexes())
+        if is_view or schema_only:
+            add_bytes(tar, f"{db_name}/{name}.metadata.json", metadata_json(db_name, info, indexes))
+            if is_view:
+                stats["views"].append(name)
+            else:
+                stats["collections"][name] = 0
+            return
+        coll = db.get_collection(name, codec_options=CodecOptions(document_class=RawBSONDocument))
+        count = 0
+        with spool_file() as spool:
+            for batch in coll.find_raw_batches({}, batch_size=BATCH_DOCS):
+                spool.write(batch)
+                count += count_docs(batch)
+                faults.hit("dump.mid-read")  # a test hook: a collection partly read
+            add_bytes(tar, f"{db_name}/{name}.metadata.json", metadata_json(db_name, info, indexes))
+            stats["bytes"][name] = add_spool(tar, f"{db_name}/{name}.bson", spool)
+        stats["collections"][name] = count
+
+    def _gone_during_dump(
+        self, client: Any, db_name: str, name: str, start: Any, exc: Exception, stats: dict[str, Any]
+    ) -> None:
+        """A collection listed but failing while read. Dropped since the dump started: the
+        backup stays consistent without it, because the drop is in the dump's oplog slice
+        and restore replays it (a collection created again after the drop comes back from
+        the slice too). Anything else (renamed, cursor timed out) fails the dump."""
+        why = getattr(exc, "details", None) or {}
+        code = why.get("codeName") or type(exc).__name__
+        if self._dropped_since(client, db_name, name, start):
+            log.warning(
+                "mongo source %s: collection %s was dropped while the dump read it (%s); the "
+                "backup leaves it out and restore replays the drop from the oplog",
+                self.name, name, code,
+            )
+            stats.setdefault("dropped_during_dump", []).append(name)
+            return
+        raise self._err(
+            f"collection {name} of database {db_name} changed under the dump ({code}: "
+            f"{redact(str(why.get('errmsg') or exc))[:200]}) and the oplog shows no drop of it "
+            "(renamed, or its cursor was ended); the backup would not be consistent, so none "
+            "was made. Run the backup again; rename collections outside the backup window"
+        )
+
+    def _dropped_since(self, client: Any, db_name: str, name: str, start: Any) -> bool:
+        """Whether the oplog holds a drop of ``name`` (or of its database) after ``start``;
+        for a SCHEMA dump (no position), whether the collection is gone."""
+        if start is None:
+            return name not in client[db_name].list_collection_names()
+        query = {
+            "ts": {"$gt": start},
+            "op": "c",
+            "ns": f"{db_name}.$cmd",
+            "$or": [{"o.drop": name}, {"o.dropDatabase": {"$exists": True}}],
+        }
+        return oplog(client).find_one(query, {"ts": 1}) is not None
 
     # -- oplog slices ------------------------------------------------------------------
 

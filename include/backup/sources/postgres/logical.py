@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from include.backup import faults
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import PostgresSource as PostgresSourceConfig
 from include.backup.errors import RestoreRefused, SourceError
@@ -43,6 +44,7 @@ from include.backup.sources.postgres.client import (
     table_key,
     table_row_counts,
 )
+from include.backup.sources.postgres.consistency import explain_failure, lock_tables
 from include.backup.sources.postgres.physical import PhysicalPostgres
 from include.backup.sources.postgres.toc import matches_any, partial_restore_list
 from include.backup.sources.postgres.wal import PHYSICAL_FORMATS, continuity
@@ -110,6 +112,11 @@ class PostgresSource:
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
             cur = conn.cursor()
             info = self._server_info_in(cur, with_counts=not schema_only)
+            faults.hit("dump.snapshot-taken")  # a test hook: snapshot read, no lock held yet
+            if info["row_count_method"] == "exact":
+                # Counting would take these locks table by table; taken at once, a DROP from
+                # now on waits for the dump (pg_dump's own locks come a moment later).
+                lock_tables(cur, self.name)
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
             # SCHEMA dumps are small and always custom format; the directory format only
@@ -121,17 +128,25 @@ class PostgresSource:
                 args.append("--schema-only")
             counting = _start_counting(cur, info) if info["row_count_method"] == "exact" else None
             try:
-                if directory:
-                    written = self._dump_directory(params, args, out)
-                    payload_format = FORMAT_DIRECTORY_TAR
-                else:
-                    written = self._dump_custom(params, [*args, "--format=custom"], out)
-                    payload_format = FORMAT_CUSTOM
-            finally:
-                if counting is not None:
-                    counting.join()
-            if counting is not None and counting.error is not None:
-                raise counting.error
+                try:
+                    if directory:
+                        written = self._dump_directory(params, args, out)
+                        payload_format = FORMAT_DIRECTORY_TAR
+                    else:
+                        written = self._dump_custom(params, [*args, "--format=custom"], out)
+                        payload_format = FORMAT_CUSTOM
+                finally:
+                    if counting is not None:
+                        counting.join()
+                if counting is not None and counting.error is not None:
+                    raise counting.error
+            except Exception as exc:
+                # A table dropped before pg_dump locked it: say so instead of pg_dump's
+                # words about snapshots and OIDs.
+                clearer = explain_failure(params, self.name, info["tables"], exc)
+                if clearer is None:
+                    raise
+                raise clearer from exc
             conn.rollback()
         stats: dict[str, Any] = {
             "tables": info["tables"],
@@ -163,6 +178,7 @@ class PostgresSource:
                     break
                 out.write(block)
                 written += len(block)
+                faults.hit("dump.mid-read")  # a test hook: pg_dump running, its locks held
         return written
 
     def _dump_directory(self, params: PgParams, args: list[str], out: BinaryIO) -> int:
