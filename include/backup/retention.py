@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from include.backup import faults
 from include.backup.catalog.catalog import (
     as_utc,
     list_backups,
@@ -339,6 +340,7 @@ def _delete_backup(target: Target, manifest: Manifest) -> None:
     reader (list, restore, PITR, the DR page's figures) would still take for a backup."""
     target.delete(manifest_key(manifest.source, manifest.backup_id))
     record_deleted(target, manifest.source, manifest.backup_id)  # out of the catalog index
+    faults.hit("retention.between-deletes")  # a test hook: the delete cut short here
     prefix = backup_prefix(manifest.source, manifest.backup_id) + "/"
     for info in list(target.list(prefix)):
         target.delete(info.key)

@@ -25,7 +25,7 @@ from include.backup.config.loader import load_config
 from include.backup.dr.monitor import run_monitor, sweep_targets
 from include.backup.keys import KeyRing
 from include.backup.retention import RetentionPlan, apply_retention
-from include.backup.schedule_retention import SWEEP_STATE_NAME
+from include.backup.schedule_retention import SWEEP_STATE_NAME, sweep_source
 from include.backup.targets import build_target
 from include.backup.targets.base import Target, is_temp_name
 from include.backup.testing.pipeline import run_backup
@@ -189,3 +189,37 @@ def test_dr_monitor_sweeps_every_source_at_every_target(world: dict[str, Any], t
     assert report.swept == {} and (Path(config.staging_dir or "") / SWEEP_STATE_NAME).exists()
     sweep_targets(config, report, now=NOW + timedelta(hours=7))
     assert set(report.swept) == {"disk", "s3"} and report.swept["s3"]["docs"]["orphans"] == [again]
+
+
+def test_prune_killed_between_the_manifest_and_the_payload_leaves_no_listed_backup_without_data(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    config_file = tmp_path / "backup_config.yaml"
+    config_file.write_text(config_file.read_text().replace(
+        "retention_days: 1", "retention: {daily: 1, weekly: 0, monthly: 0, yearly: 0}"
+    ))
+    older = run_backup(SCHEDULE)["backup_id"]
+    newer_run = run_backup(SCHEDULE, cleanup=False)  # its cleanup is the prune below
+    shutil.rmtree(newer_run["staging"])
+    newer = newer_run["backup_id"]
+    disk, s3 = world["disk"], world["s3"]
+    assert {m.backup_id for m in list_backups(disk)} == {older, newer}  # (one day: one goes)
+
+    prune = [sys.executable, "-m", "include.backup", "prune", "--schedule", SCHEDULE]
+    killed = subprocess.run(prune, env=dict(os.environ, BACKUP_FAULT="retention.between-deletes"),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, at the first target
+    # The cut delete left an orphan payload, never a listed backup whose data is gone.
+    assert [m.backup_id for m in list_backups(disk)] == [newer]
+    assert disk.stat(f"docs/{older}/{PAYLOAD_NAME}") is not None
+    assert {m.backup_id for m in list_backups(s3)} == {older, newer}  # not reached yet
+
+    done = subprocess.run(prune, capture_output=True, text=True, timeout=600)  # the retry
+    assert done.returncode == 0, done.stderr
+    for target in world.values():
+        assert [m.backup_id for m in list_backups(target)] == [newer]
+    assert folders(disk) == {older, newer} and folders(s3) == {newer}
+    # The orphan goes with the first sweep past the grace.
+    root = Path(load_config().config.staging_dir or "")
+    assert sweep_source(disk, "docs", root, now=NOW + timedelta(days=3)).orphans == [older]
+    assert folders(disk) == {newer}
