@@ -49,7 +49,6 @@ POINTS = frozenset(
         "verify.done",  # the verification is recorded in the target's manifest
         "cleanup.staging-removed",  # the run's staging is gone, retention not applied
         "retention.between-deletes",  # a backup's manifest deleted, its payload not yet
-        "retention.between-deletes",  # a backup's manifest deleted, its payload not yet
         "cleanup.done",  # retention and the orphan sweep are done
     }
 )
