@@ -34,12 +34,12 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup import prune_report, tasks
+from include.backup import progress, prune_report, tasks
 from include.backup.catalog import index
 from include.backup.catalog.catalog import find_backup, verify_object
 from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
@@ -174,11 +174,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         found += 1
         keys = _keys_if_any(args, config)
         auth, problems = _check_manifest(manifest, keys)
-        problems += [
-            d for ok, d in (verify_object(target, manifest, o.name) for o in manifest.objects) if not ok
-        ]
+        total = sum(o.size for o in manifest.objects)
+        with progress.Progress(f"verify {args.backup_id} at {name}", total) as p:
+            problems += [
+                d for ok, d in (verify_object(target, manifest, o.name, progress=p) for o in manifest.objects)
+                if not ok
+            ]
         if args.deep and not problems:
-            problems = deep_verify(config, target, manifest, keys or _keys(args, config))
+            with progress.Progress(f"deep verify {args.backup_id} at {name}", total) as p:
+                problems = deep_verify(config, target, manifest, keys or _keys(args, config), progress=p)
         status = "FAILED: " + "; ".join(problems) if problems else "ok" + (" (deep)" if args.deep else "")
         if manifest.incomplete:  # intact as stored, but it lacks part of its source
             status += f"; {incomplete_note(manifest)}"
@@ -431,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--key-file", help="JSON key file (default: $BACKUP_KEY_FILE, else the Airflow connection)"
     )
+    long_work = argparse.ArgumentParser(add_help=False)
+    long_work.add_argument(
+        "--quiet", action="store_true", help="no progress (default: a bar on a terminal, else stderr lines)"
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("validate", help="check a config file without Airflow running")
@@ -439,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_validate)
 
-    p = sub.add_parser("backup", parents=[common], help="take a backup of a schedule now, without Airflow")
+    p = sub.add_parser(
+        "backup", parents=[common, long_work], help="take a backup of a schedule now, without Airflow"
+    )
     p.add_argument("schedule", help="schedule name from the config")
     p.set_defaults(handler=_cmd_backup)
 
@@ -452,13 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_list)
 
-    p = sub.add_parser("verify", parents=[common], help="re-read and re-hash a backup")
+    p = sub.add_parser("verify", parents=[common, long_work], help="re-read and re-hash a backup")
     p.add_argument("backup_id")
     p.add_argument("--target", help="only this target (default: every target)")
     p.add_argument("--deep", action="store_true", help="also decrypt and decompress to the end")
     p.set_defaults(handler=_cmd_verify)
 
-    p = sub.add_parser("restore", parents=[common], help="restore a backup and its chain")
+    p = sub.add_parser("restore", parents=[common, long_work], help="restore a backup and its chain")
     p.add_argument("backup_id", nargs="?", help="backup to restore (optional with --source)")
     p.add_argument(
         "--into", required=True, help="directory (files) or database name / conn:<conn_id> (postgres)"
@@ -484,11 +494,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _progress_display(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """Where the long verbs show their progress: nothing with ``--quiet``; a live bar on a
+    terminal; else the log lines on stderr. stdout keeps only the result lines."""
+    if getattr(args, "quiet", False):
+        return progress.quiet()
+    if sys.stderr.isatty():
+        return progress.live_bars()
+    return progress.log_lines_to(sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with _progress_display(args):
+            return handler(args)
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

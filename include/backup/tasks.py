@@ -65,6 +65,7 @@ from include.backup.pipeline.compression import compress_writer
 from include.backup.pipeline.crypto import encrypt_stream
 from include.backup.pipeline.hashing import CountingWriter, sha256_file
 from include.backup.pipeline.stream import open_sealed
+from include.backup.progress import Progress, counted, counting_reads, file_sizes
 from include.backup.runtime import load_config, load_keys
 from include.backup.schedule_retention import (
     apply_schedule_retention,
@@ -310,11 +311,14 @@ def dump(
         # this run (sources.postgres.spool).
         with run_lock(stage, purpose=f"dump of {backup_id}"), _spool_in_use(source_cfg):
             parent = _choose_parent(config, schedule, stage, backup_id)
-            with StagingFile(partial, fault="dump.mid-write") as raw_out:
+            with (
+                StagingFile(partial, fault="dump.mid-write") as raw_out,
+                Progress(f"dump {backup_id}", _dump_estimate(source)) as progress,
+            ):
                 with compress_writer(
                     cast(BinaryIO, raw_out), algo, config.pipeline.compression_level
                 ) as zout:
-                    counter = CountingWriter(zout)
+                    counter = CountingWriter(zout, progress)
                     # CountingWriter is an io.RawIOBase: it has the write/flush that sources use.
                     result = source.dump(schedule.type.value, cast(BinaryIO, counter), parent)
                 raw_out.sync()
@@ -395,6 +399,20 @@ def _dump_full(
     if as_staging_full(exc, stage) is None:
         return None
     return as_staging_full(exc, stage, expected=_expected_dump(config, schedule))
+
+
+def _dump_estimate(source: Any) -> int | None:
+    """The source's guess of the dump's raw size (``estimated_size()``, e.g. PostgreSQL's
+    ``pg_database_size``) for the dump's percent and ETA; None when it has none or
+    cannot tell (the dump itself then says what is wrong)."""
+    estimate = getattr(source, "estimated_size", None)
+    if estimate is None:
+        return None
+    try:
+        return cast(int | None, estimate())
+    except Exception as exc:  # noqa: BLE001 - only the percent is lost
+        log.info("no size estimate for the dump's progress (%s)", type(exc).__name__)
+        return None
 
 
 def _expected_dump(config: BackupConfig, schedule: Schedule) -> str | None:
@@ -490,6 +508,7 @@ def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> Backup
     with (
         open(stage / DUMP_NAME, "rb") as src,
         StagingFile(partial, needed=needed, fault="encrypt.mid-write") as staged,
+        Progress(f"encrypt {meta.backup_id}", (stage / DUMP_NAME).stat().st_size) as progress,
     ):
         dst = cast(BinaryIO, staged)  # a raw binary stream: what encrypt_stream writes to
         enc = encrypt_stream(
@@ -499,6 +518,7 @@ def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> Backup
             key_id,
             chunk_size=config.pipeline.chunk_size,
             context=manifest.payload_context(),  # binds the payload to this backup
+            progress=progress,
         )
         staged.sync()
     # The draft records the wrapped data key before the payload is complete and long
@@ -538,7 +558,9 @@ def checksum(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     stage = meta.stage
     _touch(stage)
     manifest = _read_draft(stage)
-    digest, size = sha256_file(stage / PAYLOAD_NAME)
+    payload = stage / PAYLOAD_NAME
+    with Progress(f"checksum {manifest.backup_id}", file_sizes([payload])) as progress:
+        digest, size = sha256_file(payload, progress=progress)
     keys = load_keys(config)
     if _signed_for(stage / MANIFEST_NAME, keys, manifest.backup_id, digest, size):
         # An earlier attempt finished: its manifest stays byte for byte what it was.
@@ -603,13 +625,19 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
     # manifest over the wrong payload.
     if target.stat(f"{prefix}/{MANIFEST_NAME}") is not None:
         target.delete(f"{prefix}/{MANIFEST_NAME}")
-    for obj in manifest.objects:
-        info = target.put(f"{prefix}/{obj.name}", stage / obj.name)
-        if info.size != obj.size:
-            raise TargetError(
-                f"target {target_name!r}: stored {obj.name} is {info.size} bytes, "
-                f"expected {obj.size}; the upload was cut short — retry the task"
-            )
+    files = [stage / obj.name for obj in manifest.objects]
+    total = sum(o.size for o in manifest.objects)
+    with (
+        Progress(f"upload {manifest.backup_id} to {target_name}", total) as progress,
+        counting_reads(files, progress),  # counted where the target reads them (progress.py)
+    ):
+        for obj in manifest.objects:
+            info = target.put(f"{prefix}/{obj.name}", stage / obj.name)
+            if info.size != obj.size:
+                raise TargetError(
+                    f"target {target_name!r}: stored {obj.name} is {info.size} bytes, "
+                    f"expected {obj.size}; the upload was cut short — retry the task"
+                )
     faults.hit("upload.before-manifest")
     publish(target, manifest, load_keys(config))  # the manifest, then its catalog index record
     faults.hit("upload.done")
@@ -671,12 +699,15 @@ def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool 
             problems.append("the manifest at the target names another payload than this run wrote")
     except KeyError as exc:
         problems.append(str(exc))
-    for obj in stored.objects:
-        ok, detail = verify_object(target, stored, obj.name)
-        if not ok:
-            problems.append(detail)
+    total = sum(o.size for o in stored.objects)
+    with Progress(f"verify {stored.backup_id} at {target_name}", total) as progress:
+        for obj in stored.objects:
+            ok, detail = verify_object(target, stored, obj.name, progress=progress)
+            if not ok:
+                problems.append(detail)
     if deep and not problems:
-        problems.extend(deep_verify(config, target, stored))
+        with Progress(f"deep verify {stored.backup_id} at {target_name}", total) as progress:
+            problems.extend(deep_verify(config, target, stored, progress=progress))
     result = Verification(
         ok=not problems, verified_at=utcnow(), deep=deep, detail="; ".join(problems) or "sha256 match"
     )
@@ -691,7 +722,9 @@ def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool 
     return {"backup_id": stored.backup_id, "target": target_name, "ok": True, "deep": deep}
 
 
-def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any = None) -> list[str]:
+def deep_verify(
+    config: BackupConfig, target: Any, manifest: Manifest, keys: Any = None, progress: Progress | None = None
+) -> list[str]:
     """Check the manifest's signature, then decrypt and decompress the payload to the end
     (authenticates every chunk and the payload's binding to this backup). ``keys``
     defaults to the configured key ring."""
@@ -700,7 +733,7 @@ def deep_verify(config: BackupConfig, target: Any, manifest: Manifest, keys: Any
     try:
         authenticate(manifest, keys)
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
-            return _sealed_problems(raw, keys, manifest)
+            return _sealed_problems(counted(raw, progress), keys, manifest)
     except BackupError as exc:
         return [str(exc)]
 

@@ -26,6 +26,7 @@ from include.backup.catalog.manifest import (
     backup_prefix,
 )
 from include.backup.errors import IntegrityError, ObjectNotFound, TargetError
+from include.backup.progress import Progress
 from include.backup.targets.base import Target
 
 log = logging.getLogger(__name__)
@@ -253,19 +254,19 @@ def _parent(
 
 
 def verify_object(
-    target: Target, manifest: Manifest, name: str = PAYLOAD_NAME
+    target: Target, manifest: Manifest, name: str = PAYLOAD_NAME, *, progress: Progress | None = None
 ) -> tuple[bool, str]:
     """Re-read object ``name`` of the backup from ``target`` and compare its size and
     SHA-256 with the manifest. Returns (ok, detail); a missing or altered object is a
     failed check, not an exception. Errors reaching the target still raise TargetError
-    (retry later: that says nothing about the data)."""
+    (retry later: that says nothing about the data). Bytes read count into ``progress``."""
     label = f"{manifest.backup_id}/{name} at target '{target.name}'"
     try:
         expected = manifest.object(name)
     except KeyError:
         return False, f"{label}: the manifest lists no object {name!r}"
     try:
-        size, digest = _hash_object(target, object_key(manifest, name))
+        size, digest = _hash_object(target, object_key(manifest, name), progress)
     except ObjectNotFound:
         return False, f"{label}: object missing"
     if size != expected.size:
@@ -275,13 +276,15 @@ def verify_object(
     return True, f"{label}: {size} bytes, sha256 {digest[:16]}… matches"
 
 
-def _hash_object(target: Target, key: str) -> tuple[int, str]:
+def _hash_object(target: Target, key: str, progress: Progress | None = None) -> tuple[int, str]:
     h = hashlib.sha256()
     size = 0
     with target.open(key) as stream:
         while block := stream.read(READ_BLOCK):
             h.update(block)
             size += len(block)
+            if progress is not None:
+                progress.add(len(block))
     return size, h.hexdigest()
 
 

@@ -20,6 +20,7 @@ from include.backup.catalog.signing import authenticate
 from include.backup.config.schema import BackupConfig
 from include.backup.errors import IntegrityError, ObjectNotFound, RestoreRefused, TargetError
 from include.backup.pipeline.stream import open_sealed
+from include.backup.progress import Progress, counted
 from include.backup.sources import build_source
 from include.backup.targets import build_target
 
@@ -71,16 +72,17 @@ def locate(config: BackupConfig, backup_id: str, target_name: str | None = None)
 
 
 def _open_chain(
-    stack: ExitStack, target: Any, chain: list[Manifest], keys: Any
+    stack: ExitStack, target: Any, chain: list[Manifest], keys: Any, progress: Progress | None = None
 ) -> list[tuple[Manifest, BinaryIO]]:
     """One decrypting, decompressing stream per backup of the chain. All are opened up
     front (sources validate the whole chain before writing anything) and closed by
-    ``stack`` once the restore is over; nothing is read until the source reads."""
+    ``stack`` once the restore is over; nothing is read until the source reads. The
+    stored bytes the source's reads pull count into ``progress``."""
 
     streams = []
     for manifest in chain:
         key = f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}"
-        raw = stack.enter_context(target.open(key))
+        raw = counted(stack.enter_context(target.open(key)), progress)
         # The payload must be the one made for this backup (container version 2 binding).
         sealed = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
         streams.append((manifest, sealed))
@@ -137,18 +139,20 @@ def restore_backup(
             "newest backup or a point in time (until)"
         )
     backup_id = manifest.backup_id
-    for m in chain:
-        # Signed manifests are checked against the key ring: write access to a target is
-        # not enough to point a restore at other data (catalog/signing.py).
-        authenticate(m, keys)
-        for obj in m.objects:
-            ok, detail = verify_object(target, m, obj.name)
-            if not ok:
-                raise IntegrityError(
-                    f"refusing to restore {backup_id}: {m.backup_id}/{obj.name} at target "
-                    f"{target.name!r} does not match its manifest ({detail}); restore from "
-                    "another target or an earlier backup"
-                )
+    total = sum(o.size for m in chain for o in m.objects)
+    with Progress(f"check {backup_id} before restoring", total) as checked:
+        for m in chain:
+            # Signed manifests are checked against the key ring: write access to a target is
+            # not enough to point a restore at other data (catalog/signing.py).
+            authenticate(m, keys)
+            for obj in m.objects:
+                ok, detail = verify_object(target, m, obj.name, progress=checked)
+                if not ok:
+                    raise IntegrityError(
+                        f"refusing to restore {backup_id}: {m.backup_id}/{obj.name} at target "
+                        f"{target.name!r} does not match its manifest ({detail}); restore from "
+                        "another target or an earlier backup"
+                    )
     log.info(
         "restoring %s (chain %s) into %s%s",
         backup_id,
@@ -162,8 +166,9 @@ def restore_backup(
     notes = [incomplete_note(m) for m in chain if m.incomplete]
     for note in notes:
         log.warning("restoring %s: %s; what vanished or changed then is not restored", backup_id, note)
-    with ExitStack() as stack:
-        streams = _open_chain(stack, target, chain, keys)
+    payloads = sum(m.object(PAYLOAD_NAME).size for m in chain if _has_payload(m))
+    with ExitStack() as stack, Progress(f"restore {backup_id} into {into}", payloads) as progress:
+        streams = _open_chain(stack, target, chain, keys, progress)
         stats = source.restore(streams, into, **kwargs)
     return RestoreResult(
         backup_id=backup_id,
@@ -177,6 +182,10 @@ def restore_backup(
         incomplete=[m.backup_id for m in chain if m.incomplete],
         warnings=notes,
     )
+
+
+def _has_payload(manifest: Manifest) -> bool:
+    return any(o.name == PAYLOAD_NAME for o in manifest.objects)
 
 
 def _build(config: BackupConfig, source_name: str, build_source: Any) -> Any:

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from include.backup.errors import IntegrityError, KeyNotFoundError
 from include.backup.pipeline._io import BlockReader
+from include.backup.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -332,17 +333,20 @@ def encrypt_stream(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
     context: bytes = b"",
+    progress: Progress | None = None,
     _fixed: tuple[bytes, bytes, bytes] | None = None,
     _version: int = VERSION,
 ) -> EncryptResult:
     """Encrypt everything from ``src`` into ``dst`` as a container bound to ``context``
-    (see :class:`DecryptingReader`). ``dst`` stays open."""
+    (see :class:`DecryptingReader`). ``dst`` stays open. Bytes read count into ``progress``."""
     block = max(chunk_size, 1 << 20)
     with EncryptingWriter(
         dst, kek, key_id, chunk_size, context=context, _fixed=_fixed, _version=_version
     ) as w:
         while data := src.read(block):
             w.write(data)
+            if progress is not None:
+                progress.add(len(data))
     assert w.result is not None
     return w.result
 

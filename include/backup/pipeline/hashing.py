@@ -13,6 +13,8 @@ import io
 import os
 from typing import BinaryIO
 
+from include.backup.progress import Progress
+
 # 1 MiB: large enough that per-call overhead vanishes and hashlib drops the GIL, small
 # enough to stay in L2/L3 cache. Measured ~1.7 GB/s with SHA-NI; 4 MiB is no faster.
 DEFAULT_BLOCK = 1 << 20
@@ -94,10 +96,11 @@ class HashingReader(io.RawIOBase):
 class CountingWriter(io.RawIOBase):
     """Write-through stream that only counts bytes (cheaper than hashing when no digest is needed)."""
 
-    def __init__(self, dst: BinaryIO) -> None:
+    def __init__(self, dst: BinaryIO, progress: Progress | None = None) -> None:
         super().__init__()
         self._dst = dst
         self.count = 0
+        self._add = progress.add if progress is not None else None
 
     def writable(self) -> bool:
         return True
@@ -106,6 +109,8 @@ class CountingWriter(io.RawIOBase):
         n = len(b) if type(b) is bytes else memoryview(b).nbytes
         self._dst.write(b)
         self.count += n
+        if self._add is not None:
+            self._add(n)
         return n
 
     def flush(self) -> None:
@@ -113,8 +118,11 @@ class CountingWriter(io.RawIOBase):
             self._dst.flush()
 
 
-def sha256_file(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK) -> tuple[str, int]:
-    """Return ``(hex sha256, size in bytes)`` of a file, reading it in ``block_size`` blocks."""
+def sha256_file(
+    path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK, *, progress: Progress | None = None
+) -> tuple[str, int]:
+    """Return ``(hex sha256, size in bytes)`` of a file, reading it in ``block_size`` blocks
+    (counted into ``progress`` when given)."""
     if not 1 << 10 <= block_size <= 16 << 20:
         raise ValueError(f"block_size must be between 1 KiB and 16 MiB, got {block_size}")
     h = hashlib.sha256()
@@ -129,4 +137,6 @@ def sha256_file(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK) -
                 break
             h.update(mv[:n])
             size += n
+            if progress is not None:
+                progress.add(n)
     return h.hexdigest(), size

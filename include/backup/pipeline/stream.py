@@ -26,6 +26,7 @@ from include.backup.pipeline.crypto import (
     KeyLookup,
 )
 from include.backup.pipeline.hashing import HashingWriter
+from include.backup.progress import Progress
 
 # Input block size. 4 MiB keeps zstd's multi-threaded jobs fed with few Python round trips.
 READ_BLOCK = 4 << 20
@@ -128,6 +129,7 @@ def seal(
     level: int = 3,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     threads: int = DEFAULT_ZSTD_THREADS,
+    progress: Progress | None = None,
 ) -> SealResult:
     """Compress, encrypt and hash ``src`` into ``dst`` in one pass; ``dst`` stays open.
 
@@ -137,7 +139,7 @@ def seal(
     :mod:`include.backup.pipeline.compression`). On any error the container's final chunk
     is never written, so the partial output cannot be mistaken for a good backup (the
     caller should still delete it); errors raised in the pipeline threads (a full disk, a
-    failing target stream) are re-raised here.
+    failing target stream) are re-raised here. Input bytes read count into ``progress``.
     """
     check_compression(algo, level)  # fail before any thread starts
     # Three stages run side by side, joined by bounded queues: this thread reads and feeds
@@ -160,9 +162,12 @@ def seal(
         )
         buf = bytearray(READ_BLOCK)
         mv = memoryview(buf)
+        add = progress.add if progress is not None else None
         while n := _readinto(src, mv):
             comp.write(mv[:n])
             raw += n
+            if add is not None:
+                add(n)
         comp.close()  # end of the compressed frame; nothing is closed downstream
         encrypter.close()  # all compressed bytes are now in `enc`
         enc.close()  # the final chunk: only reached when everything before succeeded

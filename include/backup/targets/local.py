@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from include.backup import faults
 from include.backup.errors import ObjectNotFound, TargetError
+from include.backup.progress import open_counted
 from include.backup.targets.base import (
     Capabilities,
     ObjectInfo,
@@ -57,7 +58,7 @@ class LocalTarget:
     def put(self, key: str, src: Path) -> ObjectInfo:
         def copy(out: BinaryIO) -> None:
             try:
-                fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
+                fin = open_counted(src)  # counted by an upload's progress; closed below
             except OSError as exc:
                 raise TargetError(
                     f"target '{self.name}': cannot read the file to upload {src}: "

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
 from include.backup.errors import ObjectNotFound, TargetError
+from include.backup.progress import open_counted
 from include.backup.targets._remote import RemoteTarget, short, sorted_infos, source_error, source_size
 from include.backup.targets.base import (  # the temporary upload names
     ObjectInfo,
@@ -194,7 +195,7 @@ class PathStoreTarget(RemoteTarget, Generic[S]):
 
         def upload(session: S) -> None:
             try:
-                fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
+                fin = open_counted(src)  # counted by an upload's progress; closed below
             except OSError as exc:
                 raise source_error(self.name, key, src, exc) from exc
             with fin:

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from include.backup import faults
 from include.backup.errors import TargetError
+from include.backup.progress import open_counted
 from include.backup.targets._remote import (
     MiB,
     other_error,
@@ -138,7 +139,7 @@ class S3Target(ObjectStoreTarget):
         if size <= self.part_size:
             with self._errors("upload", key):
                 try:
-                    body = open(src, "rb")  # noqa: SIM115 - closed below
+                    body = open_counted(src)  # counted by an upload's progress; closed below
                 except OSError as exc:
                     raise source_error(self.name, key, src, exc) from exc
                 with body:

@@ -1,6 +1,7 @@
 """Byte streams the targets read and upload through: a range of an object fetched in
 chunks (:class:`ChunkReader`) or from a streamed body (:class:`IterReader`), a slice of a
-local file as a stream of its own (:class:`FileSlice`), and range clamping."""
+local file as a stream of its own (:class:`FileSlice`), and range clamping. Reads of a
+file that an upload's progress watches count into it (include/backup/progress.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
+
+from include.backup.progress import watcher
 
 
 def clamp_range(target: str, offset: int, length: int | None, size: int) -> tuple[int, int]:
@@ -140,6 +143,10 @@ class FileSlice(io.RawIOBase):
         self._length = length
         self._pos = 0
         self._f.seek(offset)
+        # An upload's progress; a client that reads a part twice (a checksum, a retry)
+        # counts it once: only reads past the furthest position count.
+        self._progress = watcher(path)
+        self._furthest = 0
 
     def readable(self) -> bool:
         return True
@@ -170,6 +177,7 @@ class FileSlice(io.RawIOBase):
             return 0
         n = self._f.readinto(view) or 0
         self._pos += n
+        self._count()
         return n
 
     def read(self, size: int | None = -1) -> bytes:
@@ -178,7 +186,13 @@ class FileSlice(io.RawIOBase):
             size = left
         data = self._f.read(size)
         self._pos += len(data)
+        self._count()
         return data
+
+    def _count(self) -> None:
+        if self._progress is not None and self._pos > self._furthest:
+            self._progress.add(self._pos - self._furthest)
+            self._furthest = self._pos
 
     def close(self) -> None:
         try:
@@ -193,6 +207,9 @@ def read_slice(path: Path, offset: int, length: int) -> bytes:
         data = f.read(length)
     if len(data) != length:
         raise OSError(f"{path} changed while it was being uploaded (short read at {offset})")
+    progress = watcher(path)
+    if progress is not None:
+        progress.add(length)
     return data
 
 
