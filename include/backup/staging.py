@@ -109,6 +109,7 @@ class StagingFile(io.RawIOBase):
         self._fault = fault
         self.written = 0
         self.full: StagingFull | None = None
+        self.free: int | None = None  # free bytes when the disk was found full
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(path, flags, FILE_MODE)
         try:
@@ -159,7 +160,8 @@ class StagingFile(io.RawIOBase):
     def _raise_if_full(self, exc: OSError) -> None:
         if exc.errno not in _FULL:
             return
-        self.full = StagingFull(full_message(self.path, self.written, self.needed))
+        self.free = free_bytes(self.path)
+        self.full = StagingFull(full_message(self.path, self.written, self.needed, free=self.free))
         self.close()
         self.path.unlink(missing_ok=True)  # a partial file is of no use to anyone
         raise self.full from exc
@@ -175,19 +177,27 @@ def as_staging_full(exc: BaseException, where: Path, *, expected: str | None = N
     return StagingFull(full_message(path, 0, None, expected=expected))
 
 
-def full_message(path: Path, written: int, needed: int | None, *, expected: str | None = None) -> str:
-    """``expected``: what the step is expected to write, in words, when ``needed`` (a
-    number of bytes) is not known (e.g. "the last backup of docs was 3.1 MiB")."""
+def free_bytes(path: Path) -> int | None:
     try:
-        free = fmt_bytes(shutil.disk_usage(path.parent).free)
+        return shutil.disk_usage(path.parent).free
     except OSError:
-        free = "an unknown amount"
+        return None
+
+
+def full_message(
+    path: Path, written: int, needed: int | None, *, expected: str | None = None, free: int | None = None
+) -> str:
+    """``expected``: what the step is expected to write, in words, when ``needed`` (a
+    number of bytes) is not known (e.g. "the last backup of docs was 3.1 MiB"). ``free``:
+    the free bytes when the disk was found full (default: now)."""
+    free_now = free if free is not None else free_bytes(path)
+    free_text = fmt_bytes(free_now) if free_now is not None else "an unknown amount"
     need = f"; this step needs about {fmt_bytes(needed)}" if needed is not None else ""
     if needed is None and expected:
         need = f"; {expected}"
     return (
         f"staging is full: writing {path} failed (no space left on its file system) after "
-        f"{fmt_bytes(written)} written; {free} free there{need}. Free space on that volume, "
+        f"{fmt_bytes(written)} written; {free_text} free there{need}. Free space on that volume, "
         "or point staging_dir (or $BACKUP_STAGING_DIR) at a larger one, then clear the "
         "failed task to run it again"
     )

@@ -393,9 +393,9 @@ def _dump_full(
     """A full staging disk during the dump, named with what the dump was expected to
     need (the last backup of this type); None when ``exc`` is something else."""
     if raw_out is not None and raw_out.full is not None:
-        return StagingFull(
-            full_message(raw_out.path, raw_out.written, None, expected=_expected_dump(config, schedule))
-        )
+        expected = _expected_dump(config, schedule)
+        message = full_message(raw_out.path, raw_out.written, None, expected=expected, free=raw_out.free)
+        return StagingFull(message)
     if as_staging_full(exc, stage) is None:
         return None
     return as_staging_full(exc, stage, expected=_expected_dump(config, schedule))
