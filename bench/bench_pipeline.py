@@ -20,6 +20,10 @@ What it measures, all in the same run and on the same files:
     ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` by a probe process whose only child is
     the sealing process. Target: < 128 MB and about the same for both sizes.
 (d) ``restic backup`` of the text file into a fresh local repository, if restic is on PATH.
+(e) The cost of progress reporting (include/backup/progress.py): ``seal()`` with a
+    Progress logging its lines (to a handler writing to /dev/null) against ``seal()``
+    without, alternating, on both inputs with output to /dev/null (where the pipeline's own
+    cost shows most). Target: within 2 %. ``--progress-only`` runs just this part.
 
 Runs alternate baseline and pipeline for ``--rounds`` rounds and report the best (least
 disturbed) and median times; ratios use the best times, and the per-round ratios (baseline
@@ -342,15 +346,25 @@ def effective_cores(seconds: float = 0.5) -> float:
     return ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / seconds
 
 
-def child_seal(src: str, out: str, threads: int) -> None:
-    """Child process body: seal src (a path, or '-' for stdin) into out; print JSON stats."""
+def child_seal(src: str, out: str, threads: int, progress: bool = False) -> None:
+    """Child process body: seal src (a path, or '-' for stdin) into out; print JSON stats.
+    ``progress``: with a Progress whose task-log lines go to /dev/null, as in a task."""
+    import logging
+
     from include.backup.pipeline.stream import seal
+    from include.backup.progress import Progress
 
     fin = sys.stdin.buffer if src == "-" else open(src, "rb", buffering=0)  # noqa: SIM115
+    tracker = None
+    if progress:
+        logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115
+        tracker = Progress("bench seal", os.path.getsize(src) if src != "-" else None)
     c0 = os.times()
     t = time.perf_counter()
     with fin, open(out, "wb", buffering=0) as fout:
-        r = seal(fin, fout, kek=BENCH_KEK, key_id="bench", threads=threads)
+        r = seal(fin, fout, kek=BENCH_KEK, key_id="bench", threads=threads, progress=tracker)
+    if tracker is not None:
+        tracker.finish()
     secs = time.perf_counter() - t
     c1 = os.times()
     print(
@@ -367,11 +381,76 @@ def child_seal(src: str, out: str, threads: int) -> None:
     )
 
 
-def run_seal(src: Path, out: Path, threads: int) -> dict:
+def run_seal(src: Path, out: Path, threads: int, progress: bool = False) -> dict:
     _prepare(out)
     cmd = [sys.executable, __file__, "--_child-seal", str(src), str(out), "--threads", str(threads)]
+    if progress:
+        cmd.append("--_progress")
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_seal_progress(src: Path, out: Path, threads: int) -> dict:
+    return run_seal(src, out, threads, progress=True)
+
+
+def progress_cost(text: Path, rand: Path, rounds: int, threads: int) -> dict[str, dict]:
+    """(e): seal with and without progress reporting, alternating, output to /dev/null."""
+    null = Path(os.devnull)
+    results: dict[str, dict] = {}
+    for label, src in (("text", text), ("random", rand)):
+        plan = [
+            (f"seal ({label}) > /dev/null", run_seal, null),
+            (f"seal + progress ({label}) > /dev/null", run_seal_progress, null),
+        ]
+        results.update(run_plan(f"progress {label}", src, plan, rounds, threads))
+    return results
+
+
+def add_cost_ns(calls: int = 1_000_000) -> float:
+    """Nanoseconds per ``Progress.add`` of one 4 MiB block (what seal() calls per block),
+    the log sink's clock reads and line checks included; measured in this process."""
+    import logging
+
+    from include.backup.pipeline.stream import READ_BLOCK
+    from include.backup.progress import Progress
+
+    logging.getLogger("include.backup.progress").disabled = True
+    p = Progress("bench add", calls * READ_BLOCK)
+    t = time.perf_counter()
+    for _ in range(calls):
+        p.add(READ_BLOCK)
+    return (time.perf_counter() - t) / calls * 1e9
+
+
+def print_progress_cost(results: dict[str, dict]) -> None:
+    from include.backup.pipeline.stream import READ_BLOCK
+
+    ns = add_cost_ns()
+    for label in ("text", "random"):
+        off = results[f"seal ({label}) > /dev/null"]
+        cpu_per_gib = off["cpu"] / (off["raw"] / (1 << 30)) if off.get("cpu") else None
+        calls = (1 << 30) // READ_BLOCK
+        on = results[f"seal + progress ({label}) > /dev/null"]
+        if cpu_per_gib:
+            cost_s = calls * ns / 1e9
+            print(
+                f"  (e) {label}: Progress.add {ns:.0f} ns per {READ_BLOCK >> 20} MiB block x {calls} per GiB "
+                f"= {cost_s * 1e3:.3f} ms CPU per GiB; seal spends {cpu_per_gib:.2f} CPU-s per GiB: "
+                f"{cost_s / cpu_per_gib * 100:.4f} %"
+            )
+        print(f"      CPU s (median) off {off['cpu']:.2f}, on {on['cpu']:.2f}")
+    print("  (e) progress on vs off (seal > /dev/null; time on / time off - 1):")
+    for label in ("text", "random"):
+        off, on = results[f"seal ({label}) > /dev/null"], results[f"seal + progress ({label}) > /dev/null"]
+        paired = [1 / r - 1 for r in off["paired"]]  # paired = off / on for each round
+        best = on["best"] / off["best"] - 1
+        med = statistics.median(paired)
+        print(
+            f"      {label}: best {best * 100:+.1f} %, per-round "
+            + " ".join(f"{p * 100:+.1f}" for p in paired)
+            + f" (median {med * 100:+.1f} %)  target within 2 %  {'PASS' if abs(med) <= 0.02 else 'FAIL'}"
+        )
 
 
 def child_rss_probe(sources: list[str], out: str, threads: int) -> None:
@@ -483,6 +562,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (reuse inputs next time)")
     ap.add_argument("--skip-4g", action="store_true", help="skip the 4x-size RSS probe")
     ap.add_argument("--skip-restic", action="store_true")
+    ap.add_argument("--progress-only", action="store_true", help="only (e): the cost of progress reporting")
+    ap.add_argument("--_progress", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_child-seal", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--_child-rss", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -490,7 +571,7 @@ def main() -> int:
 
     if args._child_seal:
         src, out = args._child_seal
-        child_seal(src, out, threads=args.threads)
+        child_seal(src, out, threads=args.threads, progress=args._progress)
         return 0
     if args._child_rss:
         child_rss_probe(args._child_rss, args.out, args.threads)
@@ -506,6 +587,16 @@ def main() -> int:
         print("inputs:")
         ensure_input(text, size, make_text)
         ensure_input(rand, size, make_random)
+        if args.progress_only:
+            cores = effective_cores()
+            print(f"effective cores now: {cores:.2f} of {os.cpu_count()}")
+            cost = progress_cost(text, rand, args.rounds, args.threads)
+            print(f"\n{'run':38s} {'best s':>7s} {'med s':>7s} {'MB/s':>8s} {'med MB/s':>8s} {'out MB':>9s}"
+                  f" {'ratio':>6s} {'cpu s':>7s}")
+            for name, s in cost.items():
+                print(row(name, s))
+            print_progress_cost(cost)
+            return 0
 
         cores_before = effective_cores()
         print(f"effective cores now: {cores_before:.2f} of {os.cpu_count()}")
@@ -532,6 +623,7 @@ def main() -> int:
         }
         for label, (src, plan) in plans.items():
             results.update(run_plan(label, src, plan, args.rounds, args.threads))
+        progress_results = progress_cost(text, rand, args.rounds, args.threads)
 
         restic = None if args.skip_restic else run_restic(text, workdir)
 
@@ -592,6 +684,7 @@ def main() -> int:
         f"      random > /dev/null (no filesystem): seal {null_mbps:.0f} MB/s, "
         f"zstd {mbps(zn['raw'], zn['best']):.0f} MB/s, ratio {zn['best'] / sn['best']:.2f}"
     )
+    print_progress_cost(progress_results)
     mbs = {k: v["children_maxrss_kb"] / 1024 for k, v in rss.items()}
     ok = all(v < 128 for v in mbs.values())
     print(

@@ -109,9 +109,10 @@ def fmt_seconds(s: float) -> str:
 
 
 class Sink(Protocol):
-    """Receives snapshots; ``update`` at most once per ``check_bytes``, ``close`` once."""
+    """Told of progress: ``update`` at most once per ``check_bytes`` (cheap: it decides from
+    the tracker's counters whether to build a snapshot), ``close`` once, at the end."""
 
-    def update(self, snap: Snapshot, now: float) -> None: ...
+    def update(self, progress: Progress, now: float) -> None: ...
 
     def close(self, snap: Snapshot, now: float) -> None: ...
 
@@ -125,15 +126,13 @@ class LogSink:
         self._last: float | None = None  # when the last line was written (or the start)
         self._next_percent = LOG_EVERY_PERCENT
 
-    def update(self, snap: Snapshot, now: float) -> None:
-        last = self._last if self._last is not None else now - snap.elapsed
-        gap = now - last
+    def update(self, progress: Progress, now: float) -> None:
+        gap = now - (self._last if self._last is not None else progress.started)
         if gap < LOG_MIN_GAP_S:
             return
-        percent = snap.percent
-        due_percent = percent is not None and percent >= self._next_percent
-        if gap >= LOG_EVERY_S or due_percent:
-            self._write(snap, now)
+        total = progress.total  # an estimate passed shows 99 % (Snapshot.percent): no line for it
+        if gap >= LOG_EVERY_S or (total and min(100.0 * progress.done / total, 99.0) >= self._next_percent):
+            self._write(progress.snapshot(now=now), now)
 
     def close(self, snap: Snapshot, now: float) -> None:
         self._write(snap, now)
@@ -148,7 +147,7 @@ class LogSink:
 class NullSink:
     """``--quiet``: nothing."""
 
-    def update(self, snap: Snapshot, now: float) -> None:
+    def update(self, progress: Progress, now: float) -> None:
         pass
 
     def close(self, snap: Snapshot, now: float) -> None:
@@ -173,17 +172,20 @@ class RichSink:
         )
         self._task = self._bar.add_task(what, total=total)
         self._bar.start()
+        self._shown = float("-inf")
 
-    def update(self, snap: Snapshot, now: float) -> None:
-        self._bar.update(self._task, completed=snap.done, description=_described(snap))
+    def update(self, progress: Progress, now: float) -> None:
+        if now - self._shown >= 0.1:  # the bar redraws ten times a second anyway
+            self._shown = now
+            self._bar.update(self._task, completed=progress.done, description=_described(progress))
 
     def close(self, snap: Snapshot, now: float) -> None:
         self._bar.update(self._task, completed=snap.done, total=snap.done, description=_described(snap))
         self._bar.stop()
 
 
-def _described(snap: Snapshot) -> str:
-    return f"{snap.what} ({snap.detail})" if snap.detail else snap.what
+def _described(work: Snapshot | Progress) -> str:
+    return f"{work.what} ({work.detail})" if work.detail else work.what
 
 
 SinkFactory = Callable[[str, int | None], Sink]
@@ -277,12 +279,17 @@ class Progress:
         self._sink: Sink = sink or (factory(what, self.total) if factory else LogSink())
         self._closed = False
 
+    @property
+    def started(self) -> float:
+        """The clock's reading when the work started."""
+        return self._start
+
     def add(self, n: int) -> None:
         """``n`` more bytes done: an add and a compare, the clock only every ``check_bytes``."""
         self.done += n
         if self.done >= self._next:
             self._next = self.done + self._step
-            self._sink.update(self.snapshot(), self._clock())
+            self._sink.update(self, self._clock())
 
     def set(self, done: int, detail: str | None = None) -> None:
         """Where the work stands now (a position polled rather than bytes counted)."""
@@ -290,10 +297,11 @@ class Progress:
             self.detail = detail
         self.done = done
         self._next = done + self._step
-        self._sink.update(self.snapshot(), self._clock())
+        self._sink.update(self, self._clock())
 
-    def snapshot(self, final: bool = False) -> Snapshot:
-        return Snapshot(self.what, self.done, self.total, self._clock() - self._start, final, self.detail)
+    def snapshot(self, final: bool = False, now: float | None = None) -> Snapshot:
+        now = self._clock() if now is None else now
+        return Snapshot(self.what, self.done, self.total, now - self._start, final, self.detail)
 
     def finish(self, done: int | None = None, detail: str | None = None) -> None:
         """The final line (100 %); once."""

@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,8 @@ from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
-from include.backup.testing import run_backup
+from include.backup.sources.postgres.cluster import stop_restored_server
+from include.backup.testing import PgCluster, run_backup
 from tests.unit.test_progress import Ticking, assert_monotonic_to_100
 
 pytestmark = pytest.mark.integration
@@ -138,3 +141,50 @@ def test_cli_on_a_pipe_keeps_stdout_parseable(setup: dict[str, Path]) -> None:
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith(f"disk: {backup_id}: ok (deep)")
     assert "progress" not in checked.stderr  # --quiet: no progress at all
+
+
+def test_pitr_replay_reports_the_wal_position_reached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      collected: Collect) -> None:
+    """A physical PostgreSQL backup (its dump counted against pg_database_size) and a PITR
+    restore: the replay's lines name the target time and the WAL position reached."""
+    with PgCluster(archive=True) as pg:
+        pg.create_database("shop")
+        pg.psql("CREATE TABLE orders (id int PRIMARY KEY)", db="shop")
+        monkeypatch.setenv("AIRFLOW_CONN_SHOP_PG", pg.uri("shop"))
+        config = tmp_path / "backup_config.yaml"
+        config.write_text(textwrap.dedent(f"""
+            staging_dir: {tmp_path}/staging
+            targets:
+              disk: {{type: local, path: {tmp_path}/disk}}
+            sources:
+              shop: {{type: postgres, conn_id: shop_pg, method: physical,
+                      wal_archive_dir: {pg.wal_archive_dir}}}
+            schedules:
+              - {{name: shop_base, source: shop, type: FULL, cron: "@daily", targets: [disk]}}
+              - {{name: shop_wal, source: shop, type: TRANSACTION_LOG, cron: "*/15 * * * *", targets: [disk]}}
+        """))
+        monkeypatch.setenv("BACKUP_CONFIG", str(config))
+        KeyRing.generate(tmp_path / "keys.json", "k1")
+        monkeypatch.setenv("BACKUP_KEY_FILE", str(tmp_path / "keys.json"))
+        run_backup("shop_base")
+        pg.psql("INSERT INTO orders SELECT g FROM generate_series(1, 100) g", db="shop")
+        until = datetime.fromisoformat(
+            pg.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
+            + "+00:00"
+        )
+        pg.psql("INSERT INTO orders SELECT g FROM generate_series(101, 150) g", db="shop")
+        run_backup("shop_wal")
+        into = f"{pg.base_dir}-restored"
+        keys = KeyRing.from_json((tmp_path / "keys.json").read_text())
+        try:
+            config = load_config().config
+            result = restore_backup(config, None, into, keys=keys, until=until, source_name="shop")
+        finally:
+            stop_restored_server(into, quiet=True)
+            shutil.rmtree(into, ignore_errors=True)
+    assert result.stats["tables"]["shop"] == {"orders": 100}
+    dump = _step_lines(collected, "dump")
+    assert " of " in dump[-1] and "(100 %)" in dump[-1]  # counted against pg_database_size
+    replay = [line for line in collected.lines if line.startswith("progress replay WAL of shop")]
+    assert replay and "up to target time " in replay[-1] and "(100 %)" in replay[-1], replay
+    assert re.search(r"LSN [0-9A-F]+/[0-9A-F]+, transactions replayed to \d{4}-", replay[-1]), replay

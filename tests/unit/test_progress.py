@@ -185,7 +185,7 @@ def test_pipeline_steps_report_monotonic_lines_ending_at_100(
     data = os.urandom(24 * MIB)
     src = tmp_path / "dump"
     src.write_bytes(data)
-    with prog.clock(Ticking(1.0)):  # every clock read is a second: several 5 s intervals
+    with prog.clock(Ticking(5.0)):  # every clock read is 5 s later: several reporting intervals
         with Progress("encrypt b1", len(data)) as p, open(src, "rb") as fin:
             encrypt_stream(fin, io.BytesIO(), b"k" * 32, "k1", progress=p)
         with Progress("seal b1", len(data)) as p, open(src, "rb") as fin:
@@ -194,3 +194,17 @@ def test_pipeline_steps_report_monotonic_lines_ending_at_100(
             sha256_file(src, progress=p)
     for what in ("encrypt b1", "seal b1", "checksum b1"):
         assert_monotonic_to_100(_lines_of(caplog, what))
+
+
+def test_terminal_bar_shows_the_work_and_ends_complete() -> None:
+    import rich.console
+
+    out = io.StringIO()
+    console = rich.console.Console(file=out, force_terminal=True, width=120)
+    bars = prog.reporting(lambda what, total: prog.RichSink(what, total, console))
+    with bars, Progress("restore b1 into db", 8 * MIB, clock=Ticking()) as p:
+        for _ in range(8):
+            p.add(MIB)
+    text = out.getvalue()
+    assert "restore b1 into db" in text
+    assert "8.0/8.0 MiB" in text  # the bar's last state: all of it

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from include.backup.errors import SourceError
+from include.backup.progress import Progress
 from include.backup.sources.postgres.client import find_client_binary, table_row_counts
+from include.backup.sources.postgres.wal import parse_lsn
 
 RECOVERY_WAIT_S = 1800
 PG_OS_USER = "postgres"
@@ -84,8 +86,12 @@ def _connect_local(port: int, data_dir: Path, dbname: str = "postgres") -> Any:
     return conn
 
 
-def wait_recovered(data_dir: Path, port: int, source_name: str) -> None:
-    """Until the started server accepts connections and is out of recovery."""
+def wait_recovered(
+    data_dir: Path, port: int, source_name: str, *, progress: Progress | None = None, wal_start: int = 0
+) -> None:
+    """Until the started server accepts connections and is out of recovery. While it
+    replays, ``progress`` gets the WAL position reached (bytes past ``wal_start``) and the
+    time of the last transaction replayed."""
     deadline = time.monotonic() + RECOVERY_WAIT_S
     while True:
         try:
@@ -93,7 +99,10 @@ def wait_recovered(data_dir: Path, port: int, source_name: str) -> None:
             try:
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_is_in_recovery()")
-                    if not cur.fetchone()[0]:
+                    in_recovery = cur.fetchone()[0]
+                    if progress is not None:  # after recovery: where it stopped
+                        _report_replay(cur, progress, wal_start)
+                    if not in_recovery:
                         return
             finally:
                 conn.close()
@@ -117,6 +126,15 @@ def wait_recovered(data_dir: Path, port: int, source_name: str) -> None:
                 + _log_tail(data_dir / "restore.log")
             )
         time.sleep(0.2)
+
+
+def _report_replay(cur: Any, progress: Progress, wal_start: int) -> None:
+    cur.execute("SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()")
+    lsn, replayed = cur.fetchone()
+    if lsn:
+        done = parse_lsn(lsn) - wal_start
+        at = f", transactions replayed to {replayed.isoformat(timespec='seconds')}" if replayed else ""
+        progress.set(max(done, 0), detail=f"LSN {lsn}{at}")
 
 
 def count_tables(port: int, data_dir: Path) -> dict[str, dict[str, int]]:

@@ -92,6 +92,19 @@ class PostgresSource:
         after ``prev``'s, else the gap. Logical backups form no chains: always None."""
         return continuity(prev, cur)
 
+    def estimated_size(self) -> int:
+        """``pg_database_size`` (of every database for a physical backup): what the dump's
+        progress counts against. An estimate: a logical dump leaves out indexes and free
+        space, so it usually ends below it."""
+        params = params_from_connection(self.cfg.conn_id, self.cfg.database)
+        physical = getattr(self.cfg, "method", "logical") == "physical"
+        query = "SELECT sum(pg_database_size(oid)) FROM pg_database" if physical else (
+            "SELECT pg_database_size(current_database())"
+        )
+        with connect(params, self.name) as conn, conn.cursor() as cur:
+            cur.execute(query)
+            return int(cur.fetchone()[0])
+
     def dump(self, backup_type: str, out: BinaryIO, parent: Manifest | None = None) -> DumpResult:
         backup_type = str(getattr(backup_type, "value", backup_type)).upper()
         if getattr(self.cfg, "method", "logical") == "physical" and backup_type != "SCHEMA":

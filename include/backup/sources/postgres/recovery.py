@@ -21,12 +21,14 @@ restored server: :mod:`~include.backup.sources.postgres.cluster`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +36,7 @@ from typing import Any, BinaryIO
 from include.backup.catalog.chains import ChainRules, check_chain, end_time, format_time
 from include.backup.catalog.manifest import Manifest
 from include.backup.errors import BackupError, RestoreRefused
+from include.backup.progress import Progress
 from include.backup.sources.postgres.cluster import (
     PG_OS_USER,
     as_owner,
@@ -52,7 +55,14 @@ from include.backup.sources.postgres.datadir import (
     parse_into,
     write_marker,
 )
-from include.backup.sources.postgres.wal import FORMAT_BASE, FORMAT_WAL, check_wal_complete, continuity
+from include.backup.sources.postgres.wal import (
+    DEFAULT_SEGMENT_SIZE,
+    FORMAT_BASE,
+    FORMAT_WAL,
+    check_wal_complete,
+    continuity,
+    split_segment,
+)
 
 
 def restore_chain(
@@ -90,7 +100,8 @@ def restore_chain(
         t0 = time.monotonic()
         started = True
         pg_ctl(data_dir, "start", server_major=manifests[0].position.get("server_version_num"))
-        wait_recovered(data_dir, port, source_name)
+        with _replay_progress(source_name, manifests, target_time) as (replay, wal_start):
+            wait_recovered(data_dir, port, source_name, progress=replay, wal_start=wal_start)
         replay_s = time.monotonic() - t0
         tables = count_tables(port, data_dir)
     except BaseException as exc:
@@ -121,6 +132,20 @@ CHAIN_RULES = ChainRules(
     wrong_start=_NEEDS_BASE + "{first.backup_id}",
     wrong_link_format="backup {m.backup_id} ({m.payload_format}) is not a WAL backup",
 )
+
+
+@contextlib.contextmanager
+def _replay_progress(
+    source_name: str, manifests: list[Manifest], target_time: datetime | None
+) -> Iterator[tuple[Progress, int]]:
+    """A Progress for the WAL replay: bytes of WAL from the base backup's first segment
+    to the end of the last WAL backup's, and the WAL position reached against the target."""
+    seg = int(manifests[0].position.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+    start = split_segment(manifests[0].position["wal_first"], seg)[1] * seg
+    end = (split_segment(manifests[-1].position["wal_last"], seg)[1] + 1) * seg
+    goal = f"target time {format_time(target_time)}" if target_time else "the end of the WAL"
+    with Progress(f"replay WAL of {source_name} up to {goal}", end - start) as replay:
+        yield replay, start
 
 
 def _check_chain(manifests: list[Manifest], only: list[str] | None, source_name: str) -> None:
