@@ -17,6 +17,8 @@ chain restore removes them.
 
 Modules: :mod:`.index` (file index, exclude patterns, tree digest and comparison),
 :mod:`.dump` (FULL/INCREMENTAL tar writing), :mod:`.headers` (tar header helpers for it),
+:mod:`.changes` (paths that vanished or changed while read: fail, or warn and mark the
+backup incomplete, per ``on_changed``),
 :mod:`.extract` (applying a tar stream),
 :mod:`.stage` (the ``<into>.restoring-*`` sibling and publishing it), :mod:`.restore`
 (checking and restoring a chain), :mod:`.source` (the :class:`FilesSource` class).

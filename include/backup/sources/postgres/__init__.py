@@ -13,6 +13,7 @@ Modules, each importing only those above it:
   physical    the physical source: base backups and WAL backups
   toc         partial logical restores: the archive's table of contents
   databases   the database a logical restore goes into
+  consistency tables dropped as a logical dump begins: locked at once, or a clear error
   logical     :class:`PostgresSource`: pg_dump / pg_restore, delegating physical work
 """
 
