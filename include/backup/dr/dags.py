@@ -211,7 +211,9 @@ DR_MONITOR_DOC = """### DR monitor
 Every 15 minutes: newest verified backup per source against the RPO, late schedules,
 backups running much longer than usual, overdue DR tests, key rotation, free space and
 reachability of the targets. Mails each violation once until it clears (docs/alerts.md);
-sends the figures as Airflow metrics (docs/metrics.md). XCom: the report's metadata.
+sends the figures as Airflow metrics (docs/metrics.md). Also sweeps the staging area for
+plaintext of dead runs and, every few hours per target, removes orphans at the targets
+(docs/concurrency.md). XCom: the report's metadata, with what the sweep removed (`swept`).
 """
 
 
