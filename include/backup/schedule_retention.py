@@ -101,18 +101,19 @@ def sweep_all_targets(
     now = as_utc(now) if now else utcnow()
     root = staging_root(config)
     state = _read_sweep_state(root)
-    built = targets if targets is not None else {n: build_target(n, c) for n, c in config.targets.items()}
+    names = list(targets) if targets is not None else list(config.targets)
     removed: dict[str, dict[str, Swept]] = {}
-    for name, target in built.items():
+    for name in names:
         last = state.get(name)
         if last is not None and now - last < every:
             continue
         try:
+            target = targets[name] if targets is not None else build_target(name, config.targets[name])
             for source in config.sources:
                 swept = sweep_source(target, source, root, now=now)
                 if swept:
                     removed.setdefault(name, {})[source] = swept
-        except Exception as exc:  # noqa: BLE001 - TargetError, SDK errors: the others still go
+        except Exception as exc:  # noqa: BLE001 - a bad target, TargetError, SDK errors: the others still go
             log.warning("orphan sweep at target %s skipped: %s", name, exc)
             continue
         state[name] = now

@@ -8,6 +8,7 @@ import logging
 import os
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from include.backup.catalog.manifest import (
     Verification,
     backup_prefix,
 )
-from include.backup.config.schema import GFSRetention
+from include.backup.config.schema import BackupConfig, GFSRetention
 from include.backup.errors import TargetError
 from include.backup.retention import (
     DEPENDENT_TYPES,
@@ -37,7 +38,8 @@ from include.backup.retention import (
     plan_retention,
     sweep_target,
 )
-from include.backup.targets.base import PartialUpload, temp_name
+from include.backup.schedule_retention import MONITOR_SWEEP_EVERY, sweep_all_targets
+from include.backup.targets.base import ObjectInfo, PartialUpload, temp_name
 from include.backup.targets.local import LocalTarget
 
 SEED_GFS = GFSRetention(daily=7, weekly=4, monthly=12, yearly=7)
@@ -747,3 +749,31 @@ def test_partial_upload_removal_refuses_objects(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match="not a temporary upload file"):
         target.remove_partial_upload(PartialUpload("src/b/payload", None))
     assert target.stat("src/b/payload") is not None
+
+
+class Unreachable(LocalTarget):
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        raise TargetError(f"target '{self.name}': cannot reach the server; check it is up")
+
+
+def test_monitor_sweep_skips_an_unreachable_target_and_sweeps_each_every_few_hours(tmp_path: Path) -> None:
+    config = BackupConfig.model_validate({
+        "staging_dir": str(tmp_path / "staging"),
+        "targets": {name: {"type": "local", "path": str(tmp_path / name)} for name in ("disk", "nas")},
+        "sources": {"events_pg": {"type": "postgres", "conn_id": "events_pg"}},
+        "schedules": [{"name": "daily_full", "source": "events_pg", "cron": "@daily", "targets": ["disk"]}],
+    })
+    (tmp_path / "staging").mkdir()
+    disk, nas = LocalTarget("disk", tmp_path / "disk"), Unreachable("nas", tmp_path / "nas")
+    disk.put_bytes(f"events_pg/{OLD_IDS[0]}/{PAYLOAD_NAME}", b"sealed")  # no manifest
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+
+    swept = sweep_all_targets(config, now=now, targets={"nas": nas, "disk": disk})
+    assert swept == {"disk": {"events_pg": Swept(orphans=[OLD_IDS[0]])}}  # nas skipped, no raise
+    disk.put_bytes(f"events_pg/{OLD_IDS[1]}/{PAYLOAD_NAME}", b"sealed")
+    # disk was swept just now: not again for MONITOR_SWEEP_EVERY; nas is tried every round.
+    assert sweep_all_targets(config, now=now + timedelta(hours=1), targets={"disk": disk}) == {}
+    later = now + MONITOR_SWEEP_EVERY
+    assert sweep_all_targets(config, now=later, targets={"disk": disk}) == {
+        "disk": {"events_pg": Swept(orphans=[OLD_IDS[1]])}
+    }
