@@ -467,16 +467,30 @@ def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
 
 
 def _finished_encrypt(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta | None:
-    """The payload an earlier attempt completed, once it removed the dump (resume.py).
-    None while the dump is there: it is encrypted again."""
-    if (stage / DUMP_NAME).exists() or not (stage / PAYLOAD_NAME).exists():
+    """The payload an earlier attempt completed, once it has removed the dump: the draft
+    records its encryption and size, and it opens (every chunk authenticated, the
+    plaintext of the recorded size). None while the dump is there (encrypt it again)."""
+    payload = stage / PAYLOAD_NAME
+    if (stage / DUMP_NAME).exists() or not payload.exists():
         return None
-    _read_draft(stage)  # no draft: say which task to clear
-    draft = sealed_payload(stage, meta.backup_id, load_keys(config))
-    if draft is None or draft.encryption is None:
-        return None  # nothing was sealed: _encrypt_dump says that the dump is gone
+    draft = _read_draft(stage)
+    if draft.encryption is None:
+        return None  # the dump is gone and nothing was sealed: _encrypt_dump says so
+    size = payload.stat().st_size
+    problems = [] if draft.stored_size in (0, size) else [
+        f"it is {size} bytes, the draft records {draft.stored_size}"
+    ]
+    if not problems:
+        with open(payload, "rb") as raw:
+            problems = _sealed_problems(raw, load_keys(config), draft)
+    if problems:
+        raise BackupError(
+            f"staging {stage} holds the payload of backup {meta.backup_id} but not its dump, "
+            f"and the payload does not open: {'; '.join(problems)}. Clear the dump task to run "
+            "the backup again"
+        )
     log.info("the encrypt of %s had finished in an earlier attempt: payload checked, kept", meta.backup_id)
-    return replace(meta, key_id=draft.encryption.key_id, stored_size=(stage / PAYLOAD_NAME).stat().st_size)
+    return replace(meta, key_id=draft.encryption.key_id, stored_size=size)
 
 
 def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta:
@@ -582,10 +596,10 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
     the run's staging is gone since), the step checks it and puts nothing again."""
     stage = meta.stage
     _touch(stage)
-    staged = staged_manifest(stage)
+    staged = _staged_manifest(stage)
     backup_id = staged.backup_id if staged is not None else meta.backup_id
     target = _config_target(config, target_name, "upload", backup_id)
-    published = find_published(target, load_keys(config), backup_id, staged, meta.sha256, meta.stored_size)
+    published = _published(config, target, meta, staged)
     manifest = staged or published
     if manifest is None:
         raise BackupError(
@@ -633,6 +647,37 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
     faults.hit("upload.done")
     log.info("uploaded %s to target %s", manifest.backup_id, target_name)
     return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}
+
+
+def _staged_manifest(stage: Path) -> Manifest | None:
+    try:
+        return Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _published(
+    config: BackupConfig, target: Any, meta: BackupMeta, staged: Manifest | None
+) -> Manifest | None:
+    """This backup as the target holds it, when an earlier attempt published it: a signed
+    manifest naming the payload this run sealed (the staged manifest's, else the XCom's
+    hash and size), and a payload object of that size. None otherwise."""
+    try:
+        if staged is not None:
+            stored = read_manifest(target, staged.source, staged.backup_id)
+        else:
+            stored = find_backup(target, meta.backup_id)
+        authenticate(stored, load_keys(config), backup_id=meta.backup_id)
+        payload = stored.object(PAYLOAD_NAME)
+    except (ObjectNotFound, IntegrityError, KeyNotFoundError, KeyError):
+        return None
+    want = staged.object(PAYLOAD_NAME) if staged is not None else None
+    sha256 = want.sha256 if want is not None else meta.sha256
+    size = want.size if want is not None else meta.stored_size
+    if stored.auth is None or (payload.sha256, payload.size) != (sha256, size):
+        return None
+    info = target.stat(f"{backup_prefix(stored.source, stored.backup_id)}/{PAYLOAD_NAME}")
+    return stored if info is not None and info.size == payload.size else None
 
 
 def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool = False) -> dict[str, Any]:
@@ -692,9 +737,24 @@ def deep_verify(
     try:
         authenticate(manifest, keys)
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
-            return sealed_problems(counted(raw, progress), keys, manifest)
+            return _sealed_problems(counted(raw, progress), keys, manifest)
     except BackupError as exc:
         return [str(exc)]
+
+
+def _sealed_problems(raw: BinaryIO, keys: Any, manifest: Manifest) -> list[str]:
+    """Decrypt and decompress the payload ``raw`` to the end: what is wrong with it (every
+    chunk authenticated, bound to this backup, the plaintext of the recorded size)."""
+    try:
+        plain = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
+        total = 0
+        while block := plain.read(1 << 20):
+            total += len(block)
+    except BackupError as exc:
+        return [str(exc)]
+    if total != manifest.raw_size:
+        return [f"decrypted size {total} differs from the recorded {manifest.raw_size}"]
+    return []
 
 
 def cleanup(
