@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from include.backup.catalog import signing
 from include.backup.catalog.manifest import Manifest, StoredObject
@@ -531,6 +532,12 @@ def test_incomplete_mark_is_signed_and_absent_from_complete_manifests(
     assert not stripped.incomplete
     with pytest.raises(IntegrityError, match="failed authentication"):
         signing.authenticate(stripped, lambda key_id: kek)
+
+
+def test_on_changed_takes_fail_or_warn_and_defaults_to_fail() -> None:
+    assert FilesConfig(type="files", paths=["/srv"]).on_changed == "fail"
+    with pytest.raises(ValidationError, match="on_changed"):
+        FilesConfig(type="files", paths=["/srv"], on_changed="ignore")
 
 
 def _vanishing_open(victim: Path) -> Any:
