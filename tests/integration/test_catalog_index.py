@@ -304,3 +304,20 @@ def test_backups_api_refuses_bad_values_naming_the_parameter(api: TestClient, pa
     response = api.get("/api/backups", params={param: value})
     assert response.status_code == 400
     assert response.json()["detail"].startswith(f"{param}: ")
+
+
+def test_a_restore_reads_the_manifests_of_its_chain_only(local: LocalTarget, ring: KeyRing) -> None:
+    store(local, make_manifest(ring, "old-full"), ring)
+    store(local, make_manifest(ring, "full", hours=1), ring)
+    store(local, make_manifest(ring, "inc1", hours=2, backup_type="INCREMENTAL", parent_id="full"), ring)
+    store(local, make_manifest(ring, "inc2", hours=3, backup_type="INCREMENTAL", parent_id="inc1"), ring)
+    index.summaries(local, "events_pg", ring)  # the index exists
+    counting = CountingTarget(local)
+    chain = index.read_chain(counting, "events_pg", ring)  # type: ignore[arg-type]
+    assert ids(chain) == ["full", "inc1", "inc2"]
+    assert all(m.source_state == FILE_INDEX and m.objects for m in chain)  # whole manifests
+    assert counting.manifest_reads() == 3  # not old-full's
+    assert ids(index.read_chain(local, "events_pg", ring, "inc1")) == ["full", "inc1"]
+    local.delete(f"events_pg/full/{MANIFEST_NAME}")  # behind the index's back
+    with pytest.raises(IntegrityError, match="needs parent full"):
+        index.read_chain(local, "events_pg", ring, "inc2")

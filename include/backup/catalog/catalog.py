@@ -77,7 +77,7 @@ def scan_backups(target: Target, source: str | None = None) -> CatalogScan:
         parts = info.key.split("/")
         if len(parts) != 3 or parts[2] != MANIFEST_NAME:
             continue
-        manifest, problem = _load_listed(target, parts[0], parts[1], info.key)
+        manifest, problem = load_listed(target, parts[0], parts[1], info.key)
         if problem:
             log.warning("%s", problem)
             scan.problems.append(problem)
@@ -87,7 +87,7 @@ def scan_backups(target: Target, source: str | None = None) -> CatalogScan:
     return scan
 
 
-def _load_listed(
+def load_listed(
     target: Target, source: str, backup_id: str, key: str
 ) -> tuple[Manifest | None, str | None]:
     try:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from include.backup.catalog.catalog import chain_for, find_backup, list_backups, verify_object
+from include.backup.catalog.catalog import chain_for, find_backup, read_manifest, verify_object
 from include.backup.catalog.chains import pitr_chain
+from include.backup.catalog.index import optional_keys, read_chain, summaries
 from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, backup_prefix
 from include.backup.catalog.signing import authenticate
 from include.backup.config.schema import BackupConfig
@@ -203,6 +204,18 @@ def _continuity(source: Any) -> Any:
     return fn if callable(fn) else None
 
 
+def _whole_chain(target: Any, source: str, keys: Any, chain: str | list[Manifest]) -> list[Manifest]:
+    """The whole manifests of a chain the catalog index found (it holds records only): of
+    the chain ending at the backup id ``chain``, or of the record-only ``chain``. A manifest
+    deleted since the index was written makes the chain unusable at this target."""
+    try:
+        if isinstance(chain, str):
+            return read_chain(target, source, keys, chain)
+        return [read_manifest(target, source, m.backup_id) for m in chain]
+    except ObjectNotFound as exc:
+        raise IntegrityError(f"{exc}; the catalog index is behind the target (list --rebuild-index)") from exc
+
+
 def _find_chain(
     config: BackupConfig,
     source_name: str,
@@ -220,10 +233,11 @@ def _find_chain(
     names = [target_name] if target_name else list(config.targets)
     first_error: Exception | None = None
     notes: list[str] = []
+    keys = optional_keys(config)  # the chain is found in the catalog index: only its manifests are read
     for name in names:
         target = build_target(name, config.targets[name])
         try:
-            backups = list_backups(target, source_name)
+            backups = summaries(target, source_name, keys)
         except TargetError as exc:
             notes.append(f"{name}: {exc}")
             continue
@@ -232,9 +246,9 @@ def _find_chain(
             continue
         try:
             if until is None:
-                known = {m.backup_id: m for m in backups}
-                return target, chain_for(target, backups[-1], known=known)
-            return target, pitr_chain(backups, until, _continuity(source))
+                return target, _whole_chain(target, source_name, keys, backups[-1].backup_id)
+            chain = pitr_chain(backups, until, _continuity(source))
+            return target, _whole_chain(target, source_name, keys, chain)
         except (RestoreRefused, IntegrityError) as exc:
             notes.append(f"{name}: {exc}")
             if first_error is None:
