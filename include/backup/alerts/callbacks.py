@@ -48,7 +48,8 @@ from include.backup.alerts.deadlines import (  # re-exported: they lived here (D
     rto_deadline_for,  # noqa: F401
 )
 from include.backup.alerts.notify import Alert, AlertKind, redact, send
-from include.backup.catalog.catalog import as_utc, list_backups, verified_at
+from include.backup.catalog.catalog import as_utc, verified_at
+from include.backup.catalog.index import optional_keys, summaries
 from include.backup.staging import FAILED_MARKER, remove_plaintext, write_private
 from include.backup.targets import build_targets
 from include.backup.tasks import load_config, make_backup_id, staging_dir
@@ -122,9 +123,10 @@ def last_good_backup(config: Any, schedule: Any) -> tuple[str, datetime] | None:
         targets = build_targets(config, schedule.targets)
     except Exception:  # noqa: BLE001
         return None
+    keys = optional_keys(config)
     for target in targets:
         try:
-            manifests = list_backups(target, schedule.source)
+            manifests = summaries(target, schedule.source, keys)  # catalog index records
         except Exception as exc:  # noqa: BLE001 - an unreachable target: use the others
             log.warning("last good backup: cannot list target '%s' (%s)", target.name, redact(exc))
             continue
