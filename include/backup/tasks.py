@@ -1,11 +1,13 @@
 """The steps of a backup run, as plain functions the generated DAGs call.
 
 Why about 500 lines: the six steps and their typed metadata, each step with the checks
-that make it safe to retry; retention lives in schedule_retention.py, staging in staging.py.
+that make it safe to retry; retention lives in schedule_retention.py, staging in staging.py,
+the checks of what an earlier attempt of a step finished in resume.py.
 
 Each step reads its inputs from the staging directory of the backup and hands the next a
 :class:`BackupMeta` (ids, paths, sizes, hashes: never data, never secrets), a plain dict
-in XCom. Every step is idempotent: a retry redoes the step from its inputs.
+in XCom. Every step is idempotent: a retry redoes the step from its inputs, or returns
+what an earlier attempt finished once it has checked it (docs/faults.md).
 
 The steps (``dump``, ``encrypt``, ``checksum``, ``upload``, ``verify``, ``cleanup``) take
 the config (and the schedule) they run for; the ``@task`` wrappers (factory.py) resolve
@@ -36,7 +38,6 @@ from include.backup import faults
 from include.backup.catalog.catalog import (
     find_backup,
     latest,
-    read_manifest,
     verify_object,
 )
 from include.backup.catalog.index import publish
@@ -57,15 +58,21 @@ from include.backup.errors import (
     BackupError,
     IntegrityError,
     KeyNotFoundError,
-    ObjectNotFound,
     TargetError,
 )
 from include.backup.metrics import emit_backup_run
 from include.backup.pipeline.compression import compress_writer
 from include.backup.pipeline.crypto import encrypt_stream
 from include.backup.pipeline.hashing import CountingWriter, sha256_file
-from include.backup.pipeline.stream import open_sealed
 from include.backup.progress import Progress, counted, counting_reads, file_sizes
+from include.backup.resume import (
+    finished_dump,
+    sealed_payload,
+    sealed_problems,
+    signed_for,
+    staged_manifest,
+)
+from include.backup.resume import published as find_published
 from include.backup.runtime import load_config, load_keys
 from include.backup.schedule_retention import (
     apply_schedule_retention,
@@ -283,11 +290,11 @@ def dump(
     stage = staging_dir(config, backup_id)
     # Plaintext of any schedule's runs that died with their worker (staging.py).
     sweep_plaintext(stage.parent, grace_s=plaintext_grace_s(), skip=backup_id)
-    finished = _finished_dump(stage)
+    finished = finished_dump(stage)
     if finished is not None:
         _touch(stage)
         log.info("the dump of %s had finished in an earlier attempt: kept", backup_id)
-        return finished
+        return _dump_meta(stage, finished)
     if stage.exists():  # a retry: start the step again from nothing
         shutil.rmtree(stage)
     try:
@@ -374,19 +381,6 @@ def _dump_meta(stage: Path, manifest: Manifest) -> BackupMeta:
     )
 
 
-def _finished_dump(stage: Path) -> BackupMeta | None:
-    """The dump an earlier attempt finished: its draft manifest (not yet encrypted) and a
-    dump of the size the draft records. None when there is none (or it is incomplete)."""
-    try:
-        draft = Manifest.from_json((stage / DRAFT_NAME).read_bytes())
-        size = (stage / DUMP_NAME).stat().st_size
-    except (OSError, ValueError):
-        return None
-    if draft.encryption is not None or size != draft.compressed_size:
-        return None
-    return _dump_meta(stage, draft)
-
-
 def _dump_full(
     config: BackupConfig, schedule: Schedule, exc: BaseException, raw_out: StagingFile | None, stage: Path
 ) -> StagingFull | None:
@@ -467,30 +461,16 @@ def encrypt(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
 
 
 def _finished_encrypt(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta | None:
-    """The payload an earlier attempt completed, once it has removed the dump: the draft
-    records its encryption and size, and it opens (every chunk authenticated, the
-    plaintext of the recorded size). None while the dump is there (encrypt it again)."""
-    payload = stage / PAYLOAD_NAME
-    if (stage / DUMP_NAME).exists() or not payload.exists():
+    """The payload an earlier attempt completed, once it removed the dump (resume.py).
+    None while the dump is there: it is encrypted again."""
+    if (stage / DUMP_NAME).exists() or not (stage / PAYLOAD_NAME).exists():
         return None
-    draft = _read_draft(stage)
-    if draft.encryption is None:
-        return None  # the dump is gone and nothing was sealed: _encrypt_dump says so
-    size = payload.stat().st_size
-    problems = [] if draft.stored_size in (0, size) else [
-        f"it is {size} bytes, the draft records {draft.stored_size}"
-    ]
-    if not problems:
-        with open(payload, "rb") as raw:
-            problems = _sealed_problems(raw, load_keys(config), draft)
-    if problems:
-        raise BackupError(
-            f"staging {stage} holds the payload of backup {meta.backup_id} but not its dump, "
-            f"and the payload does not open: {'; '.join(problems)}. Clear the dump task to run "
-            "the backup again"
-        )
+    _read_draft(stage)  # no draft: say which task to clear
+    draft = sealed_payload(stage, meta.backup_id, load_keys(config))
+    if draft is None or draft.encryption is None:
+        return None  # nothing was sealed: _encrypt_dump says that the dump is gone
     log.info("the encrypt of %s had finished in an earlier attempt: payload checked, kept", meta.backup_id)
-    return replace(meta, key_id=draft.encryption.key_id, stored_size=size)
+    return replace(meta, key_id=draft.encryption.key_id, stored_size=(stage / PAYLOAD_NAME).stat().st_size)
 
 
 def _encrypt_dump(config: BackupConfig, meta: BackupMeta, stage: Path) -> BackupMeta:
@@ -562,7 +542,7 @@ def checksum(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     with Progress(f"checksum {manifest.backup_id}", file_sizes([payload])) as progress:
         digest, size = sha256_file(payload, progress=progress)
     keys = load_keys(config)
-    if _signed_for(stage / MANIFEST_NAME, keys, manifest.backup_id, digest, size):
+    if signed_for(stage / MANIFEST_NAME, keys, manifest.backup_id, digest, size):
         # An earlier attempt finished: its manifest stays byte for byte what it was.
         log.info("the checksum of %s had finished in an earlier attempt: manifest kept", manifest.backup_id)
     else:
@@ -576,18 +556,6 @@ def checksum(config: BackupConfig, meta: BackupMeta) -> BackupMeta:
     return replace(meta, sha256=digest, stored_size=size)
 
 
-def _signed_for(path: Path, keys: Any, backup_id: str, digest: str, size: int) -> bool:
-    """Whether ``path`` is a signed manifest of ``backup_id`` naming a payload of this
-    hash and size."""
-    try:
-        manifest = Manifest.from_json(path.read_bytes())
-        authenticate(manifest, keys, backup_id=backup_id)
-        payload = manifest.object(PAYLOAD_NAME)
-    except (OSError, ValueError, KeyError, BackupError):
-        return False
-    return manifest.auth is not None and payload.sha256 == digest and payload.size == size
-
-
 def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str, Any]:
     """Data objects first, the manifest last: until the manifest is there, the target
     holds no backup. The schedule is the one the manifest names.
@@ -596,10 +564,10 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
     the run's staging is gone since), the step checks it and puts nothing again."""
     stage = meta.stage
     _touch(stage)
-    staged = _staged_manifest(stage)
+    staged = staged_manifest(stage)
     backup_id = staged.backup_id if staged is not None else meta.backup_id
     target = _config_target(config, target_name, "upload", backup_id)
-    published = _published(config, target, meta, staged)
+    published = find_published(target, load_keys(config), backup_id, staged, meta.sha256, meta.stored_size)
     manifest = staged or published
     if manifest is None:
         raise BackupError(
@@ -647,37 +615,6 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
     faults.hit("upload.done")
     log.info("uploaded %s to target %s", manifest.backup_id, target_name)
     return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}
-
-
-def _staged_manifest(stage: Path) -> Manifest | None:
-    try:
-        return Manifest.from_json((stage / MANIFEST_NAME).read_bytes())
-    except FileNotFoundError:
-        return None
-
-
-def _published(
-    config: BackupConfig, target: Any, meta: BackupMeta, staged: Manifest | None
-) -> Manifest | None:
-    """This backup as the target holds it, when an earlier attempt published it: a signed
-    manifest naming the payload this run sealed (the staged manifest's, else the XCom's
-    hash and size), and a payload object of that size. None otherwise."""
-    try:
-        if staged is not None:
-            stored = read_manifest(target, staged.source, staged.backup_id)
-        else:
-            stored = find_backup(target, meta.backup_id)
-        authenticate(stored, load_keys(config), backup_id=meta.backup_id)
-        payload = stored.object(PAYLOAD_NAME)
-    except (ObjectNotFound, IntegrityError, KeyNotFoundError, KeyError):
-        return None
-    want = staged.object(PAYLOAD_NAME) if staged is not None else None
-    sha256 = want.sha256 if want is not None else meta.sha256
-    size = want.size if want is not None else meta.stored_size
-    if stored.auth is None or (payload.sha256, payload.size) != (sha256, size):
-        return None
-    info = target.stat(f"{backup_prefix(stored.source, stored.backup_id)}/{PAYLOAD_NAME}")
-    return stored if info is not None and info.size == payload.size else None
 
 
 def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool = False) -> dict[str, Any]:
@@ -737,24 +674,9 @@ def deep_verify(
     try:
         authenticate(manifest, keys)
         with target.open(f"{backup_prefix(manifest.source, manifest.backup_id)}/{PAYLOAD_NAME}") as raw:
-            return _sealed_problems(counted(raw, progress), keys, manifest)
+            return sealed_problems(counted(raw, progress), keys, manifest)
     except BackupError as exc:
         return [str(exc)]
-
-
-def _sealed_problems(raw: BinaryIO, keys: Any, manifest: Manifest) -> list[str]:
-    """Decrypt and decompress the payload ``raw`` to the end: what is wrong with it (every
-    chunk authenticated, bound to this backup, the plaintext of the recorded size)."""
-    try:
-        plain = open_sealed(raw, keys, manifest.compression, context=manifest.payload_context())
-        total = 0
-        while block := plain.read(1 << 20):
-            total += len(block)
-    except BackupError as exc:
-        return [str(exc)]
-    if total != manifest.raw_size:
-        return [f"decrypted size {total} differs from the recorded {manifest.raw_size}"]
-    return []
 
 
 def cleanup(
