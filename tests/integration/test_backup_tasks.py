@@ -196,3 +196,55 @@ def test_failed_dump_leaves_no_staging(env):
     with pytest.raises(BackupError, match="docs"):
         tasks.run_dump("docs_full", "run-x", datetime.now(UTC))
     assert not (tmp / "staging").exists() or not any((tmp / "staging").iterdir())
+
+
+def test_each_step_re_run_after_it_finished_returns_the_same_result(env):
+    """Issue 18: a step whose process died after its work (before Airflow recorded it) is
+    retried; it returns what it had finished, even once the next step has moved on."""
+    tmp, data = env
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    dumped = tasks.run_dump("docs_full", "run1", when)
+    assert tasks.run_dump("docs_full", "run1", when) == dumped  # the finished dump is kept
+    sealed = tasks.run_encrypt(dumped)
+    assert not (Path(dumped["staging"]) / tasks.DUMP_NAME).exists()  # the plaintext is gone
+    assert tasks.run_encrypt(dumped) == sealed  # was a bare FileNotFoundError on .../dump
+    meta = tasks.run_checksum(sealed)
+    manifest = (Path(meta["staging"]) / MANIFEST_NAME).read_bytes()
+    assert tasks.run_checksum(sealed) == meta
+    assert (Path(meta["staging"]) / MANIFEST_NAME).read_bytes() == manifest  # byte for byte
+    for name in ("disk1", "disk2"):
+        tasks.run_upload(meta, name)
+        tasks.run_verify(meta, name)
+    tasks.run_cleanup(meta, "docs_full")
+    assert not Path(meta["staging"]).exists()
+    # An upload cleared after the run: the target holds the backup, staging is gone.
+    assert tasks.run_upload(meta, "disk1")["backup_id"] == meta["backup_id"]
+    tasks.run_cleanup(meta, "docs_full")
+    config = load_config().config
+    held = list_backups(build_target("disk1", config.targets["disk1"]))
+    assert [b.backup_id for b in held] == [meta["backup_id"]] and held[0].verification["disk1"].ok
+
+
+def test_a_sealed_payload_that_does_not_open_is_never_kept(env):
+    tmp, data = env
+    dumped = tasks.run_dump("docs_full", "run1", None)
+    tasks.run_encrypt(dumped)
+    payload = Path(dumped["staging"]) / PAYLOAD_NAME
+    raw = bytearray(payload.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    payload.write_bytes(bytes(raw))
+    with pytest.raises(BackupError, match="does not open.*Clear the dump task"):
+        tasks.run_encrypt(dumped)
+
+
+def test_an_upload_of_a_new_payload_under_the_same_id_replaces_the_manifest_it_finds(env):
+    tmp, data = env
+    when = datetime(2026, 1, 3, tzinfo=UTC)
+    first = tasks.run_checksum(tasks.run_encrypt(tasks.run_dump("docs_full", "run1", when)))
+    tasks.run_upload(first, "disk1")
+    # The dump task cleared: a new dump, data key and payload under the same backup id.
+    (data / "docs/a.txt").write_text("changed\n")
+    second = tasks.run_checksum(tasks.run_encrypt(tasks.run_dump("docs_full", "run1", when)))
+    assert second["backup_id"] == first["backup_id"] and second["sha256"] != first["sha256"]
+    tasks.run_upload(second, "disk1")
+    assert tasks.run_verify(second, "disk1")["ok"]
