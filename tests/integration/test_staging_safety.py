@@ -327,6 +327,33 @@ def test_full_staging_during_encrypt_names_the_size_needed_and_removes_the_parti
     assert stat.S_IMODE((stage / DUMP).stat().st_mode) == 0o600
 
 
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs with room for bytes but only a handful of files (inodes)."""
+    mnt = tmp_path / "few"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=4", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_staging_outside_the_dump_file_is_named_too_and_leaves_nothing(
+    env: tuple[Path, Path], few_inodes: Path
+) -> None:
+    """Issue 18: the staging directory, the run lock or the in-flight record created on
+    a full file system gave a bare ``OSError: [Errno 28]``."""
+    tmp, data = env
+    write_config(tmp, data, staging=few_inodes / "staging")
+    with pytest.raises(StagingFull) as err:
+        tasks.run_dump("docs_full", "run-inodes", datetime.now(UTC))
+    msg = str(err.value)
+    assert f"{few_inodes}/staging" in msg and "free there" in msg and "staging_dir" in msg
+    assert "Errno" not in msg
+    assert [p.name for p in (few_inodes / "staging").iterdir() if not p.name.startswith(".")] == []
+
+
 # --- defect 8: payloads whose manifest never arrived ------------------------------------
 
 
