@@ -5,8 +5,10 @@ parse time: the config file is the only thing read.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from include.backup.alerts.deadlines import deadlines_for
@@ -62,17 +64,77 @@ def deadline_alerts_enabled() -> bool:
     return os.environ.get("BACKUP_DEADLINE_ALERTS", "on").lower() not in {"off", "0", "false", "no"}
 
 
-def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
+@functools.cache
+def _steps() -> SimpleNamespace:
+    """The six step tasks, decorated once per process and called in every backup DAG:
+    decorating them per schedule cost a signature inspection each (bench/bench_parse.py).
+    Each task resolves the config (and the schedule) once and calls its step (tasks.py);
+    the steps hand each other one dict each through XCom (multiple_outputs=False: no XCom
+    per key besides it)."""
     from airflow.sdk import (  # lazy: Airflow: not loaded by the CLI and config checks
-        DAG,
         get_current_context,
         task,
     )
+
+    @task(task_id="dump", multiple_outputs=False)
+    def dump(schedule_name: str) -> dict[str, Any]:
+        from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
+
+        ctx = get_current_context()
+        # Runs triggered through the REST API with "logical_date": null have none; the
+        # run's run_after is fixed for the run, so every retry gets the same backup id.
+        when = ctx.get("logical_date") or getattr(ctx.get("dag_run"), "run_after", None)
+        config = runtime.load_config()
+        schedule = tasks.resolve_schedule(config, schedule_name, "dump")
+        return tasks.dump(config, schedule, ctx["run_id"], when).to_xcom()
+
+    @task(task_id="encrypt", multiple_outputs=False)
+    def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
+        from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
+
+        return tasks.encrypt(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
+
+    @task(task_id="checksum", multiple_outputs=False)
+    def checksum(meta: dict[str, Any]) -> dict[str, Any]:
+        from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
+
+        return tasks.checksum(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
+
+    @task(task_id="upload", map_index_template="{{ target_name }}", multiple_outputs=False)
+    def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+        from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
+
+        # An extra context key for map_index_template, as Airflow documents.
+        get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
+        return tasks.upload(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
+
+    @task(task_id="verify", map_index_template="{{ target_name }}", multiple_outputs=False)
+    def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
+        from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
+
+        # An extra context key for map_index_template, as Airflow documents.
+        get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
+        return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
+
+    @task(task_id="cleanup", multiple_outputs=False)
+    def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
+        from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
+
+        return tasks.cleanup(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), schedule_name)
+
+    return SimpleNamespace(
+        dump=dump, encrypt=encrypt, checksum=checksum, upload=upload, verify=verify, cleanup=cleanup
+    )
+
+
+def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
+    from airflow.sdk import DAG  # lazy: Airflow: not loaded by the CLI and config checks
 
     source_type = config.sources[schedule.source].type
     # Late runs and missed RPOs page on-call through deadline alerts (Airflow 3's SLAs);
     # failures through the failure callback, once per run whichever task failed.
     deadline = deadlines_for(config, schedule) if deadline_alerts_enabled() else None
+    step = _steps()
 
     with DAG(
         dag_id=schedule.dag_id,
@@ -85,56 +147,12 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
             f"source:{schedule.source}", f"type:{schedule.type.value}", source_type, retries=2, backoff=True
         ),
     ) as dag:
-        # Each task resolves the config (and the schedule) once and calls its step
-        # (tasks.py); the steps hand each other one dict each through XCom
-        # (multiple_outputs=False: no XCom per key besides it).
-
-        @task(task_id="dump", multiple_outputs=False)
-        def dump(schedule_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
-            ctx = get_current_context()
-            # Runs triggered through the REST API with "logical_date": null have none; the
-            # run's run_after is fixed for the run, so every retry gets the same backup id.
-            when = ctx.get("logical_date") or getattr(ctx.get("dag_run"), "run_after", None)
-            config = runtime.load_config()
-            schedule = tasks.resolve_schedule(config, schedule_name, "dump")
-            return tasks.dump(config, schedule, ctx["run_id"], when).to_xcom()
-
-        @task(task_id="encrypt", multiple_outputs=False)
-        def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
-            return tasks.encrypt(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
-
-        @task(task_id="checksum", multiple_outputs=False)
-        def checksum(meta: dict[str, Any]) -> dict[str, Any]:
-            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
-            return tasks.checksum(runtime.load_config(), tasks.BackupMeta.from_xcom(meta)).to_xcom()
-
-        @task(task_id="upload", map_index_template="{{ target_name }}", multiple_outputs=False)
-        def upload(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
-            # An extra context key for map_index_template, as Airflow documents.
-            get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
-            return tasks.upload(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
-
-        @task(task_id="verify", map_index_template="{{ target_name }}", multiple_outputs=False)
-        def verify(meta: dict[str, Any], target_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
-            # An extra context key for map_index_template, as Airflow documents.
-            get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
-            return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
-
-        @task(task_id="cleanup", multiple_outputs=False)
-        def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
-            from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
-            return tasks.cleanup(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), schedule_name)
-
         # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
-        meta = checksum(encrypt(dump(schedule.name)))  # type: ignore[arg-type]
-        uploaded = upload.partial(meta=meta).expand(target_name=list(schedule.targets))
-        verified = verify.partial(meta=meta).expand(target_name=list(schedule.targets))
+        meta = step.checksum(step.encrypt(step.dump(schedule.name)))
+        uploaded = step.upload.partial(meta=meta).expand(target_name=list(schedule.targets))
+        verified = step.verify.partial(meta=meta).expand(target_name=list(schedule.targets))
         uploaded >> verified
-        verified >> cleanup(meta, schedule.name)  # type: ignore[arg-type]  # XComArg, as above
+        verified >> step.cleanup(meta, schedule.name)
     return dag
 
 
