@@ -5,6 +5,11 @@
 Writes a config with N schedules, then times what the dag processor does with dags/: a
 DagBag over the folder, in a fresh interpreter, repeated. Baseline in the same run: the
 same DagBag over a config with a single schedule, so the ratio shows the per-schedule cost.
+
+Bytecode is cached (in a temporary PYTHONPYCACHEPREFIX, after one untimed warm-up run),
+as in a deployed dag processor: with PYTHONDONTWRITEBYTECODE=1 in the environment every
+run would also compile each imported module of the package from source. ``--repeat``
+runs; the median and the best (least disturbed on a busy host) are printed.
 """
 
 from __future__ import annotations
@@ -50,13 +55,14 @@ def write_config(path: Path, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def measure(config: Path, repeat: int) -> tuple[int, float, float]:
-    env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(ROOT))
+def measure(config: Path, repeat: int, pycache: Path) -> tuple[int, float, float, float]:
+    env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(ROOT), PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-"))
     parse: list[float] = []
     imports: list[float] = []
     n = 0
-    for _ in range(repeat):
+    for i in range(repeat + 1):
         stdout = subprocess.run(
             [sys.executable, "-c", CHILD, str(ROOT / "dags")],
             env=env,
@@ -67,9 +73,11 @@ def measure(config: Path, repeat: int) -> tuple[int, float, float]:
         line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
         _, count, imp_s, bag_s = line.split()
         n, imp, bag = int(count), float(imp_s), float(bag_s)
+        if i == 0:
+            continue  # the warm-up: writes the bytecode cache
         imports.append(imp)
         parse.append(bag)
-    return n, statistics.median(imports), statistics.median(parse)
+    return n, statistics.median(imports), statistics.median(parse), min(parse)
 
 
 def main() -> None:
@@ -81,12 +89,14 @@ def main() -> None:
         one, many = Path(tmp) / "one.yaml", Path(tmp) / "many.yaml"
         write_config(one, 1)
         write_config(many, args.schedules)
-        n1, _, t1 = measure(one, args.repeat)
-        n, imp, tn = measure(many, args.repeat)
+        pycache = Path(tmp) / "pycache"
+        n1, _, t1, _ = measure(one, args.repeat, pycache)
+        n, imp, tn, best = measure(many, args.repeat, pycache)
     print(f"airflow import (not part of DAG parsing): {imp:.2f} s")
     print(f"DagBag over dags/, 1 schedule ({n1} DAGs with the DR ones): {t1:.3f} s (baseline)")
     print(f"DagBag over dags/, {args.schedules} schedules ({n} DAGs): {tn:.3f} s  ({tn / t1:.1f}x baseline, "
-          f"{(tn - t1) / max(args.schedules - 1, 1) * 1000:.2f} ms per extra schedule; target < 2 s)")
+          f"{(tn - t1) / max(args.schedules - 1, 1) * 1000:.2f} ms per extra schedule; target < 2 s; "
+          f"best of {args.repeat}: {best:.3f} s)")
 
 
 if __name__ == "__main__":
