@@ -122,23 +122,36 @@ def summary_of(rec: Record) -> Manifest:
 
     Built without pydantic's validation or ``model_construct`` (the record is authenticated
     and was dumped from a valid Manifest): at 10,000 records this is most of a listing."""
-    fields: dict[str, Any] = {k: rec[k] for k in _SUMMARY_FIELDS if k in rec}
+    fields: dict[str, Any] = {**_summary_defaults(), **rec}
+    if len(fields) != len(_SUMMARY_FIELDS) + 1:  # a record field this version does not know
+        fields = {k: v for k, v in fields.items() if k in _SUMMARY_FIELDS or k == "key_id"}
+    key_id = fields.pop("key_id", None)
     fields.update(objects=[], stats={}, source_state={}, position=rec.get("position") or {})
     fields["started_at"] = _dt(rec["started_at"])
     finished = rec.get("finished_at")
     fields["finished_at"] = _dt(finished) if finished else None
     fields["verification"] = {
-        name: _construct(
-            Verification, ok=v["ok"], verified_at=_dt(v["verified_at"]), deep=v.get("deep", False),
-            detail=v.get("detail", ""),
-        )  # fmt: skip
+        name: _new(Verification, {"ok": v["ok"], "verified_at": _dt(v["verified_at"]),
+                                  "deep": v.get("deep", False), "detail": v.get("detail", "")})
         for name, v in rec.get("verification", {}).items()
-    }
-    key_id = rec.get("key_id")
+    }  # fmt: skip
     fields["encryption"] = (
         _construct(EncryptionInfo, key_id=key_id, wrapped_key="", chunk_size=0) if key_id else None
     )
-    return _construct(Manifest, **fields)
+    return _new(Manifest, fields)
+
+
+_DEFAULTS: dict[str, Any] = {}
+
+
+def _summary_defaults() -> dict[str, Any]:
+    """The Manifest fields' immutable defaults (the mutable ones summary_of sets fresh)."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(
+            {n: d for n, d, factory in _fields_of(Manifest) if factory is None and d is not _NO_DEFAULT}
+        )
+        _DEFAULTS["key_id"] = None
+    return _DEFAULTS
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -167,6 +180,11 @@ def _construct(cls: type[_Model], **fields: Any) -> _Model:
                 fields[name] = factory()
             elif default is not _NO_DEFAULT:
                 fields[name] = default  # immutable (None, a number, a string): shared safely
+    return _new(cls, fields)
+
+
+def _new(cls: type[_Model], fields: dict[str, Any]) -> _Model:
+    """An instance holding exactly ``fields`` (every field given), unvalidated."""
     obj = cls.__new__(cls)
     object.__setattr__(obj, "__dict__", fields)
     object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
