@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from include.backup.catalog.catalog import as_utc
-from include.backup.catalog.index import optional_keys, summaries
+from include.backup.catalog.index import optional_keys, reconcile, summaries
 from include.backup.catalog.inflight import InFlight, read_inflight, source_lock
 from include.backup.catalog.manifest import Manifest, utcnow
 from include.backup.config.schema import BackupConfig, Schedule
 from include.backup.errors import TargetError
+from include.backup.keys import KeyRing
 from include.backup.retention import (
     RetentionPlan,
     Swept,
@@ -93,11 +94,14 @@ def sweep_all_targets(
     now: datetime | None = None,
     targets: dict[str, Target] | None = None,
     every: timedelta = MONITOR_SWEEP_EVERY,
+    keys: KeyRing | None = None,
 ) -> dict[str, dict[str, Swept]]:
     """``dr_monitor``'s sweep: every source of the config at every target (a target may
     hold a source's backups from a schedule since edited), at most once per ``every``
     per target. Returns what was removed: target -> source -> :class:`Swept`, only where
-    something was. A target that cannot be swept is logged and tried the next round."""
+    something was. A target that cannot be swept is logged and tried the next round.
+    With ``keys``, each source's catalog index is also reconciled with its manifests
+    (catalog/index.py): a record a publish or a delete failed to write is fixed here."""
     now = as_utc(now) if now else utcnow()
     root = staging_root(config)
     state = _read_sweep_state(root)
@@ -113,12 +117,23 @@ def sweep_all_targets(
                 swept = sweep_source(target, source, root, now=now)
                 if swept:
                     removed.setdefault(name, {})[source] = swept
+                if keys is not None:
+                    _reconcile(target, source, keys)
         except Exception as exc:  # noqa: BLE001 - a bad target, TargetError, SDK errors: the others still go
             log.warning("orphan sweep at target %s skipped: %s", name, exc)
             continue
         state[name] = now
     _write_sweep_state(root, state)
     return removed
+
+
+def _reconcile(target: Target, source: str, keys: KeyRing) -> None:
+    added, gone = reconcile(target, source, keys)
+    if added or gone:
+        log.warning(
+            "catalog index of %s at target %s: %d backup(s) added and %d removed to match "
+            "the manifests (an index write had failed)", source, target.name, added, gone,
+        )  # fmt: skip
 
 
 def _read_sweep_state(root: Path) -> dict[str, datetime]:

@@ -28,6 +28,8 @@ from include.backup.catalog.manifest import (
     Verification,
 )
 from include.backup.catalog.signing import check_shape, sign
+from include.backup.config.loader import load_config
+from include.backup.dr.monitor import run_monitor, sweep_targets
 from include.backup.dr.web import Monitor, create_app
 from include.backup.errors import IntegrityError
 from include.backup.keys import KeyRing
@@ -321,3 +323,24 @@ def test_a_restore_reads_the_manifests_of_its_chain_only(local: LocalTarget, rin
     local.delete(f"events_pg/full/{MANIFEST_NAME}")  # behind the index's back
     with pytest.raises(IntegrityError, match="needs parent full"):
         index.read_chain(local, "events_pg", ring, "inc2")
+
+
+def test_dr_monitor_sweep_reconciles_an_index_that_missed_writes(
+    api: TestClient, tmp_path: Path, ring: KeyRing
+) -> None:
+    """dr_monitor's per-target sweep fixes the index: a published backup the index missed
+    shows on the DR API afterwards, a deleted one no longer does, with no human step."""
+    config = load_config(tmp_path / "backup_config.yaml").config
+    disk1 = LocalTarget("disk1", tmp_path / "t1")
+    index.summaries(disk1, "events_pg", ring)  # the index holds its base
+    store(disk1, make_manifest(ring, "late", hours=9))  # manifest only: its index write failed
+    disk1.delete(f"events_pg/b0/{MANIFEST_NAME}")  # deleted, its tombstone never written
+    listed = [r["backup_id"] for r in api.get("/api/backups", params={"refresh": 1}).json()["backups"]]
+    assert listed == [f"b{i}" for i in range(7)]  # the index is trusted as it stands
+
+    sweep_targets(config, run_monitor(config, keyring=ring), keyring=ring)
+    listed = [r["backup_id"] for r in api.get("/api/backups", params={"refresh": 1}).json()["backups"]]
+    assert listed == [f"b{i}" for i in range(1, 7)] + ["late"]
+    assert index.reconcile(disk1, "events_pg", ring) == (0, 0)  # nothing left to fix
+    assert index.reconcile(disk1, "other_source", ring) == (0, 0)
+    assert not list(disk1.list("other_source/"))  # no index started for a source it does not hold

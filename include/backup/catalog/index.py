@@ -488,11 +488,12 @@ def reconcile(target: Target, source: str, keys: KeyRing) -> tuple[int, int]:
     """Compare the index with the manifest keys (one listing, no manifest reads); append
     the manifests it lacks and tombstone the records whose manifest is gone. Returns
     (added, removed)."""
+    listed = [o.key for o in target.list(f"{source}/")]
     present = {
-        parts[1]
-        for o in target.list(f"{source}/")
-        if len(parts := o.key.split("/")) == 3 and parts[2] == MANIFEST_NAME
+        parts[1] for key in listed if len(parts := key.split("/")) == 3 and parts[2] == MANIFEST_NAME
     }
+    if not present and not any(_kind(key) for key in listed if "/_catalog/" in key):
+        return 0, 0  # no backup and no index of this source here: nothing to start one for
     indexed = {r["backup_id"] for r in load_records(target, source, keys)}
     added = 0
     for backup_id in sorted(present - indexed):

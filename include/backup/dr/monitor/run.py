@@ -315,11 +315,17 @@ def sweep_targets(
     *,
     now: datetime | None = None,
     targets: Mapping[str, Target] | None = None,
+    keyring: Any = None,
 ) -> None:
     """``dr_monitor``'s orphan sweep (include/backup/schedule_retention.py): every source
     at every target, at most every few hours per target; what it removed goes into
-    ``report.swept`` and the task log. Never raises for a target (logged, tried again)."""
-    swept = sweep_all_targets(config, now=now, targets=dict(targets) if targets is not None else None)
+    ``report.swept`` and the task log. Never raises for a target (logged, tried again).
+    With a key ring (``keyring`` as for :func:`run_monitor`) each source's catalog index
+    is reconciled with its manifests in the same pass."""
+    ring, _ = _resolve_ring(config, keyring)
+    swept = sweep_all_targets(
+        config, now=now, targets=dict(targets) if targets is not None else None, keys=ring
+    )
     report.swept = {t: {src: s.to_json() for src, s in by_source.items()} for t, by_source in swept.items()}
     for target_name, by_source in swept.items():
         for source, s in by_source.items():
