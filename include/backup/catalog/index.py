@@ -32,6 +32,7 @@ compactions at once only leave two equal bases, which the next one folds into on
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
@@ -360,9 +361,24 @@ def summaries(target: Target, source: str | None, keys: KeyRing | None) -> list[
     checked: the manifests are scanned instead (slower, same answer)."""
     if keys is None:
         return [summary_of(r) for r in scan_records(target, source)]
-    out = [summary_of(r) for r in iter_records(target, source, keys)]
+    with _gc_paused():
+        out = [summary_of(r) for r in iter_records(target, source, keys)]
     out.sort(key=_started)  # summary_of made every time aware UTC: no conversion per key
     return out
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the records are loaded: they are hundreds of
+    thousands of new containers, none garbage, so the collector's passes (triggered by the
+    allocation count alone) are a third of a listing's CPU at 10,000 backups."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _started(m: Manifest) -> tuple[datetime, str]:
