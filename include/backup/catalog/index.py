@@ -124,8 +124,8 @@ def summary_of(rec: Record) -> Manifest:
     Built without pydantic's validation or ``model_construct`` (the record is authenticated
     and was dumped from a valid Manifest): at 10,000 records this is most of a listing."""
     fields: dict[str, Any] = {**_summary_defaults(), **rec}
-    if len(fields) != len(_SUMMARY_FIELDS) + 1:  # a record field this version does not know
-        fields = {k: v for k, v in fields.items() if k in _SUMMARY_FIELDS or k == "key_id"}
+    if not rec.keys() <= _RECORD_KEYS:  # a record field this version does not know
+        fields = {k: v for k, v in fields.items() if k in _RECORD_KEYS}
     key_id = fields.pop("key_id", None)
     fields.update(objects=[], stats={}, source_state={}, position=rec.get("position") or {})
     fields["started_at"] = _dt(rec["started_at"])
@@ -194,7 +194,7 @@ def _new(cls: type[_Model], fields: dict[str, Any]) -> _Model:
     return obj
 
 
-_SUMMARY_FIELDS = tuple(Manifest.model_fields)
+_RECORD_KEYS = frozenset(Manifest.model_fields) | {"key_id"}
 
 
 def _dt(value: str) -> datetime:
