@@ -13,9 +13,10 @@ segment (index._write_segment), and the last 20 backups are published with index
 as the upload step does, so the index also holds appended segments.
 
 Each measurement runs in a fresh child process (imports and the config load outside the
-timing): wall time, the peak of Python allocations during the operation (tracemalloc) and
-the process's peak RSS (ru_maxrss, imports included). On S3 (moto's server, started here)
-the child counts the requests its boto3 client sends (a ``before-send`` event hook).
+timing): wall time, the process's CPU time (steadier than wall time on a busy host: in the
+stderr lines and ``--json``), the peak of Python allocations during the operation
+(tracemalloc) and the process's peak RSS (ru_maxrss, imports included). On S3 (moto's
+server, started here) the child counts the requests its boto3 client sends (a ``before-send`` event hook).
 
 The baseline is the same operation with every reader switched back to
 ``catalog.list_backups`` (every manifest read and parsed whole: what main did). At 100,000
@@ -195,12 +196,12 @@ def child(op: str, mode: str, config: str, keyfile: str, trace: str) -> None:
         print(json.dumps({"alloc_mb": tracemalloc.get_traced_memory()[1] / 1e6}))
         return
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     work()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rss_mb": rss, "rss_before_mb": rss_before,
-                      "requests": requests[0]}))  # fmt: skip
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "rss_mb": rss,
+                      "rss_before_mb": rss_before, "requests": requests[0]}))  # fmt: skip
 
 
 def count_s3_requests(counter: list[int]) -> None:
@@ -276,8 +277,9 @@ def run_case(kind: str, n: int, files: int, work: Path, env: dict[str, str]) -> 
         for mode in modes:
             r = measure(op, mode, config, keyfile, env)
             rows.append({"target": kind, "n": n, "op": op, "mode": mode, **r})
-            print(f"# {kind} N={n} {op:<6} {mode:<5} {r['seconds']:8.3f} s  alloc {r['alloc_mb']:8.1f} MB  "
-                  f"rss {r['rss_mb']:7.0f} MB  requests {r['requests']}", file=sys.stderr)  # fmt: skip
+            print(f"# {kind} N={n} {op:<6} {mode:<5} {r['seconds']:8.3f} s  cpu {r['cpu_seconds']:7.3f} s  "
+                  f"alloc {r['alloc_mb']:8.1f} MB  rss {r['rss_mb']:7.0f} MB  requests {r['requests']}",
+                  file=sys.stderr)  # fmt: skip
     return rows
 
 
