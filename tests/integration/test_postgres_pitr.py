@@ -15,6 +15,7 @@ import psycopg2
 import pytest
 
 from include.backup.catalog.catalog import list_backups, manifest_key
+from include.backup.catalog.signing import sign
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.errors import IntegrityError, RestoreRefused, SourceError
@@ -149,6 +150,7 @@ def test_pitr_to_a_time_between_two_log_backups(env):
     l2 = broken.model_copy(
         update={"position": {**broken.position, "wal_first": next_segment(broken.position["wal_first"])}}
     )
+    sign(l2, *keys.active())  # a real gap: a manifest that authenticates, not an altered one
     target.put_bytes(manifest_key("shop", l2.backup_id), l2.to_json())
     late = datetime.fromisoformat(l2.position["end_time"].replace("Z", "+00:00"))
     with pytest.raises(IntegrityError) as exc:
