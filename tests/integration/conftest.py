@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,18 @@ def pg_cluster() -> Iterator[PgCluster]:
         load_sample_data(cluster, PG_SAMPLE_DB, rows=PG_SAMPLE_ROWS)
         mp.setenv(f"AIRFLOW_CONN_{PG_CONN_ID.upper()}", cluster.uri(PG_SAMPLE_DB))
         yield cluster
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs), mounted for the test and unmounted after."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 # Real storage servers (moto, Azurite, a GCS emulator, OpenSSH sshd, pyftpdlib), started

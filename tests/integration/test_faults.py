@@ -663,18 +663,6 @@ def test_postgres_down_mid_dump_fails_clearly_and_leaves_nothing(
                    "false_good": 0, "lost": 0, "retry_ok": "-", "left": [], "left_after": []})
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB file system (tmpfs), mounted for the test and unmounted after."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 @pytest.mark.parametrize("step", ["dump", "encrypt"])
 def test_full_staging_disk_fails_clearly_removes_the_partial_file_and_a_retry_completes(
     step: str, small_fs: Path, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -283,18 +283,6 @@ def test_staging_of_a_schedule_gone_from_the_config_is_removed_when_stale(env: t
 # --- defect 8: a full staging disk -------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB file system (tmpfs), mounted for the test and unmounted after."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 def test_full_staging_during_the_dump_names_path_and_free_space(
     env: tuple[Path, Path], small_fs: Path
 ) -> None:
