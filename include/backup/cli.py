@@ -16,6 +16,8 @@ Verbs:
                                         counts by rule per target, then the ids)
   decrypt IN OUT [--decompress zstd|gzip]
                                         decrypt a payload container to a file
+  keys status|rotate|retire KEY_ID|delete KEY_ID
+                                        key-encryption keys (docs/keys.md)
 
 Keys come from $BACKUP_KEY_FILE (or --key-file) when set, else from the Airflow connection
 named by encryption.key_conn_id (AIRFLOW_CONN_<ID> works without Airflow running).
@@ -46,6 +48,7 @@ from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
 from include.backup.config.loader import load_config, validate_command
 from include.backup.dr.restore import incomplete_note, restore_backup
 from include.backup.errors import BackupError, IntegrityError, KeyNotFoundError, ObjectNotFound
+from include.backup.keyops import commands as keys_verb
 from include.backup.keys import KeyRing
 from include.backup.pipeline.compression import decompress_reader
 from include.backup.pipeline.crypto import DecryptingReader
@@ -491,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="where to write the plaintext")
     p.add_argument("--decompress", choices=["zstd", "gzip"], help="also decompress")
     p.set_defaults(handler=_cmd_decrypt)
+    keys_verb.register(sub, common)
     return parser
 
 

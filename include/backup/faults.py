@@ -50,6 +50,7 @@ POINTS = frozenset(
         "cleanup.staging-removed",  # the run's staging is gone, retention not applied
         "retention.between-deletes",  # a backup's manifest deleted, its payload not yet
         "cleanup.done",  # retention and the orphan sweep are done
+        "rewrap.before-manifest",  # keys retire: a re-encrypted payload put, its manifest not yet
     }
 )
 ACTIONS = ("kill", "pause", "raise")

@@ -55,6 +55,10 @@ class KeyRingError(BackupError, ValueError):
     """The key ring definition is malformed. Names the key id, never its value."""
 
 
+class KeyConnectionMissing(KeyRingError):
+    """No connection of that id where this process looks (secrets backends, variables)."""
+
+
 def _today() -> date:
     return datetime.now(UTC).date()
 
@@ -220,6 +224,19 @@ class KeyRing:
         """Rotation: a new ring with a fresh key ``new_id`` made active; old keys kept."""
         return self.add_key(new_id, created=today, activate=True)
 
+    def without(self, key_id: str) -> KeyRing:
+        """A new ring without ``key_id`` (retired: no backup needs it any more). The active
+        key cannot be removed: rotate first."""
+        self.get(key_id)
+        if key_id == self._active:
+            raise KeyRingError(
+                f"{self.source}: key {key_id!r} is the active key; rotate first "
+                "(python -m include.backup keys rotate), then retire it"
+            )
+        keys = {k: v for k, v in self._keys.items() if k != key_id}
+        dates = {k: d for k, d in self._created.items() if k != key_id}
+        return KeyRing(keys, self._active, dates, source=self.source)
+
     # -- serialisation ---------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The connection-extra structure, INCLUDING KEY MATERIAL: store it only in a
@@ -351,7 +368,7 @@ class KeyRing:
         try:
             conn = BaseHook.get_connection(conn_id)
         except AirflowNotFoundException:
-            raise KeyRingError(
+            raise KeyConnectionMissing(
                 f"{source} is not defined: create it (type generic) with extra "
                 '{"secret_keys": {"<id>": "<base64 32-byte key>"}, "active": "<id>"}, in the '
                 f"Airflow UI, a secrets backend or AIRFLOW_CONN_{conn_id.upper()}"
@@ -406,6 +423,15 @@ def _ring_fields(extra: Mapping[str, Any], conn_id: str, source: str) -> dict[st
             )
     field = CONN_KEYS_FIELD if CONN_KEYS_FIELD in extra else LEGACY_KEYS_FIELD
     ring = {LEGACY_KEYS_FIELD: extra[field]}
+    ring.update({k: extra[k] for k in RING_FIELDS if k in extra})
+    return ring
+
+
+def ring_fields_of_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The key ring part of a connection's extra (``secret_keys`` preferred over the old
+    ``keys``), ready for :meth:`KeyRing.from_json`; without the warnings of a load."""
+    field = CONN_KEYS_FIELD if CONN_KEYS_FIELD in extra else LEGACY_KEYS_FIELD
+    ring = {LEGACY_KEYS_FIELD: extra.get(field)}
     ring.update({k: extra[k] for k in RING_FIELDS if k in extra})
     return ring
 

@@ -143,6 +143,9 @@ class EncryptionSettings(Strict):
     # connections), never in this file: see docs/keys.md.
     key_conn_id: str = "backup_encryption"
     key_rotation_days: int = Field(default=30, ge=1, le=365)
+    # dr_monitor rotates the key itself once it is due, where the key ring's store is
+    # writable from the monitor's worker (a key file; see docs/keys.md); else it warns.
+    auto_rotate: bool = False
 
 
 class PipelineSettings(Strict):

@@ -91,6 +91,7 @@ class KeyStatus:
     rotation_due: bool = False
     next_rotation_due: date | None = None
     error: str | None = None
+    rotated_to: str | None = None  # encryption.auto_rotate made this key active in this run
 
 
 @dataclass

@@ -45,6 +45,7 @@ from include.backup.dr.monitor.running import (
     usual_durations,
 )
 from include.backup.dr.reports import DRTestReport, list_reports
+from include.backup.keyops.store import auto_rotate
 from include.backup.runtime import load_keys
 from include.backup.schedule_retention import sweep_all_targets
 from include.backup.settings import staging_root
@@ -139,6 +140,15 @@ def _load_key_status(
         status.active_key_id, status.age_days, config.encryption.key_rotation_days, conn_id=conn_id
     )
     status.rotation_due = alert is not None
+    if alert and config.encryption.auto_rotate:
+        rotated, why = auto_rotate(config, today=today)
+        if rotated:  # the new key is active from now on: nothing is due any more
+            status.rotated_to, status.rotation_due, alert = rotated, False, None
+        else:
+            report.issues.append(
+                f"encryption.auto_rotate is on, but the key ring cannot be rotated from here: {why}; "
+                "rotate with: python -m include.backup keys rotate (docs/keys.md)"
+            )
     if alert:
         report.alerts.append(alert)
 
