@@ -5,13 +5,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: help demo test test-unit test-integration bench lint lock clean system-deps test-services venv
+.PHONY: help demo up down test test-unit test-integration bench lint lock clean system-deps test-services venv
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 demo: venv system-deps ## back up and restore a sample PostgreSQL database and a file tree with Airflow
 	$(PY) scripts/demo.py
+
+# `make up EXECUTOR=celery WORKERS=2`: CeleryExecutor with Redis and N workers.
+EXECUTOR ?= local
+WORKERS ?= 2
+
+up: venv system-deps ## start Airflow with the UI on http://127.0.0.1:8080 (EXECUTOR=celery WORKERS=2 for Celery)
+	$(PY) scripts/up.py up --executor $(EXECUTOR) --workers $(WORKERS)
+
+down: ## stop everything `make up` started (and nothing else)
+	$(PY) scripts/up.py down
 
 test: venv system-deps test-services ## install what the tests need and run them (what CI runs)
 	$(PY) -m pytest
@@ -50,11 +60,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 
-# PostgreSQL server binaries (the demo and tests start their own throwaway cluster) and zstd.
+# PostgreSQL server binaries (the demo and tests start their own throwaway cluster), zstd and
+# redis-server (the Celery broker of `make up EXECUTOR=celery` and tests/e2e/test_celery.py).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v zstd >/dev/null; then \
-	  echo "installing postgresql and zstd with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v zstd >/dev/null || ! command -v redis-server >/dev/null; then \
+	  echo "installing postgresql, zstd and redis-server with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd redis-server; \
 	fi
 
 # The servers the integration tests start on 127.0.0.1: sshd (apt), Azurite (npm, into
@@ -63,5 +74,5 @@ system-deps:
 test-services: venv
 	bash scripts/install-test-services.sh
 
-clean: ## remove the venv, the demo, the local Airflow home and the npm-installed test servers
-	rm -rf $(VENV) .demo .airflow .pytest_cache tests/services/azurite/node_modules
+clean: ## remove the venv, the demo, make up's .run, the local Airflow home and the npm-installed test servers
+	rm -rf $(VENV) .demo .airflow .run .pytest_cache tests/services/azurite/node_modules

@@ -7,6 +7,7 @@
 #   FTP         pyftpdlib              pip  pyftpdlib             (requirements-dev.txt)
 #   Azure Blob  azurite-blob           npm  azurite               (tests/services/azurite/package*.json)
 #   SFTP        sshd                   apt  openssh-server
+#   Redis       redis-server           apt  redis-server          (Celery broker, tests/e2e/test_celery.py)
 #
 # The Python packages come with the venv (make venv installs requirements-dev.txt); this
 # script installs them too when the venv exists, so it also works on its own.
@@ -50,6 +51,12 @@ if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
 fi
 if [ "$(id -u)" -eq 0 ]; then
     mkdir -p /run/sshd  # sshd's privilege separation directory
+fi
+
+# --- Redis: the Celery broker of the CeleryExecutor tests (started by the tests, never as a service) ---
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "install-test-services: installing redis-server"
+    apt_install redis-server
 fi
 
 # --- Azure Blob: Azurite from npm, pinned by tests/services/azurite/package-lock.json ---

@@ -18,7 +18,17 @@ Everything the deployment needs is in :attr:`AirflowStack.env`; ``env_extra`` is
 so it can add connections (``AIRFLOW_CONN_*``), project settings, the caller's timing and
 scheduling choices (heartbeats, re-parse intervals, ``use_job_schedule``: Airflow's
 defaults unless set there), or override any Airflow setting chosen here. Users:
-tests/e2e/conftest.py and bench/bench_scheduler.py.
+tests/e2e/conftest.py, tests/e2e/test_celery.py, bench/bench_scheduler.py and scripts/up.py
+(``make up``).
+
+``executor="CeleryExecutor"`` adds a Redis broker (:class:`RedisServer`), the metadata DB as
+Celery's result backend and ``celery_workers`` workers (``airflow celery worker``), each in
+its own process group (components ``celery-worker-1`` …), with its own Celery hostname
+(``worker1@<host>``) which is also the ``hostname`` its task instances report (through
+``[core] hostname_callable`` = :func:`celery_worker_hostname`), all sharing the caller's
+staging directory. ``metadata_dir``, ``port`` and ``password`` pin what is otherwise fresh
+per start, and :meth:`AirflowStack.detach` leaves everything running after the caller exits
+(``make up``; ``make down`` stops it by process group).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +51,7 @@ from typing import Any
 import httpx
 
 from include.backup.testing.postgres import PgCluster, free_port
+from include.backup.testing.redis import RedisServer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,43 @@ STOP_TIMEOUT_S = 30.0
 INHERITED_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 """Settings of the calling environment that must not leak into the deployment."""
 INHERITED_NAMES = ("BACKUP_KEY_FILE",)
+EXECUTORS = ("LocalExecutor", "CeleryExecutor")
+WORKER_NAME_ENV = "BACKUP_CELERY_WORKER_NAME"
+"""Set in each Celery worker's environment: its name, for :func:`celery_worker_hostname`."""
+WORKER_READY_MARK = " ready."
+"""What a Celery worker logs once it consumes from the broker (``worker1@host ready.``)."""
+
+
+def celery_worker_hostname() -> str:
+    """``[core] hostname_callable`` of the Celery workers: ``<worker name>@<fqdn>`` (the
+    worker's Celery node name), so that task instances show which worker ran them even when
+    all workers share one machine; the plain FQDN outside a worker."""
+    name = os.environ.get(WORKER_NAME_ENV)
+    fqdn = socket.getfqdn()
+    return f"{name}@{fqdn}" if name else fqdn
+
+
+def worker_argv(index: int, concurrency: int, bin_dir: Path) -> list[str]:
+    """The command line of Celery worker ``index`` (1-based). ``--skip-serve-logs``: two
+    workers on one host would fight over the log server's port, and the api-server reads the
+    task logs from the shared local log folder."""
+    return [
+        str(bin_dir / "airflow"), "celery", "worker",
+        "--celery-hostname", f"worker{index}@%h",
+        "--concurrency", str(concurrency),
+        "--skip-serve-logs",
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+def celery_env(broker_url: str, result_backend: str, concurrency: int) -> dict[str, str]:
+    """The settings of a CeleryExecutor deployment (broker, result backend, slots)."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+    }
 
 
 class AirflowStackError(RuntimeError):
@@ -186,7 +235,17 @@ class AirflowStack:
         pythonpath: Path = REPO_ROOT,
         start_timeout_s: float = START_TIMEOUT_S,
         bin_dir: Path | None = None,
+        executor: str = "LocalExecutor",
+        celery_workers: int = 2,
+        worker_concurrency: int | None = None,
+        metadata_dir: Path | None = None,
+        port: int | None = None,
+        password: str | None = None,
     ) -> None:
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor {executor!r} is not supported; use one of {', '.join(EXECUTORS)}")
+        if executor == "CeleryExecutor" and celery_workers < 1:
+            raise ValueError(f"celery_workers ({celery_workers}) must be at least 1 with the CeleryExecutor")
         if parallelism < 1 or max_active_tasks_per_dag < 1:
             raise ValueError(
                 f"parallelism ({parallelism}) and max_active_tasks_per_dag "
@@ -206,7 +265,14 @@ class AirflowStack:
         self.start_timeout_s = start_timeout_s
         self.bin_dir = bin_dir or Path(sys.executable).parent
         self.home = self.base_dir / "airflow"
-        self.password = secrets.token_urlsafe(12)
+        self.password = password or secrets.token_urlsafe(12)
+        self.executor = executor
+        self.celery_workers = celery_workers if executor == "CeleryExecutor" else 0
+        # the same total slots as LocalExecutor's parallelism, split over the workers
+        self.worker_concurrency = worker_concurrency or max(1, parallelism // max(1, self.celery_workers))
+        self.metadata_dir = metadata_dir
+        self.requested_port = port
+        self.redis: RedisServer | None = None
         self.port = 0
         self.url = ""
         self.env: dict[str, str] = {}
@@ -237,10 +303,15 @@ class AirflowStack:
         passwords_file = self.home / "simple_auth_manager_passwords.json"
         passwords_file.write_text(json.dumps({ADMIN_USER: self.password}) + "\n")
         atexit.register(self.stop)  # a safety net if the caller dies before stop()
-        self.metadata_db = PgCluster().start()
+        self.metadata_db = PgCluster(self.metadata_dir).start()
         self.metadata_db.create_database("airflow")
-        self.port = free_port()
+        self.port = self.requested_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        env_extra = dict(self.env_extra)
+        if self.executor == "CeleryExecutor":
+            self.redis = RedisServer(self.home / "redis.out").start()
+            backend = f"db+postgresql://postgres@127.0.0.1:{self.metadata_db.port}/airflow"
+            env_extra = {**celery_env(self.redis.url, backend, self.worker_concurrency), **env_extra}
         self.env = airflow_env(
             os.environ,
             home=self.home,
@@ -252,12 +323,15 @@ class AirflowStack:
             parallelism=self.parallelism,
             max_active_tasks_per_dag=self.max_active_tasks_per_dag,
             pythonpath=self.pythonpath,
-            env_extra=self.env_extra,
+            env_extra=env_extra,
         )
         self._migrate()
         for component in COMPONENTS:
             self._spawn(component)
+        for index in range(1, self.celery_workers + 1):
+            self._spawn_worker(index)
         self._wait_healthy()
+        self._wait_workers_ready()
 
     def _migrate(self) -> None:
         migrate = subprocess.run(
@@ -275,11 +349,38 @@ class AirflowStack:
                 f"{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
             )
 
-    def _spawn(self, component: str) -> None:
+    @property
+    def worker_names(self) -> list[str]:
+        """The components of the Celery workers (``celery-worker-1`` …); none with LocalExecutor."""
+        return [f"celery-worker-{i}" for i in range(1, self.celery_workers + 1)]
+
+    def _spawn_worker(self, index: int) -> None:
+        env = {
+            **self.env,
+            WORKER_NAME_ENV: f"worker{index}",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.celery_worker_hostname",
+        }
+        argv = worker_argv(index, self.worker_concurrency, self.bin_dir)
+        self._spawn(f"celery-worker-{index}", argv, env)
+
+    def _wait_workers_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        for name in self.worker_names:
+            while WORKER_READY_MARK not in self.logs(name, tail=200_000):
+                if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise AirflowStackError(
+                        f"Celery worker {name} did not become ready within {self.start_timeout_s:.0f} s "
+                        f"(exit code {self.procs[name].poll()}):\n{self.logs(name)}"
+                    )
+                time.sleep(0.5)
+
+    def _spawn(
+        self, component: str, argv: list[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         with open(self.log_path(component), "wb") as out:  # the child keeps its own copy
             self.procs[component] = subprocess.Popen(
-                component_argv(component, self.port, self.bin_dir),
-                env=self.env,
+                argv or component_argv(component, self.port, self.bin_dir),
+                env=dict(env or self.env),
                 cwd=self.base_dir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -293,7 +394,7 @@ class AirflowStack:
         while not all_healthy(health := self.health()):
             dead = [c for c, p in self.procs.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                detail = "\n".join(f"--- {c} ({self.log_path(c)})\n{self.logs(c)}" for c in COMPONENTS)
+                detail = "\n".join(f"--- {c} ({self.log_path(c)})\n{self.logs(c)}" for c in self.procs)
                 raise AirflowStackError(
                     f"Airflow did not become healthy within {self.start_timeout_s:.0f} s "
                     f"(exited: {dead or 'none'}; health: {health}):\n{detail}"
@@ -308,9 +409,21 @@ class AirflowStack:
             stop_process_groups(self.procs)
         finally:
             self.procs = {}
+            if self.redis is not None:
+                self.redis.stop()
+                self.redis = None
             if self.metadata_db is not None:
                 self.metadata_db.stop()
                 self.metadata_db = None
+
+    def detach(self) -> None:
+        """Leave every process and the metadata cluster running when this process exits
+        (``make up``): the caller records :attr:`procs`' pids and stops them itself."""
+        atexit.unregister(self.stop)
+        if self.redis is not None:
+            self.redis.detach()
+        if self.metadata_db is not None:
+            self.metadata_db.detach()
 
     # -- use
 
@@ -371,6 +484,7 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
             "AIRFLOW__API__WORKERS",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY",
         )
         return {
             k.removeprefix("AIRFLOW__").lower().replace("__", "."): self.env.get(k, "default") for k in keys
@@ -406,4 +520,4 @@ class AirflowStack:
 
     def __repr__(self) -> str:
         state = self.url if self.procs else "stopped"
-        return f"<AirflowStack {state} home={self.home}>"
+        return f"<AirflowStack {self.executor} {state} home={self.home}>"

@@ -205,6 +205,11 @@ class PgCluster:
             self._stop_server()
         self._remove_files()
 
+    def detach(self) -> None:
+        """Leave the server running after this process exits (``make up``; ``make down``
+        stops it with ``pg_ctl``)."""
+        atexit.unregister(self._stop_at_exit)
+
     def _stop_at_exit(self) -> None:
         try:
             self.stop()
