@@ -17,6 +17,9 @@ What a user of `docker compose up` would otherwise find out the hard way:
   the MongoDB source is the replica set its connection names, and the files sources' paths
   are mounted on the workers;
 - the shell scripts compose runs parse;
+- `make up` (include/backup/devstack.py) and this file describe one deployment: every
+  compose service is either one that `make up` starts (``SERVICES``, one list read by both)
+  or listed with the reason it is compose-only, and the Airflow components match;
 - deploy/compose/init_dev.py (the dev-init service) creates every bucket, container and
   directory the targets need and seeds MongoDB, once, against the real local services of
   the integration tests (marker integration), with the compose file's dev key ring.
@@ -37,10 +40,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from include.backup import devstack
 from include.backup.config.loader import load_config
 from include.backup.config.schema import BackupConfig, FilesSource, PostgresSource
 from include.backup.keys import KeyRing
 from include.backup.targets import build_target
+from include.backup.testing.airflow_stack import COMPONENTS
 from tests.integration.mongo_service import MongoServer, mongo_server  # noqa: F401  (fixtures)
 from tests.integration.services import (  # noqa: F401  (fixtures)
     AzureService,
@@ -419,12 +424,54 @@ def test_shell_scripts_parse(compose: dict[str, Any]) -> None:
         assert result.returncode == 0, f"{name}: {result.stderr}"
 
 
+def test_make_up_and_compose_run_the_same_services(compose: dict[str, Any]) -> None:
+    services = set(compose["services"])
+    started = {s.compose: s.name for s in devstack.SERVICES}
+    unknown = set(started) - services
+    assert not unknown, f"devstack.SERVICES names {unknown}, which are no services of docker-compose.yaml"
+    stale = set(devstack.COMPOSE_ONLY) - services
+    assert not stale, f"devstack.COMPOSE_ONLY lists {stale}, which docker-compose.yaml no longer has"
+    both = set(started) & set(devstack.COMPOSE_ONLY)
+    assert not both, f"{both}: both started by make up and listed as compose-only"
+    missing = services - set(started) - set(devstack.COMPOSE_ONLY)
+    assert not missing, (
+        f"docker-compose.yaml runs {sorted(missing)}, which make up neither starts nor lists as "
+        "compose-only: add each to devstack.SERVICES (and start it) or to COMPOSE_ONLY with the reason"
+    )
+
+
+def test_make_up_runs_the_airflow_components_compose_runs(compose: dict[str, Any]) -> None:
+    airflow = {s.name: s.compose for s in devstack.SERVICES if s.compose.startswith("airflow-")}
+    assert set(airflow) == {*COMPONENTS, "celery-worker"}, "make up's Airflow components changed"
+    for name, service in airflow.items():
+        command = str(compose["services"][service].get("command", ""))
+        assert command == name.replace("-worker", " worker"), f"{service} runs {command!r}; make up: {name}"
+    celery_only = {s.compose for s in devstack.SERVICES if s.celery_only}
+    assert celery_only == {"redis", "airflow-worker"}
+    assert compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+def test_ftp_dev_service(compose: dict[str, Any], worker_env: dict[str, str]) -> None:
+    ftp = compose["services"]["ftp"]
+    assert (ROOT / ftp["build"] / "Dockerfile").is_file()
+    args = ftp["command"]
+    conn = _connection(worker_env["AIRFLOW_CONN_FTP_DEV"])
+    assert conn["host"] == "ftp" and conn["conn_type"] == "ftp"
+    assert str(conn["port"]) == args[args.index("--port") + 1]
+    login = (args[args.index("--username") + 1], args[args.index("--password") + 1])
+    assert (conn["login"], conn["password"]) == login
+    assert "--write" in args, "the ftp target needs write access"
+    pinned = re.search(r"pyftpdlib==([\d.]+)", (ROOT / ftp["build"] / "Dockerfile").read_text())
+    dev_pin = re.search(r"^pyftpdlib==([\d.]+)", (ROOT / "requirements-dev.txt").read_text(), re.M)
+    assert pinned and dev_pin and pinned.group(1) == dev_pin.group(1), "the image runs the tests' FTP server"
+
+
 # --- the development services and the compose backup config ------------------------------
 
 
 def test_compose_backup_config_validates(backup_config: BackupConfig, worker_env: dict[str, str]) -> None:
     kinds = {t.type for t in backup_config.targets.values()}
-    assert {"local", "s3", "azure_blob", "gcs", "sftp"} <= kinds, f"a dev store has no target: {kinds}"
+    assert {"local", "s3", "azure_blob", "gcs", "sftp", "ftp"} <= kinds, f"a dev store has no target: {kinds}"
     sources = backup_config.sources
     scheduled = {(s.source, s.type.value) for s in backup_config.schedules}
     by_kind: set[tuple[str, str]] = set()
