@@ -49,6 +49,8 @@ DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 DEFAULT_PORT = 8080
 STATE_FILE = "state.json"
 STOP_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 600.0
+"""How long the Airflow components may take to report healthy: minutes on a busy laptop."""
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 S3_CONN_ID = "s3_dev"
 PG_CONN_ID = "events_pg"
@@ -284,6 +286,7 @@ def start(
     env_extra: Mapping[str, str] | None = None,
     sample_rows: int = 2000,
     prepare_source: Callable[[PgCluster], None] | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> Started:
     """Start everything (see the module docstring) in a fresh ``run`` directory and record
     it in ``<run>/state.json``. ``run`` must be reachable by the postgres OS user (not under
@@ -318,7 +321,7 @@ def start(
         }
         stack = AirflowStack(
             run, REPO_ROOT / "dags", env, executor=executor, celery_workers=workers,
-            metadata_dir=run / "pg-meta", port=port, parallelism=8,
+            metadata_dir=run / "pg-meta", port=port, parallelism=8, start_timeout_s=start_timeout_s,
         )  # fmt: skip
         stack.start()
         stack.detach()
