@@ -54,6 +54,11 @@ task per target; manifest last) → **verify** (read back and re-hash at each ta
 """
 
 
+BACKUP_ASSET_ALIAS = "backup"
+"""The asset alias of the backup DAGs' cleanup task: it adds one event on
+``backup://<source>`` per verified backup (tasks.backup_event)."""
+
+
 def config_retention_default() -> Any:
     return GFSRetention()
 
@@ -73,6 +78,8 @@ def _steps() -> SimpleNamespace:
     the steps hand each other one dict each through XCom (multiple_outputs=False: no XCom
     per key besides it)."""
     from airflow.sdk import (  # lazy: Airflow: not loaded by the CLI and config checks
+        Asset,
+        AssetAlias,
         get_current_context,
         task,
     )
@@ -82,12 +89,15 @@ def _steps() -> SimpleNamespace:
         from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
 
         ctx = get_current_context()
-        # Runs triggered through the REST API with "logical_date": null have none; the
-        # run's run_after is fixed for the run, so every retry gets the same backup id.
-        when = ctx.get("logical_date") or getattr(ctx.get("dag_run"), "run_after", None)
+        # The backup id is named by when the run started (fixed for the run: every retry
+        # gets the same id), not by its logical date; the manifest keeps both.
+        when = tasks.run_started_at(ctx)
         config = runtime.load_config()
         schedule = tasks.resolve_schedule(config, schedule_name, "dump")
-        return tasks.dump(config, schedule, ctx["run_id"], when).to_xcom()
+        run_id = ctx["run_id"]
+        return tasks.dump(
+            config, schedule, run_id, when, logical_date=ctx.get("logical_date"), dag_run_id=run_id
+        ).to_xcom()
 
     @task(task_id="encrypt", multiple_outputs=False)
     def encrypt(meta: dict[str, Any]) -> dict[str, Any]:
@@ -117,11 +127,16 @@ def _steps() -> SimpleNamespace:
         get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
         return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
-    @task(task_id="cleanup", multiple_outputs=False)
+    @task(task_id="cleanup", outlets=[AssetAlias(BACKUP_ASSET_ALIAS)], multiple_outputs=False)
     def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
         from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
 
-        return tasks.cleanup(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), schedule_name)
+        config, backup = runtime.load_config(), tasks.BackupMeta.from_xcom(meta)
+        result = tasks.cleanup(config, backup, schedule_name)
+        # One asset event per verified backup (cleanup runs after every verify passed).
+        uri, extra = tasks.backup_event(config, backup, schedule_name)
+        get_current_context()["outlet_events"][AssetAlias(BACKUP_ASSET_ALIAS)].add(Asset(uri), extra=extra)
+        return result
 
     steps = SimpleNamespace(
         dump=dump, encrypt=encrypt, checksum=checksum, upload=upload, verify=verify, cleanup=cleanup

@@ -141,10 +141,37 @@ _LATER_FIELDS = frozenset({"key_id", "stored_size", "sha256"})  # set by encrypt
 
 def make_backup_id(schedule: str, when: datetime, run_id: str) -> str:
     """Deterministic per DAG run, so a retried task finds the same staging directory and
-    overwrites the same objects instead of leaving an orphan beside them."""
+    overwrites the same objects instead of leaving an orphan beside them. ``when`` is the
+    time the backup is named by: :func:`run_started_at` for a DAG run."""
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     suffix = hashlib.sha256(run_id.encode()).hexdigest()[:6]
     return f"{schedule}-{stamp}-{suffix}"
+
+
+def _attr(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def _utc(value: Any) -> datetime | None:
+    if isinstance(value, str) and value:
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def run_started_at(context: Mapping[str, Any]) -> datetime | None:
+    """When a DAG run's backup was taken, for its backup id: the run's start (wall clock),
+    fixed for the run so every retry gets the same id. Not the logical date: a scheduled
+    run that starts hours after its interval (an unpaused DAG, a busy scheduler) would
+    carry the interval's time. Falls back to run_after, then the logical date; None
+    without a run. The dump task and the failure callback both name the staging with it."""
+    dag_run = context.get("dag_run")
+    for value in (_attr(dag_run, "start_date"), _attr(dag_run, "run_after"), context.get("logical_date")):
+        when = _utc(value)
+        if when is not None:
+            return when
+    return None
 
 
 def staging_dir(config: BackupConfig, backup_id: str) -> Path:
@@ -279,14 +306,22 @@ def run_cleanup(meta: dict[str, Any], schedule_name: str, dry_run: bool = False)
 
 
 def dump(
-    config: BackupConfig, schedule: Schedule, run_id: str, logical_date: datetime | None
+    config: BackupConfig,
+    schedule: Schedule,
+    run_id: str,
+    when: datetime | None,
+    *,
+    logical_date: datetime | None = None,
+    dag_run_id: str | None = None,
 ) -> BackupMeta:
     """Stream the source through the compressor into the staging directory.
 
+    ``when`` names the backup id (:func:`run_started_at` in a DAG run; now when None);
+    ``logical_date`` and ``dag_run_id`` are recorded in the manifest.
     A retry whose earlier attempt finished (its process died before Airflow recorded it)
     returns that dump; one that did not finish starts again from nothing."""
     started = utcnow()
-    backup_id = make_backup_id(schedule.name, logical_date or started, run_id)
+    backup_id = make_backup_id(schedule.name, when or started, run_id)
     stage = staging_dir(config, backup_id)
     # Plaintext of any schedule's runs that died with their worker (staging.py).
     sweep_plaintext(stage.parent, grace_s=plaintext_grace_s(), skip=backup_id)
@@ -356,6 +391,8 @@ def dump(
         stats=result.stats,
         source_state=result.source_state,
         incomplete=result.incomplete,
+        dag_run_id=dag_run_id,
+        logical_date=_utc(logical_date),
     )
     try:
         _write_atomic(stage / DRAFT_NAME, manifest.to_json())
@@ -700,6 +737,27 @@ def cleanup(
     orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
     faults.hit("cleanup.done")
     return {"backup_id": meta.backup_id, "deleted": deleted, **orphan_report(orphans)}
+
+
+def backup_event(config: BackupConfig, meta: BackupMeta, schedule_name: str) -> tuple[str, dict[str, Any]]:
+    """(asset URI, extra) of the asset event the cleanup task emits for a verified backup:
+    ``backup://<source>``, with the backup's id, sizes and targets (metadata only), so that
+    ``GET /api/v2/assets/events`` follows backups and a DAG can be scheduled on them.
+    Cleanup runs only once every target's verify passed: each target holds it, verified."""
+    schedule = resolve_schedule(config, schedule_name, "cleanup", meta.backup_id)
+    extra: dict[str, Any] = {
+        "backup_id": meta.backup_id,
+        "schedule": schedule.name,
+        "source": schedule.source,
+        "backup_type": meta.backup_type,
+        "parent_id": meta.parent_id,
+        "raw_size": meta.raw_size,
+        "compressed_size": meta.compressed_size,
+        "stored_size": meta.stored_size,
+        "sha256": meta.sha256,
+        "targets": list(schedule.targets),
+    }
+    return f"backup://{schedule.source}", extra
 
 
 def _remove_stale_staging(root: Path, schedule_name: str, *, known: set[str] | None = None) -> None:

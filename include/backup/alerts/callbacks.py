@@ -50,9 +50,10 @@ from include.backup.alerts.deadlines import (  # re-exported: they lived here (D
 from include.backup.alerts.notify import Alert, AlertKind, redact, send
 from include.backup.catalog.catalog import as_utc, verified_at
 from include.backup.catalog.index import optional_keys, summaries
+from include.backup.errors import IntegrityError, RestoreRefused
 from include.backup.staging import FAILED_MARKER, remove_plaintext, write_private
 from include.backup.targets import build_targets
-from include.backup.tasks import load_config, make_backup_id, staging_dir
+from include.backup.tasks import load_config, make_backup_id, run_started_at, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,7 @@ def failed_stage(config: Any, schedule_name: str, context: Mapping[str, Any]) ->
     ti = context.get("task_instance") or context.get("ti")
     dag_run = context.get("dag_run")
     run_id = context.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id")
-    # What the dump task used: the logical date, else the run's run_after (API runs).
-    when = _as_dt(context.get("logical_date")) or _as_dt(_get(dag_run, "run_after"))
+    when = run_started_at(context)  # what the dump task named the backup by
     if not run_id or when is None:
         return None
     stage = staging_dir(config, make_backup_id(schedule_name, when, str(run_id)))
@@ -292,7 +292,13 @@ def on_backup_failure(
     run share the dedupe key). Also, for a failed task, the removal of its run's plaintext
     dump from staging (:func:`remove_failed_plaintext`), the failure metrics, and the
     staging marker that tells ``dr_monitor`` the run is over (:func:`mark_staging_failed`).
-    Never raises."""
+    Never raises.
+
+    A refusal (:func:`is_refusal`: a request refused before anything was touched) is no
+    failure: :func:`on_refusal` reports it instead."""
+    if is_refusal(context.get("exception")):
+        on_refusal(context, config=config, state_path=state_path)
+        return
     try:
         if config is None:
             try:
@@ -314,6 +320,80 @@ def on_backup_failure(
         )
     except Exception as exc:  # noqa: BLE001 - a callback must never raise
         log.error("backup failure alert could not be mailed: %s", redact(exc))
+
+
+# --- refusals --------------------------------------------------------------------------
+
+REFUSAL_XCOM_KEY = "refusal"
+
+
+def is_refusal(exc: BaseException | None) -> bool:
+    """A request refused before anything was touched: a RestoreRefused (a bad or missing
+    param, no confirmation, a non-empty destination), but not a broken chain, which is
+    also an IntegrityError: that one is the backups' problem and pages on-call."""
+    return isinstance(exc, RestoreRefused) and not isinstance(exc, IntegrityError)
+
+
+def refusal_record(context: Mapping[str, Any]) -> dict[str, Any]:
+    """What the failed task's ``refusal`` XCom holds (metadata only, redacted)."""
+    ti = context.get("task_instance") or context.get("ti")
+    dag_run = context.get("dag_run")
+    reason = redact(" ".join(str(context.get("exception")).split()))
+    if len(reason) > ERROR_MAX_CHARS:
+        reason = reason[: ERROR_MAX_CHARS - 1] + "…"
+    return {
+        "reason": reason,
+        "dag_id": _get(ti, "dag_id") or _get(dag_run, "dag_id"),
+        "run_id": context.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id"),
+        "task_id": _get(ti, "task_id"),
+        "touched_nothing": True,
+    }
+
+
+def refusal_alert(record: Mapping[str, Any]) -> Alert:
+    """The REQUEST_REFUSED alert (info): one per run, whichever of its tasks refused."""
+    dag_id, run_id = str(record["dag_id"] or "unknown"), str(record["run_id"] or "unknown")
+    facts = {"DAG": dag_id, "run": run_id, "task": str(record["task_id"]), "reason": record["reason"]}
+    return Alert(
+        AlertKind.REQUEST_REFUSED,
+        dag_id,
+        summary=f"{dag_id} refused the request before touching anything",
+        facts=facts,
+        key=f"{AlertKind.REQUEST_REFUSED.value}:{dag_id}:{run_id}",
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=record["task_id"],
+    )
+
+
+def on_refusal(
+    context: Mapping[str, Any],
+    *,
+    config: Any = None,
+    state_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Make a refusal readable where automation looks: a plain error line in the task log
+    (REST log readers drop the exception text of a structured record), the reason as the
+    failed task's XCom ``refusal`` (``GET .../xcomEntries/refusal``), and one info mail
+    per run saying "refused" — no BACKUP_FAILED page, no failure metrics. Never raises."""
+    try:
+        record = refusal_record(context)
+        log.error("refused, nothing was touched: %s", record["reason"])
+        ti = context.get("task_instance") or context.get("ti")
+        try:
+            ti.xcom_push(key=REFUSAL_XCOM_KEY, value=record)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - the log line and the mail still tell
+            log.warning("could not store the refusal as XCom: %s", redact(exc))
+        config = config if config is not None else _load_config()
+        send(
+            [refusal_alert(record)],
+            list(config.dr.notification_emails),
+            config.dr.smtp_conn_id,
+            state_path=state_path,
+            window=timedelta(days=7),
+        )
+    except Exception as exc:  # noqa: BLE001 - a callback must never raise
+        log.error("refusal could not be reported: %s", redact(exc))
 
 
 # --- deadline alerts -------------------------------------------------------------------

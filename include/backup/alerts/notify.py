@@ -64,6 +64,7 @@ class AlertKind(StrEnum):
     TARGET_UNREACHABLE = "TARGET_UNREACHABLE"
     DR_ACTIVATED = "DR_ACTIVATED"
     DR_TEST_RESULT = "DR_TEST_RESULT"
+    REQUEST_REFUSED = "REQUEST_REFUSED"
 
 
 SEVERITY: dict[AlertKind, Severity] = {
@@ -78,6 +79,9 @@ SEVERITY: dict[AlertKind, Severity] = {
     AlertKind.TARGET_UNREACHABLE: Severity.CRITICAL,
     AlertKind.DR_ACTIVATED: Severity.CRITICAL,
     AlertKind.DR_TEST_RESULT: Severity.INFO,
+    # A restore, DR test or failover refused before it touched anything: the requester's
+    # to fix, not a backup failure (alerts/callbacks.py on_refusal).
+    AlertKind.REQUEST_REFUSED: Severity.INFO,
 }
 
 # What on-call should do next, per kind (shown when the alert gives no action of its own).
@@ -124,6 +128,11 @@ NEXT_STEPS: dict[AlertKind, str] = {
         "secondary, and keep stakeholders informed."
     ),
     AlertKind.DR_TEST_RESULT: "Read the DR test report; file follow-ups for any issue it lists.",
+    AlertKind.REQUEST_REFUSED: (
+        "Nothing was touched and no backup is affected. Fix what the reason names (a param, "
+        "the confirmation) and trigger the run again; the failed task's XCom 'refusal' holds "
+        "the same reason for automation."
+    ),
 }
 
 TITLES: dict[AlertKind, str] = {
@@ -138,6 +147,7 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.TARGET_UNREACHABLE: "Backup target unreachable",
     AlertKind.DR_ACTIVATED: "DR activated",
     AlertKind.DR_TEST_RESULT: "DR test result",
+    AlertKind.REQUEST_REFUSED: "Request refused",
 }
 
 

@@ -55,6 +55,9 @@ class Verification(BaseModel):
     detail: str = ""
 
 
+_OPTIONAL_RUN_FIELDS = ("dag_run_id", "logical_date")  # left out of a manifest's JSON while None
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,15 +86,25 @@ class Manifest(BaseModel):
     # the source's on_changed: warn) and the backup lacks part of it; stats["warnings"] says
     # what. Signed like every field; left out of the JSON while False (below).
     incomplete: bool = False
+    # The Airflow DAG run that made the backup, and its logical date (the data interval a
+    # scheduled run stands for; the backup id is named by when the dump started instead).
+    # None for the CLI and for backups made before the fields existed; left out of the JSON
+    # while None, like ``incomplete``.
+    dag_run_id: str | None = None
+    logical_date: datetime | None = None
 
     @model_serializer(mode="wrap")
     def _omit_complete(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump ``incomplete`` only when True: the signed bytes of every manifest made
-        before the field existed stay what they were (catalog/signing.py signs the dump),
-        and a complete backup's manifest stays readable by earlier versions."""
+        """Dump ``incomplete`` only when True and the run fields only when set: the signed
+        bytes of every manifest made before the fields existed stay what they were
+        (catalog/signing.py signs the dump), and such a manifest stays readable by earlier
+        versions."""
         data: dict[str, Any] = handler(self)
         if not self.incomplete:
             data.pop("incomplete", None)
+        for name in _OPTIONAL_RUN_FIELDS:
+            if data.get(name, 0) is None:
+                data.pop(name)
         return data
 
     def to_json(self) -> bytes:

@@ -19,6 +19,7 @@ from include.backup.config.schema import BackupConfig
 from include.backup.dag_defaults import dag_defaults
 from include.backup.dr import failover
 from include.backup.dr.drtest import (
+    TEST_TYPE_ALIASES,
     DRTestRequest,
     mail_reports,
     parse_dr_test_params,
@@ -31,7 +32,7 @@ from include.backup.dr.monitor import notify_report, run_monitor, sweep_targets
 from include.backup.dr.params import RestoreRequest, parse_restore_params
 from include.backup.dr.reports import TEST_TYPES, DRTestReport
 from include.backup.dr.restore import restore_backup
-from include.backup.errors import BackupError
+from include.backup.errors import BackupError, RestoreRefused
 from include.backup.factory import _load, deadline_alerts_enabled
 from include.backup.metrics import emit_monitor_report, emit_restore
 from include.backup.staging import sweep_configured_staging
@@ -148,6 +149,7 @@ def build_restore_dag(config: BackupConfig) -> Any:
     with DAG(
         dag_id="restore",
         schedule=None,
+        is_paused_upon_creation=False,  # runs only when triggered: a REST trigger must not sit queued
         params=_restore_params(config),
         doc_md=RESTORE_DOC,
         description="Restore a backup, a point in time, or some tables into a place you name",
@@ -223,7 +225,8 @@ def _dr_test_params(config: BackupConfig) -> dict[str, Any]:
     sources = ", ".join(config.sources) or "none configured"
     nullable_text = ["null", "string"]
     return {
-        "test_type": Param("RESTORE_TEST", type="string", enum=list(TEST_TYPES), description="what to test"),
+        "test_type": Param("RESTORE_TEST", type="string", enum=[*TEST_TYPES, *TEST_TYPE_ALIASES],
+                           description="what to test (aliases such as RESTORE, FAILOVER, RTO are accepted)"),
         "source": Param(None, type=nullable_text, description=f"source name: {sources}"),
         "target_environment": Param(
             None, type=nullable_text, description="conn:<conn_id>, a new database name, or a directory"
@@ -323,6 +326,7 @@ def build_dr_test_dag(config: BackupConfig) -> Any:
     with DAG(
         dag_id="dr_test",
         schedule=None,
+        is_paused_upon_creation=False,  # runs only when triggered: a REST trigger must not sit queued
         params=_dr_test_params(config),
         doc_md=DR_TEST_DOC,
         description="DR test: verify backups, restore into staging, rehearse failover, measure RTO",
@@ -362,6 +366,7 @@ def build_failover_dag(config: BackupConfig) -> Any:
     with DAG(
         dag_id="failover",
         schedule=None,
+        is_paused_upon_creation=False,  # runs only when triggered: a REST trigger must not sit queued
         params=_failover_params(config),
         doc_md=FAILOVER_DOC,
         description="Fail over a source: assess, switch, restore the latest backup, verify, notify",
@@ -402,7 +407,8 @@ def build_failover_dag(config: BackupConfig) -> Any:
         def notify(request: dict[str, Any] | None) -> dict[str, Any]:
             ctx = get_current_context()
             if request is None:  # validate_params refused: nothing was touched, nothing to announce
-                raise BackupError("failover refused by validate_params (see its log); nothing was done")
+                raise RestoreRefused("failover refused by validate_params (its XCom 'refusal' says why); "
+                                     "nothing was done")
             ti = ctx["ti"]
             outcomes = {step: ti.xcom_pull(task_ids=step) for step in failover.STEPS}
             req = failover.FailoverRequest.from_xcom(request)

@@ -78,3 +78,16 @@ def check_destination(value: str, param: str = "into") -> str:
     if not _NAME.fullmatch(value):
         raise RestoreRefused(f"param {param!r} {value!r} is not a destination: give {SHAPES}")
     return value
+
+
+def check_files_directory(value: str, source: str, param: str = "into") -> str:
+    """A files backup is restored into an absolute directory: a relative one would be
+    resolved against the working directory of whichever worker runs the task, which no
+    one chose. RestoreRefused naming ``param`` and the fix otherwise."""
+    if not value.startswith("/"):
+        raise RestoreRefused(
+            f"param {param!r} {value!r} is a relative path: files source {source!r} is restored "
+            f"into an absolute directory (a relative one would land in the worker's working "
+            f"directory); give e.g. /srv/restore/{source}"
+        )
+    return value

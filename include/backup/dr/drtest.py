@@ -60,7 +60,7 @@ from include.backup.tasks import deep_verify
 log = logging.getLogger(__name__)
 
 # What people type from the seed documents' API ("FAILOVER", "RESTORE") is accepted too.
-_ALIASES = {
+TEST_TYPE_ALIASES = {
     "BACKUP": "BACKUP_VERIFICATION",
     "VERIFY": "BACKUP_VERIFICATION",
     "VERIFICATION": "BACKUP_VERIFICATION",
@@ -100,7 +100,7 @@ def normalise_test_type(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RestoreRefused(f"param 'test_type' is required: one of {', '.join(TEST_TYPES)}")
     name = value.strip().upper().replace("-", "_").replace(" ", "_")
-    name = _ALIASES.get(name, name)
+    name = TEST_TYPE_ALIASES.get(name, name)
     if name not in TEST_TYPES:
         raise RestoreRefused(
             f"param 'test_type' {value!r} is not a DR test type; use one of {', '.join(TEST_TYPES)}"

@@ -38,6 +38,17 @@ def parse_limit(value: str | None) -> int | None:
     return limit
 
 
+def parse_type(value: str | None, allowed: Iterable[str]) -> str | None:
+    """``type``: one of ``allowed`` (any case); None (absent) for every type. An unknown
+    type is a 400 naming the allowed ones, not an empty list that looks like no backups."""
+    if value is None or value == "":
+        return None
+    choices = list(allowed)
+    if value.strip().upper() not in choices:
+        raise _bad("type", value, f"give one of {', '.join(choices)}")
+    return value.strip().upper()
+
+
 def parse_since(value: str | None) -> datetime | None:
     """``since``: an ISO date or datetime (UTC when no offset); rows started at or after it."""
     if not value:

@@ -21,6 +21,7 @@ from include.backup.dr.destinations import (
     PATH_REFUSED,
     SHAPES,
     check_destination,
+    check_files_directory,
     check_path,
 )
 from include.backup.dr.smoke import server_key
@@ -34,6 +35,7 @@ __all__ = [
     "RestoreRequest",
     "bool_param",
     "check_destination",
+    "check_files_directory",
     "check_not_production",
     "check_not_same_database",
     "check_path",
@@ -138,6 +140,8 @@ def parse_restore_params(params: Mapping[str, Any], config: BackupConfig) -> Res
         raise RestoreRefused(
             f"param 'source': no source named {source!r}; known: {', '.join(config.sources)}"
         )
+    if source is not None and config.sources[source].type == "files":
+        check_files_directory(into, source)  # by backup_id: restore_backup checks it
     if target is not None and target not in config.targets:
         raise RestoreRefused(
             f"param 'target': no target named {target!r}; known: {', '.join(config.targets)}"

@@ -57,6 +57,7 @@ from include.backup.alerts.notify import redact
 from include.backup.catalog.catalog import as_utc, verified_at
 from include.backup.catalog.index import optional_keys, summaries
 from include.backup.catalog.manifest import Manifest
+from include.backup.config.schema import BackupType
 from include.backup.dr import paging
 from include.backup.dr.monitor import MonitorReport, fmt_age, fmt_bytes, fmt_time, run_monitor
 from include.backup.factory import _load
@@ -201,6 +202,8 @@ def _backup_row(m: Manifest, held: list[str], ok: list[str]) -> dict[str, Any]:
         "verified_targets": sorted(ok),
         "verified": bool(ok),
         "incomplete": m.incomplete,  # marked at dump time: the source moved under it
+        "dag_run_id": m.dag_run_id,  # None: made by the CLI, or before manifests recorded it
+        "logical_date": as_utc(m.logical_date).isoformat() if m.logical_date else None,
     }
 
 
@@ -644,6 +647,7 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         # Paging and ``since``: 400 naming the parameter, before any work.
         page_size, after = paging.parse_limit(limit), paging.parse_cursor(cursor)
         since_at = paging.parse_since(since)
+        wanted_type = paging.parse_type(type, (t.value for t in BackupType))
         try:
             rows, problems = mon.backups(refresh=refresh)
         except Exception as exc:  # noqa: BLE001 - config cannot be loaded
@@ -652,7 +656,7 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
             r
             for r in rows
             if (source is None or r["source"] == source)
-            and (type is None or r["type"] == type.upper())
+            and (wanted_type is None or r["type"] == wanted_type)
             and (verified is None or r["verified"] == verified)
             and period.holds(r)
         ]
