@@ -30,6 +30,7 @@ from include.backup.retention import (
 from include.backup.settings import ORPHAN_GRACE_HOURS, staging_root
 from include.backup.targets import build_target
 from include.backup.targets.base import Target
+from include.backup.wal.archive import prune_before_oldest_base
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ def _retention_pass(
         deleted[name] = apply_retention(
             target, schedule.source, schedule.name, plan, dry_run=dry_run, current=backups
         )
+        kept = [m for m in backups if m.backup_id not in plan.delete]  # pushed WAL: wal/archive.py
+        prune_before_oldest_base(target, schedule.source, kept, dry_run=dry_run)
     return deleted
 
 

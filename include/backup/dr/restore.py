@@ -19,12 +19,12 @@ from include.backup.catalog.index import optional_keys, read_chain, summaries
 from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, backup_prefix
 from include.backup.catalog.signing import authenticate
 from include.backup.config.schema import BackupConfig
-from include.backup.dr.destinations import check_files_directory
 from include.backup.errors import IntegrityError, ObjectNotFound, RestoreRefused, TargetError
 from include.backup.pipeline.stream import open_sealed
 from include.backup.progress import Progress, counted
 from include.backup.sources import build_source
 from include.backup.targets import build_target
+from include.backup.wal.plan import pushed_plan
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def restore_backup(
     started = time.monotonic()
     if until is not None:
         until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+    plan = None
     if backup_id is not None:
         target, manifest = locate(config, backup_id, target_name)
         if source_name is not None and manifest.source != source_name:
@@ -133,7 +134,9 @@ def restore_backup(
             chain = pitr_chain(chain, until, _continuity(source))
     elif source_name is not None:
         source = _build(config, source_name, build_source)
-        target, chain = _find_chain(config, source_name, target_name, until, source)
+        # A source whose WAL is pushed (wal-push): its base backup, then that WAL.
+        plan = pushed_plan(config, source_name, target_name, until, keys)
+        target, chain = plan[:2] if plan else _find_chain(config, source_name, target_name, until, source)
         manifest = chain[-1]
     else:
         raise RestoreRefused(
@@ -141,8 +144,6 @@ def restore_backup(
             "newest backup or a point in time (until)"
         )
     backup_id = manifest.backup_id
-    if getattr(config.sources.get(manifest.source), "type", None) == "files":
-        check_files_directory(into, manifest.source)  # before anything is read or written
     total = sum(o.size for m in chain for o in m.objects)
     with Progress(f"check {backup_id} before restoring", total) as checked:
         for m in chain:
@@ -164,7 +165,7 @@ def restore_backup(
         into,
         f" up to {until.isoformat()}" if until else "",
     )
-    kwargs: dict[str, Any] = {"only": only, "overwrite": overwrite}
+    kwargs: dict[str, Any] = {"only": only, "overwrite": overwrite, **({"pushed": plan[2]} if plan else {})}
     if until is not None:
         kwargs["until"] = until
     notes = [incomplete_note(m) for m in chain if m.incomplete]

@@ -15,6 +15,7 @@ fails authentication (recovery ends at the last good file; the reason is on stde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,8 @@ from include.backup.wal.fetch import (
     take_from_cache,
     write_whole,
 )
-from include.backup.wal.push import push_file
-from include.backup.wal.settings import build_wal_target, config_path, load_keys, load_settings
+from include.backup.wal.push import copy_to_spool, push_file
+from include.backup.wal.settings import WalSettings, build_wal_target, config_path, load_keys, load_settings
 
 VERBS = ("wal-push", "wal-fetch")
 DEFAULT_PREFETCH = 8
@@ -61,21 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _targets_and_keys(args: argparse.Namespace) -> tuple[str, list[object], object]:
+def _targets_and_keys(args: argparse.Namespace) -> tuple[WalSettings, list[object], object]:
     settings = load_settings(config_path(args.config), args.source)
     keys = load_keys(args.key_file, settings.key_conn_id)
-    return settings.source, [build_wal_target(n, c) for n, c in settings.targets], keys
+    return settings, [build_wal_target(n, c) for n, c in settings.targets], keys
 
 
 def _push(args: argparse.Namespace) -> int:
-    source, targets, keys = _targets_and_keys(args)
-    push_file(Path(args.path), source, targets, keys)  # type: ignore[arg-type]
+    settings, targets, keys = _targets_and_keys(args)
+    path = Path(args.path)
+    push_file(path, settings.source, targets, keys)  # type: ignore[arg-type]
+    if settings.spool is not None and settings.spool.is_dir():
+        copy_to_spool(path, settings.spool)
     return 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
     if args.prefetch_worker:  # the detached helper: args.name and args.dest are all names
-        source, targets, keys = _targets_and_keys(args)
+        settings, targets, keys = _targets_and_keys(args)
+        source = settings.source
         prefetch_into(Path(args.cache), [args.name, *args.dest],
                       lambda n: fetch_bytes(targets, source, n, keys)[0], args.prefetch)  # type: ignore[arg-type]  # fmt: skip
         return 0
@@ -87,28 +92,20 @@ def _fetch(args: argparse.Namespace) -> int:
     seg_size = 0
     try:
         if not take_from_cache(cache, args.name, dest):
-            source, targets, keys = _targets_and_keys(args)
-            data, record = fetch_bytes(targets, source, args.name, keys)  # type: ignore[arg-type]
+            settings, targets, keys = _targets_and_keys(args)
+            data, record = fetch_bytes(targets, settings.source, args.name, keys)  # type: ignore[arg-type]
             write_whole(dest, data)
             seg_size = record.size
     except NotArchived:
         return 1
     except IntegrityError as exc:
         print(f"wal-fetch: refusing {args.name}: {exc}", file=sys.stderr)
-        with _quiet():
+        with contextlib.suppress(OSError):  # a read-only place: no prefetch, no note
             cache.mkdir(parents=True, exist_ok=True)
             (cache / (args.name + ".refused")).write_text(f"{exc}\n")
         return 1
     _spawn_prefetch(args, cache, seg_size or (dest.stat().st_size if dest.is_file() else 0))
     return 0
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 def _spawn_prefetch(args: argparse.Namespace, cache: Path, seg_size: int) -> None:
@@ -119,7 +116,7 @@ def _spawn_prefetch(args: argparse.Namespace, cache: Path, seg_size: int) -> Non
               if not any((cache / (n + s)).exists() for s in ("", ".refused", ".lock"))]  # fmt: skip
     if not wanted:
         return
-    with _quiet():
+    with contextlib.suppress(OSError):  # a read-only place: no prefetch, no note
         cache.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "include.backup", "wal-fetch", "--prefetch-worker",
                "--cache", str(cache), "--prefetch", str(args.prefetch)]  # fmt: skip

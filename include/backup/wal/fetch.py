@@ -134,10 +134,14 @@ def prefetch_into(
     names: Iterable[str],
     fetch: Callable[[str], bytes],
     workers: int,
+    *,
+    strict: bool = False,
 ) -> None:
     """Fetch ``names`` into ``cache`` with ``workers`` threads (oldest first): each file
     whole or not at all, a refusal as ``<name>.refused``, a missing file skipped. A name
-    already cached, refused or being fetched by someone else (its lock) is left alone."""
+    already cached, refused or being fetched by someone else (its lock) is left alone.
+    Other errors (an unreachable target) are left to the fetch itself, or, with
+    ``strict`` (the restore, where nothing else fetches), written as refusals too."""
     cache.mkdir(parents=True, exist_ok=True)
 
     def one(name: str) -> None:
@@ -151,8 +155,9 @@ def prefetch_into(
             pass
         except IntegrityError as exc:
             (cache / (name + REFUSED)).write_text(str(exc) + "\n")
-        except Exception:  # noqa: BLE001, S110 - a prefetch failure: the fetch itself retries and says why
-            pass
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            if strict:
+                (cache / (name + REFUSED)).write_text(f"WAL file {name} could not be fetched: {exc}\n")
         finally:
             lock.unlink(missing_ok=True)
 

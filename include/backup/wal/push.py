@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +91,26 @@ def push_file(path: Path, source: str, targets: Sequence[Any], keys: KeyRing) ->
     if errors:
         raise errors[0]  # type: ignore[misc]
     return [f.result() for f in futures]
+
+
+def copy_to_spool(path: Path, spool: Path) -> None:
+    """Also keep the file in the source's WAL spool (``wal_archive_dir``), where base
+    backups read the WAL they need: written whole then renamed, never over a file of the
+    same size (a retry), so the spool's readers never see a partial segment."""
+    dest = spool / path.name
+    if dest.is_file() and dest.stat().st_size == path.stat().st_size:
+        return
+    tmp = spool / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BackupError(
+            f"wal-push: pushed {path.name}, but copying it into the WAL spool {spool} "
+            f"(wal_archive_dir) failed: {exc.strerror or exc}; the server's OS user must be "
+            "able to write there (base backups read their WAL from it)"
+        ) from None
 
 
 def _seal(data: bytes, source: str, name: str, keys: KeyRing) -> _Sealed:

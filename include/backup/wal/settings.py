@@ -46,6 +46,7 @@ class WalSettings:
     source: str
     targets: list[tuple[str, dict[str, Any]]]  # (name, config block), config order
     key_conn_id: str
+    spool: Path | None = None  # the source's wal_archive_dir: base backups read their WAL there
 
 
 def config_path(given: str | None) -> Path:
@@ -87,7 +88,8 @@ def load_settings(path: Path, source: str | None) -> WalSettings:
         found.append((t, targets[t]))
     enc = doc.get("encryption") or {}
     key_conn = enc.get("key_conn_id", "backup_encryption") if isinstance(enc, dict) else "backup_encryption"
-    return WalSettings(path, name, found, str(key_conn))
+    spool = block.get("wal_archive_dir")
+    return WalSettings(path, name, found, str(key_conn), Path(spool) if spool else None)
 
 
 def _mapping(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from include.backup.schedule_retention import sweep_all_targets
 from include.backup.settings import staging_root
 from include.backup.targets import build_target
 from include.backup.targets.base import Target
+from include.backup.wal.archive import with_pushed_wal
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,8 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
             st.last_good_backup_age_hours = hours(now - as_utc(newest_good.started_at))
             st.last_good_backup_targets = sorted(verified[newest_good.backup_id])
             st.last_good_backup_incomplete = newest_good.incomplete
+        # A wal-push source: its RPO is the age of its newest pushed WAL segment.
+        newest_good = with_pushed_wal(config, source, newest_good, st, now, resolved[0], built)
         dag_id = next((s.dag_id for s in config.schedules if s.source == source and s.active), None)
         rpo_alert = check_rpo(
             source,

@@ -246,6 +246,7 @@ class PostgresSource:
         only: list[str] | None = None,
         overwrite: bool = False,
         until: datetime | None = None,
+        pushed: Any = None,  # physical: pushed WAL to replay after the base (wal/plan.py)
     ) -> dict[str, Any]:
         """Restore one FULL or SCHEMA dump into a database (see the Source protocol).
 
@@ -264,7 +265,9 @@ class PostgresSource:
         links = list(chain)
         if links and links[0][0].payload_format in PHYSICAL_FORMATS:
             # pg_basebackup-tar (+ pg_wal-tar): a physical restore into a new data directory.
-            return self._physical().restore(links, into, only=only, overwrite=overwrite, until=until)
+            return self._physical().restore(
+                links, into, only=only, overwrite=overwrite, until=until, pushed=pushed
+            )
         chain = links
         if until is not None:
             raise RestoreRefused(

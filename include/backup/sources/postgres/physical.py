@@ -317,10 +317,14 @@ class PhysicalPostgres:
         only: list[str] | None = None,
         overwrite: bool = False,
         until: datetime | None = None,
+        pushed: Any = None,
     ) -> dict[str, Any]:
-        """Point-in-time recovery of a chain (a base backup and its WAL backups) into a
-        new data directory: see :func:`~include.backup.sources.postgres.recovery.restore_chain`."""
-        return restore_chain(self.name, list(chain), into, only=only, overwrite=overwrite, until=until)
+        """Point-in-time recovery of a chain (a base backup and its WAL backups, or a base
+        and the pushed WAL: ``pushed``) into a new data directory: see
+        :func:`~include.backup.sources.postgres.recovery.restore_chain`."""
+        return restore_chain(
+            self.name, list(chain), into, only=only, overwrite=overwrite, until=until, pushed=pushed
+        )
 
 
 # --- misc ----------------------------------------------------------------------------------

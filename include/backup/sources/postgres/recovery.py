@@ -22,6 +22,7 @@ restored server: :mod:`~include.backup.sources.postgres.cluster`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import shutil
@@ -31,7 +32,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from include.backup.catalog.chains import ChainRules, check_chain, end_time, format_time
 from include.backup.catalog.manifest import Manifest
@@ -63,6 +64,12 @@ from include.backup.sources.postgres.wal import (
     continuity,
     split_segment,
 )
+from include.backup.wal.archive import WalPrefetcher
+
+if TYPE_CHECKING:
+    from include.backup.wal.plan import PushedRestore
+
+log = logging.getLogger(__name__)
 
 
 def restore_chain(
@@ -73,26 +80,33 @@ def restore_chain(
     only: list[str] | None = None,
     overwrite: bool = False,
     until: datetime | None = None,
+    pushed: PushedRestore | None = None,
 ) -> dict[str, Any]:
     """Restore ``links`` (a base backup, then its WAL backups, each with its payload
-    stream) into ``into`` and start the server (see the module docstring)."""
+    stream) into ``into`` and start the server (see the module docstring). ``pushed``:
+    replay the pushed WAL after the base, fetched while replay runs (wal-push sources)."""
     manifests = [m for m, _ in links]
     _check_chain(manifests, only, source_name)
-    last_end = end_time(manifests[-1])
-    target_time = None if until is None else _target_time(manifests, until, source_name)
+    last_end = end_time(manifests[-1]) if pushed is None else pushed.window_end
+    target_time = None if until is None else _target_time(manifests, until, source_name, pushed)
     # Everything refused below is refused before anything is touched.
     data_dir, port = parse_into(into)
     check_data_dir(data_dir, overwrite)
     python = _restore_python()
     work = Workspace.create(data_dir)
     started = False
+    fetcher: WalPrefetcher | None = None
     try:
         extract_base(links[0][1], work.staging, work.wal, manifests[0].backup_id)
         for m, stream in links[1:]:
             extract_wal(stream, work.wal, m.backup_id)
-        check_wal_complete(work.wal, manifests)
+        if pushed is None:
+            check_wal_complete(work.wal, manifests)
+        else:  # fetched while the server replays; walrestore.py --wait picks each one up
+            names = pushed.wal.replay_names(manifests[0].position["wal_first"])
+            fetcher = WalPrefetcher(pushed.wal, pushed.keys, work.wal, names).start()
         port = port or free_port()
-        command = _restore_command(python, _install_wal_restore(work.wal), work.wal)
+        command = _restore_command(python, _install_wal_restore(work.wal), work.wal, wait=fetcher is not None)
         _write_recovery_conf(work.staging, data_dir, command, port, target_time)
         write_marker(work.staging, manifests)
         work.publish()
@@ -104,21 +118,30 @@ def restore_chain(
             wait_recovered(data_dir, port, source_name, progress=replay, wal_start=wal_start)
         replay_s = time.monotonic() - t0
         tables = count_tables(port, data_dir)
+        refused = fetcher.refused() if fetcher is not None else []
     except BaseException as exc:
         if started:
             stop_restored_server(str(data_dir), quiet=True)
         _add_note(exc, work.discard())
         raise
     finally:
+        if fetcher is not None:
+            fetcher.stop()
         shutil.rmtree(work.wal, ignore_errors=True)
     recovered_to = format_time(target_time) if target_time else f"end of WAL ({format_time(last_end)})"
-    return {
+    stats = {
         "data_dir": str(data_dir),
         "port": port,
         "recovered_to": recovered_to,
         "replay_seconds": round(replay_s, 3),
         "tables": tables,
     }
+    if refused:  # replay ended at the last good file: say where, and why
+        name, reason = refused[0]
+        stats["recovered_to"] = f"the end of the WAL file before {name}, which was refused"
+        stats["wal_refused"] = {"file": name, "reason": reason}
+        log.warning("restore of %s: WAL replay stopped before %s: %s", source_name, name, reason)
+    return stats
 
 
 # --- chain and target-time checks ------------------------------------------------------------
@@ -158,10 +181,13 @@ def _check_chain(manifests: list[Manifest], only: list[str] | None, source_name:
     check_chain(manifests, CHAIN_RULES, continuity)
 
 
-def _target_time(manifests: list[Manifest], until: datetime, source_name: str) -> datetime | None:
+def _target_time(
+    manifests: list[Manifest], until: datetime, source_name: str, pushed: PushedRestore | None = None
+) -> datetime | None:
     """The recovery_target_time for ``until`` (None: replay all the WAL); refuse a
-    point in time the chain does not reach."""
-    first_end, last_end = end_time(manifests[0]), end_time(manifests[-1])
+    point in time the chain (or the pushed WAL after its base) does not reach."""
+    first_end = end_time(manifests[0])
+    last_end = end_time(manifests[-1]) if pushed is None else pushed.window_end
     until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
     if until < first_end:
         raise RestoreRefused(
@@ -174,7 +200,7 @@ def _target_time(manifests: list[Manifest], until: datetime, source_name: str) -
             f"{format_time(first_end)} – {format_time(last_end)} of this "
             f"chain of source {source_name}"
         )
-    if until < last_end and len(manifests) > 1:
+    if until < last_end and (len(manifests) > 1 or pushed is not None):
         return until
     return None
 
@@ -231,11 +257,12 @@ def _restore_python() -> str:
     )
 
 
-def _restore_command(python: str, script: Path, wal_dir: Path) -> str:
+def _restore_command(python: str, script: Path, wal_dir: Path, *, wait: bool = False) -> str:
     """restore_command: our fixed program, each of our arguments quoted for /bin/sh and
     its '%' doubled (PostgreSQL expands %f/%p/%r in the string), then %f and %p (a WAL file
-    name and pg_wal/RECOVERYXLOG: PostgreSQL's own, plain characters)."""
-    ours = [python, "-I", str(script), str(wal_dir)]
+    name and pg_wal/RECOVERYXLOG: PostgreSQL's own, plain characters). ``wait``: the WAL
+    is still being fetched into ``wal_dir`` (pushed WAL)."""
+    ours = [python, "-I", str(script), *(["--wait"] if wait else []), str(wal_dir)]
     return " ".join([*(shlex.quote(a).replace("%", "%%") for a in ours), "%f", "%p"])
 
 
