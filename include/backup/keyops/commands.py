@@ -105,7 +105,8 @@ def cmd_retire(args: argparse.Namespace) -> int:
             f"key {args.key_id!r} is the active key: rotate first (keys rotate), then retire it"
         )
     failed = 0
-    for name, target in _targets(config, args.target).items():
+    targets = _targets(config, args.target)
+    for name, target in targets.items():
         result = retire_at_target(target, ring, args.key_id, staging=staging_root(config))
         failed += len(result.failed)
         print(
@@ -125,7 +126,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
             + ")"
         )
         return 0
-    return _delete(config, store, args.key_id)
+    return _delete(config, store, args.key_id, targets)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -133,12 +134,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return _delete(config, store_for(config, args.key_file), args.key_id)
 
 
-def _delete(config: BackupConfig, store: KeyStore, key_id: str) -> int:
+def _delete(config: BackupConfig, store: KeyStore, key_id: str, targets: dict[str, Any] | None = None) -> int:
     ring = store.load()
     ring.get(key_id)
     if key_id == ring.active_id:
         raise BackupError(f"key {key_id!r} is the active key: rotate first (keys rotate)")
-    needing = usage.still_needing(config, _targets(config, None), key_id)
+    needing = usage.still_needing(config, targets or _targets(config, None), key_id)
     if needing:
         print(f"refusing to delete key {key_id!r}: still needed by {len(needing)} item(s):")
         for line in needing[:50]:

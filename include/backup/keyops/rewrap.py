@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from include.backup.targets.base import Target
 
 log = logging.getLogger(__name__)
 
+SCRATCH_STALE_S = 6 * 3600  # a scratch file this old belongs to a killed retire: no live one is that idle
 HEADER_PEEK = 4096 + 512  # more than the largest header (context 4096, key id 255, fields)
 
 
@@ -196,8 +198,13 @@ def _check_payload(target: Target, manifest: Manifest, ring: KeyRing) -> tuple[E
 
 @contextlib.contextmanager
 def _scratch(staging: Path) -> Iterator[Path]:
-    """A private (0600) temporary file in the staging root, removed afterwards."""
+    """A private (0600) temporary file in the staging root, removed afterwards (and, when a
+    killed retire left one, by a later retire once it is untouched for SCRATCH_STALE_S)."""
     staging.mkdir(parents=True, exist_ok=True)
+    for old in staging.glob(".rewrap-*"):
+        with contextlib.suppress(OSError):  # gone meanwhile: fine
+            if time.time() - old.stat().st_mtime > SCRATCH_STALE_S:
+                old.unlink()
     fd, name = tempfile.mkstemp(prefix=".rewrap-", dir=staging)
     os.close(fd)
     path = Path(name)
