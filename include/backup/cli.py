@@ -16,6 +16,9 @@ Verbs:
                                         counts by rule per target, then the ids)
   decrypt IN OUT [--decompress zstd|gzip]
                                         decrypt a payload container to a file
+  audit [--since ISO] [--source S] [--target NAME] [--verify] [--json]
+                                        the audit trail at the targets; --verify checks every
+                                        link (exit 1 naming the first broken one)
   keys status|rotate|retire KEY_ID|delete KEY_ID
                                         key-encryption keys (docs/keys.md)
 
@@ -41,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup import progress, prune_report, tasks
+from include.backup import audit_cli, progress, prune_report, tasks
 from include.backup.catalog import index
 from include.backup.catalog.catalog import find_backup, verify_object
 from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
@@ -255,6 +258,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         until=until,
         source_name=args.source,
     )
+    args.audit_ids, args.audit_target = result.chain, result.target  # what the audit record names
     print(
         json.dumps(
             {
@@ -495,7 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decompress", choices=["zstd", "gzip"], help="also decompress")
     p.set_defaults(handler=_cmd_decrypt)
     keys_verb.register(sub, common)
+    audit_cli.add_parser(sub, common, _cmd_audit)
     return parser
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    config = _config(args)
+    return audit_cli.run(args, config, lambda: _keys(args, config))
 
 
 def _progress_display(args: argparse.Namespace) -> AbstractContextManager[None]:
@@ -510,14 +520,29 @@ def _progress_display(args: argparse.Namespace) -> AbstractContextManager[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    status: int | None = None
+    try:
+        status = _dispatch(args)
+        return status
+    finally:  # every verb that touches backups leaves an audit record, whatever its outcome
+        audit_cli.after_verb(args, status, getattr(args, "audit_error", None), lambda: _audit_keys(args))
+
+
+def _audit_keys(args: argparse.Namespace) -> Any:
+    return _keys(args, None if args.key_file or os.environ.get("BACKUP_KEY_FILE") else _config(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         with _progress_display(args):
             return handler(args)
     except BackupError as exc:
+        args.audit_error = exc
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:
+        args.audit_error = exc
         print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 1
 

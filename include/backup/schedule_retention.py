@@ -12,6 +12,7 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from include.backup import audit, audit_read
 from include.backup.catalog.catalog import as_utc
 from include.backup.catalog.index import optional_keys, reconcile, summaries
 from include.backup.catalog.inflight import InFlight, read_inflight, source_lock
@@ -120,6 +121,9 @@ def sweep_all_targets(
                     removed.setdefault(name, {})[source] = swept
                 if keys is not None:
                     _reconcile(target, source, keys)
+            if keys is not None:  # the audit trail's own retention (docs/audit.md)
+                days = config.dr.audit_retention_days
+                audit_read.sweep_retention(target, config.sources, keys, days=days, now=now)
         except Exception as exc:  # noqa: BLE001 - a bad target, TargetError, SDK errors: the others still go
             log.warning("orphan sweep at target %s skipped: %s", name, exc)
             continue
@@ -194,6 +198,10 @@ def _retention_pass(
         )
         kept = [m for m in backups if m.backup_id not in plan.delete]  # pushed WAL: wal/archive.py
         prune_before_oldest_base(target, schedule.source, kept, dry_run=dry_run)
+        for backup_id in [] if dry_run else deleted[name]:  # each delete leaves an audit record
+            why = plan.delete.get(backup_id, "")
+            audit.note(config, "delete", source=schedule.source, backup_ids=[backup_id], target=name,
+                       keys=keys, reason=why, extra={"schedule": schedule.name})  # fmt: skip
     return deleted
 
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from include.backup import faults
+from include.backup import audit, faults
 from include.backup.catalog.catalog import (
     find_backup,
     latest,
@@ -649,6 +649,8 @@ def upload(config: BackupConfig, meta: BackupMeta, target_name: str) -> dict[str
                 progress.set(stored)
     faults.hit("upload.before-manifest")
     publish(target, manifest, load_keys(config))  # the manifest, then its catalog index record
+    audit.note(config, "backup", source=manifest.source, backup_ids=[manifest.backup_id],
+               target=target_name, keys=load_keys(config))  # never raises: a failed record warns  # fmt: skip
     faults.hit("upload.done")
     log.info("uploaded %s to target %s", manifest.backup_id, target_name)
     return {"backup_id": manifest.backup_id, "target": target_name, "stored_size": manifest.stored_size}

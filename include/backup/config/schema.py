@@ -134,6 +134,9 @@ class DRSettings(Strict):
     # target holds when that is bigger (room for two more backups).
     smtp_conn_id: str = "smtp_default"
     storage_min_free_gb: float = Field(default=10, ge=0, description="STORAGE_LOW below this, GiB")
+    # Audit records (docs/audit.md) older than this are removed by dr_monitor's sweep;
+    # apart from backup retention: the trail outlives the backups it names.
+    audit_retention_days: int = Field(default=400, ge=30, le=3650, description="audit trail kept, days")
     # Per source: how the failover DAG switches to the secondary (docs/dr.md).
     failover: dict[str, FailoverSettings] = Field(default_factory=dict)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from include.backup import runtime
+from include.backup import audit, runtime
 from include.backup.alerts.deadlines import rto_deadline_for
 from include.backup.alerts.notify import Alert, AlertKind, send
 from include.backup.config.schema import BackupConfig
@@ -84,17 +84,20 @@ def run_restore(request_data: dict[str, Any]) -> dict[str, Any]:
 
     config = runtime.load_config()
     request = RestoreRequest.from_xcom(request_data)
-    result = restore_backup(
-        config,
-        request.backup_id,
-        request.into,
-        keys=runtime.load_keys(config),
-        target_name=request.target,
-        only=request.only,
-        overwrite=request.overwrite,
-        until=request.point_in_time,
-        source_name=request.source,
-    )
+    with audit.recorded(config, "restore", source=request.source, target=request.target,
+                        backup_ids=[request.backup_id] if request.backup_id else []) as audited:  # fmt: skip
+        result = restore_backup(
+            config,
+            request.backup_id,
+            request.into,
+            keys=runtime.load_keys(config),
+            target_name=request.target,
+            only=request.only,
+            overwrite=request.overwrite,
+            until=request.point_in_time,
+            source_name=request.source,
+        )
+        audited.source, audited.backup_ids, audited.target = result.source, result.chain, result.target
 
     emit_restore(result, rto_hours=config.dr.rto_hours)  # never raises
     rto_seconds = config.dr.rto_hours * 3600
@@ -269,6 +272,10 @@ def run_dr_test_task(request_data: dict[str, Any], dag_run_id: str | None = None
     request = DRTestRequest.from_xcom(request_data)
     reports = run_dr_test(request, config, dag_run_id=dag_run_id)
     written = store_reports(config, reports)
+    for r in reports:  # one audit record per source tested
+        audit.note(config, "dr_test", source=r.source, result="ok" if r.success else "failed",
+                   backup_ids=[r.backup_id] if r.backup_id else [],
+                   reason="; ".join(map(str, r.issues))[:500], run_id=dag_run_id)  # fmt: skip
     for r in reports:
         log.info("DR test %s of %s: %s, RTO %s s, RPO %s s, issues: %s", r.test_type, r.source,
                  "PASSED" if r.success else "FAILED", r.measured_rto_seconds,
@@ -407,6 +414,8 @@ def build_failover_dag(config: BackupConfig) -> Any:
         def notify(request: dict[str, Any] | None) -> dict[str, Any]:
             ctx = get_current_context()
             if request is None:  # validate_params refused: nothing was touched, nothing to announce
+                audit.note(runtime.load_config(), "failover", result="refused",
+                           reason="refused by validate_params (its XCom 'refusal' says why)")  # fmt: skip
                 raise RestoreRefused("failover refused by validate_params (its XCom 'refusal' says why); "
                                      "nothing was done")
             ti = ctx["ti"]
@@ -420,6 +429,10 @@ def build_failover_dag(config: BackupConfig) -> Any:
                 send([alert], list(config.dr.notification_emails), config.dr.smtp_conn_id)
             except Exception:  # noqa: BLE001 - report the steps' outcome regardless
                 log.exception("could not mail the DR_ACTIVATED notification")
+            incomplete = [s for s in failover.STEPS if outcomes[s] is None]
+            audit.note(config, "failover", source=req.source, result="failed" if incomplete else "ok",
+                       reason=f"steps not done: {', '.join(incomplete)}" if incomplete else
+                       ("dry run" if req.dry_run else ""))  # fmt: skip
             if any(outcomes[s] is None for s in failover.STEPS):
                 raise BackupError("failover incomplete: " + "; ".join(
                     f"{s}: {alert.facts[s]}" for s in failover.STEPS))

@@ -53,6 +53,7 @@ import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from include.backup import audit_web
 from include.backup.alerts.notify import redact
 from include.backup.catalog.catalog import as_utc, verified_at
 from include.backup.catalog.index import optional_keys, summaries
@@ -85,6 +86,7 @@ class Snapshot:
     rto_hours: float | None = None
     rpo_hours: float | None = None
     test_frequency_days: int | None = None
+    config: Any = None  # the BackupConfig it ran on (the Audit section reads its targets)
 
 
 def _cache_seconds() -> float:
@@ -134,6 +136,7 @@ class Monitor:
             snap.error = f"cannot load the backup config: {redact(exc)}"
             return snap
         snap.config_path = str(loaded.path)
+        snap.config = loaded.config
         snap.config_issues = [redact(i) for i in loaded.issues]
         dr = loaded.config.dr
         snap.rto_hours, snap.rpo_hours, snap.test_frequency_days = (
@@ -497,9 +500,14 @@ def page_context(snap: Snapshot, now: datetime) -> dict[str, Any]:
     return context
 
 
-def render_page(snap: Snapshot, *, now: datetime | None = None) -> str:
-    """The DR Management page (templates/dr_page.html.j2)."""
-    return _ENV.get_template("dr_page.html.j2").render(page_context(snap, now or datetime.now(UTC)))
+def render_page(
+    snap: Snapshot, *, now: datetime | None = None, audit: tuple[list[Any], list[str]] | None = None
+) -> str:
+    """The DR Management page (templates/dr_page.html.j2); ``audit``: the Audit section's
+    rows and problems (audit_web.py)."""
+    context = page_context(snap, now or datetime.now(UTC))
+    context["audit_rows"], context["audit_problems"] = audit or ([], [])
+    return _ENV.get_template("dr_page.html.j2").render(context)
 
 
 def render_denied(detail: Any) -> str:
@@ -539,6 +547,8 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         redoc_url=None,
     )
     app.state.monitor = mon
+    recent_audit = audit_web.RecentAudit()
+    audit_web.add_routes(app, deps, mon._load)  # GET /api/audit
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Any:
@@ -563,7 +573,9 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
 
     @app.get("/", response_class=HTMLResponse, dependencies=deps)
     def page(refresh: bool = False) -> HTMLResponse:
-        return HTMLResponse(render_page(mon.snapshot(refresh=refresh)), headers={"Cache-Control": "no-store"})
+        snap = mon.snapshot(refresh=refresh)
+        trail = recent_audit.rows(snap.config, refresh) if snap.config is not None else None
+        return HTMLResponse(render_page(snap, audit=trail), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/metrics", dependencies=deps)
     def metrics(
