@@ -135,6 +135,7 @@ def _db_row(conn_id: str) -> Iterator[tuple[Any, Any]]:
     """The connection's row in Airflow's metadata database, locked for update; committed
     when the block ends without an error. NotWritable when there is none or no database."""
     where = f"Airflow connection {conn_id!r}"
+    _refuse_without_database(where)
     try:
         from airflow.models.connection import Connection  # lazy: Airflow: heavy, optional in the CLI
         from airflow.utils.session import create_session  # lazy: Airflow: heavy, optional in the CLI
@@ -159,6 +160,27 @@ def _db_row(conn_id: str) -> Iterator[tuple[Any, Any]]:
             f"from this process ({type(exc).__name__}); run the command where "
             "[database] sql_alchemy_conn is set (e.g. the scheduler's host)"
         ) from None
+
+
+def _refuse_without_database(where: str) -> None:
+    """Never touch a database that is not there: inside a task (Airflow 3 refuses the ORM
+    to tasks), or a SQLite file that does not exist (connecting would create an empty one)."""
+    try:
+        from airflow.sdk.execution_time import task_runner  # lazy: Airflow: heavy, optional
+
+        in_task = getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+    except ImportError:
+        in_task = False
+    if in_task:
+        raise NotWritable(f"{where} cannot be written from a task: Airflow 3 gives tasks no database access")
+    try:
+        from airflow.configuration import conf  # lazy: Airflow: heavy, optional
+
+        url = conf.get("database", "sql_alchemy_conn", fallback="") or ""
+    except Exception:  # noqa: BLE001 - no Airflow configuration: nothing to write to
+        url = ""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///").split("?")[0]).exists():
+        raise NotWritable(f"{where} cannot be written here: no Airflow metadata database is configured")
 
 
 def _refuse_secrets_backend(conn_id: str, where: str) -> None:
