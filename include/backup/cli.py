@@ -58,6 +58,7 @@ from include.backup.pipeline.crypto import DecryptingReader
 from include.backup.schedule_retention import apply_schedule_retention
 from include.backup.targets import build_target
 from include.backup.tasks import deep_verify
+from include.backup.wal.archive import pushed_summary
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -118,6 +119,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f"{b.backup_id:<48} {b.source:<14} {b.backup_type:<12} "
             f"{'yes' if b.parent_id else '-':<10} {_human(b.stored_size):>10}  {_status(row)}\n"
         )
+    out.writelines(f"{line}\n" for line in pushed_summary(target, config, args.source, keys))
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from include.backup.cli import main as cli_main
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.errors import IntegrityError
@@ -202,18 +203,22 @@ def test_pitr_to_latest_after_the_primary_is_killed_loses_only_the_open_segment(
     assert window < ARCHIVE_TIMEOUT_S
 
 
-def test_s3_holds_the_same_wal_verified(primary: Primary) -> None:
+def test_s3_holds_the_same_wal_verified(primary: Primary, capsys: pytest.CaptureFixture[str]) -> None:
     local, s3 = pushed_wal(primary.local, SOURCE), pushed_wal(primary.s3_target(), SOURCE)
     assert local.names == s3.names and len(local.segments) >= 4
     name = local.segments[-1]
     data_s3, rec_s3 = fetch_bytes([primary.s3_target()], SOURCE, name, primary.keys)
     data_local, rec_local = fetch_bytes([primary.local], SOURCE, name, primary.keys)
     assert data_s3 == data_local and rec_s3.sha256 == rec_local.sha256 and len(data_s3) == 16 << 20
+    assert cli_main(["list", "--target", "local", "--source", SOURCE]) == 0
+    listed = capsys.readouterr().out
+    assert f"pushed WAL of {SOURCE}: {len(local.segments)} segment(s)" in listed
+    assert f"{local.segments[0]} .. {name}, newest pushed " in listed
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "include.backup", *args], capture_output=True, text=True,
-                          cwd=PROJECT, env=dict(os.environ), timeout=120)  # fmt: skip
+                          cwd=PROJECT, env=dict(os.environ), timeout=600)  # fmt: skip
 
 
 def test_a_retry_is_idempotent_and_other_content_is_refused(primary: Primary) -> None:

@@ -48,7 +48,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, KeyRin
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "include.backup", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=dict(os.environ), timeout=120)  # fmt: skip
+                          cwd=ROOT, env=dict(os.environ), timeout=600)  # fmt: skip
 
 
 def test_push_then_fetch_round_trip_without_airflow_or_the_schema(setup) -> None:
@@ -59,7 +59,7 @@ def test_push_then_fetch_round_trip_without_airflow_or_the_schema(setup) -> None
              " & {'airflow', 'pydantic', 'sqlalchemy'}),"
              " 'include.backup.config.schema' in sys.modules)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe, str(tmp / SEGMENT)], capture_output=True, text=True,
-                          cwd=ROOT, env=dict(os.environ), timeout=120)  # fmt: skip
+                          cwd=ROOT, env=dict(os.environ), timeout=600)  # fmt: skip
     assert done.stdout.split() == ["0", "[]", "False"], done.stderr
     assert disk.stat(record_key("pg", SEGMENT)) is not None
     assert (tmp / "spool" / SEGMENT).read_bytes() == (tmp / SEGMENT).read_bytes()  # the spool is fed too

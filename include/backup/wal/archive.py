@@ -200,3 +200,19 @@ def with_pushed_wal(
     status.last_good_backup_at = pushed
     status.last_good_backup_age_hours = round((now - pushed).total_seconds() / 3600, 3)
     return newest_good.model_copy(update={"started_at": pushed})
+
+
+def pushed_summary(target: Any, config: Any, source: str | None, keys: KeyLookup | None) -> list[str]:
+    """One line per physical source with pushed WAL at ``target`` (the ``list`` verb)."""
+    names = [source] if source else [n for n, c in config.sources.items()
+                                     if getattr(c, "method", None) == "physical"]  # fmt: skip
+    lines = []
+    for name in names:
+        wal = pushed_wal(target, name)
+        if not wal.segments:
+            continue
+        newest = wal.newest_time(keys) if keys is not None else None
+        when = f", newest pushed {newest.isoformat().replace('+00:00', 'Z')}" if newest else ""
+        lines.append(f"pushed WAL of {name}: {len(wal.segments)} segment(s) "
+                     f"{wal.segments[0]} .. {wal.segments[-1]}{when}")  # fmt: skip
+    return lines

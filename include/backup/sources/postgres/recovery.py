@@ -114,7 +114,8 @@ def restore_chain(
         t0 = time.monotonic()
         started = True
         pg_ctl(data_dir, "start", server_major=manifests[0].position.get("server_version_num"))
-        with _replay_progress(source_name, manifests, target_time) as (replay, wal_start):
+        last_wal = pushed.wal.segments[-1] if pushed is not None and pushed.wal.segments else None
+        with _replay_progress(source_name, manifests, target_time, last_wal) as (replay, wal_start):
             wait_recovered(data_dir, port, source_name, progress=replay, wal_start=wal_start)
         replay_s = time.monotonic() - t0
         tables = count_tables(port, data_dir)
@@ -159,13 +160,14 @@ CHAIN_RULES = ChainRules(
 
 @contextlib.contextmanager
 def _replay_progress(
-    source_name: str, manifests: list[Manifest], target_time: datetime | None
+    source_name: str, manifests: list[Manifest], target_time: datetime | None, last_wal: str | None = None
 ) -> Iterator[tuple[Progress, int]]:
     """A Progress for the WAL replay: bytes of WAL from the base backup's first segment
-    to the end of the last WAL backup's, and the WAL position reached against the target."""
+    to the end of the last WAL backup's (or ``last_wal``, the newest pushed segment), and
+    the WAL position reached against the target."""
     seg = int(manifests[0].position.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
     start = split_segment(manifests[0].position["wal_first"], seg)[1] * seg
-    end = (split_segment(manifests[-1].position["wal_last"], seg)[1] + 1) * seg
+    end = (split_segment(last_wal or manifests[-1].position["wal_last"], seg)[1] + 1) * seg
     goal = f"target time {format_time(target_time)}" if target_time else "the end of the WAL"
     with Progress(f"replay WAL of {source_name} up to {goal}", end - start) as replay:
         yield replay, start
