@@ -2,6 +2,13 @@
 
     python bench/bench_scheduler.py [--runs 1 50] [--repeat 3] [--repeat-many 1] [--parallelism 8]
                                     [--raw timings.json] [--keep-logs DIR]
+                                    [--executor local|celery] [--workers 2] [--kinds noop backup]
+
+``--executor celery --workers W``: the same rounds first on LocalExecutor with
+``[core] parallelism`` P, then on the CeleryExecutor (Redis broker, W workers of P/W slots
+each: the same total parallelism), in the same run, and the ratios celery/local of runs per
+minute and overhead per run at each N. CPU of the workers' process groups is counted per
+worker (their task processes included), Redis' with the rest of the machine.
 
 Starts api-server, scheduler, dag-processor and triggerer with LocalExecutor and a
 PostgreSQL 15 metadata database on 127.0.0.1 (include/backup/testing/airflow_stack.py), with
@@ -397,6 +404,8 @@ def cpu_snapshot(
             out["task supervisors"] += own / tick
             out["task processes"] += children / tick
         elif pgid in by_pgid:
+            # Celery workers: the pool processes and the task processes they fork, reaped
+            # inside the group, so the group's sum is the worker's whole cost
             out[by_pgid[pgid]] += (own + children) / tick
         elif postmaster_pid is not None and postmaster_pid in (int(pid), ppid):
             out["postgres"] += (own + children) / tick
@@ -618,9 +627,78 @@ def _ratios(results: Mapping[str, Mapping[str, Any]], ns: Sequence[int]) -> dict
 # --- main -----------------------------------------------------------------------------------
 
 
-def main() -> None:
+def compare_executors(local: Mapping[str, Any], celery: Mapping[str, Any]) -> dict[str, float]:
+    """celery / local ratios of runs per minute and median overhead per run, per kind and N."""
+    out: dict[str, float] = {}
+    for key in sorted(set(local["results"]) & set(celery["results"])):
+        lo, ce = local["results"][key], celery["results"][key]
+        for metric in ("runs_per_min", "overhead_median", "wall_median"):
+            a, b = float(lo.get(metric, math.nan)), float(ce.get(metric, math.nan))
+            out[f"celery/local {metric} {key}"] = b / a if a else math.nan
+    return out
+
+
+def measure_stack(
+    args: argparse.Namespace, base: Path, dags: Path, env: dict[str, str], executor: str
+) -> dict[str, Any]:
+    """Start one deployment, run every round on it, stop it; the report line."""
     from include.backup.testing.airflow_stack import AirflowStack
 
+    n_max = max(args.runs)
+    t = time.perf_counter()
+    home = base / executor
+    home.mkdir()
+    # each deployment starts from empty staging and targets
+    env = {**env, "BACKUP_CONFIG": str(base / f"backup_config-{executor}.yaml")}
+    Path(env["BACKUP_CONFIG"]).write_text(
+        backup_config(base, n_max)
+        .replace(f"{base}/staging", f"{home}/staging")
+        .replace(f"{base}/backups", f"{home}/backups")
+    )
+    with AirflowStack(
+        home, dags, env,
+        parallelism=args.parallelism,
+        max_active_tasks_per_dag=args.max_active_tasks_per_dag,
+        executor=executor,
+        celery_workers=args.workers,
+        start_timeout_s=args.start_timeout,
+    ) as stack:
+        settings = stack.settings()
+        print(f"\n=== {executor}:", ", ".join(f"{k}={v}" for k, v in settings.items()),
+              f"| max_active_runs=1 per DAG | {os.cpu_count()} cores, shared with other work")
+        dag_ids = {dag_id(k, i) for k in args.kinds for i in range(n_max)}
+        stack.wait_for_dags(dag_ids, timeout=600)
+        print(f"stack up and {len(dag_ids)} DAGs parsed in {time.perf_counter() - t:.0f} s", flush=True)
+        rounds: list[Round] = []
+        with stack.client(timeout=120) as api:
+            for kind in args.kinds:  # warm-up: first imports in the executor workers, first API calls
+                measure_round(stack, api, kind, 1, f"warm-{kind}", timeout=args.timeout, with_logs=False)
+            count = 0
+            for n in args.runs:
+                for _ in range(args.repeat if n == 1 else args.repeat_many):
+                    for kind in args.kinds:
+                        count += 1
+                        rnd = measure_round(
+                            stack, api, kind, n, f"{count:03d}", timeout=args.timeout,
+                            with_logs=not args.no_task_logs,
+                        )
+                        rounds.append(rnd)
+                        busy = rnd.cpu["rest of the machine"]
+                        print(f"round {count}: {kind} N={n} in {rnd.seconds:.1f} s "
+                              f"(rest of the machine busy {busy:.0f} CPU-s)", flush=True)
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for out in stack.home.glob("*.out"):
+                shutil.copy(out, args.keep_logs / f"{executor}-{out.name}")
+    if args.raw:
+        raw = args.raw
+        if args.executor == "celery":
+            raw = raw.with_name(f"{raw.stem}-{executor}{raw.suffix}")
+        raw.write_text(json.dumps([dataclasses.asdict(r) for r in rounds], default=str, indent=1))
+    return report(rounds, settings, args)
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--runs", type=int, nargs="+", default=[1, 50], help="concurrent runs per round (default 1 50)"
@@ -633,48 +711,32 @@ def main() -> None:
     ap.add_argument("--no-task-logs", action="store_true", help="skip the in-task split (fewer API calls)")
     ap.add_argument("--raw", type=Path, help="write every run's and task's timestamps to this JSON file")
     ap.add_argument("--keep-logs", type=Path, help="copy the components' output (*.out) to this directory")
+    ap.add_argument("--executor", choices=("local", "celery"), default="local",
+                    help="celery: LocalExecutor then CeleryExecutor with the same total parallelism")
+    ap.add_argument("--workers", type=int, default=2, help="Celery workers (--executor celery; default 2)")
+    ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the stack to be healthy")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                    help="what to run: noop (Airflow's own cost) and/or backup (default both)")
     args = ap.parse_args()
     if min(args.runs) < 1 or max(args.runs) > 500:
         ap.error("--runs: each N must be between 1 and 500")
+    if args.workers < 1 or args.parallelism % args.workers:
+        ap.error("--workers must be at least 1 and divide --parallelism (the same total slots)")
     n_max = max(args.runs)
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as tmp:
         base = Path(tmp)
-        t = time.perf_counter()
         dags, env = prepare(base, n_max)
-        with AirflowStack(
-            base, dags, env,
-            parallelism=args.parallelism,
-            max_active_tasks_per_dag=args.max_active_tasks_per_dag,
-        ) as stack:
-            settings = stack.settings()
-            print("settings:", ", ".join(f"{k}={v}" for k, v in settings.items()),
-                  f"| max_active_runs=1 per DAG | {os.cpu_count()} cores, shared with other work")
-            stack.wait_for_dags({dag_id(k, i) for k in KINDS for i in range(n_max)}, timeout=300)
-            print(f"stack up and {2 * n_max} DAGs parsed in {time.perf_counter() - t:.0f} s", flush=True)
-            rounds: list[Round] = []
-            with stack.client(timeout=120) as api:
-                for kind in KINDS:  # warm-up: first imports in the executor workers, first API calls
-                    measure_round(stack, api, kind, 1, f"warm-{kind}", timeout=args.timeout, with_logs=False)
-                count = 0
-                for n in args.runs:
-                    for _ in range(args.repeat if n == 1 else args.repeat_many):
-                        for kind in KINDS:
-                            count += 1
-                            rnd = measure_round(
-                                stack, api, kind, n, f"{count:03d}", timeout=args.timeout,
-                                with_logs=not args.no_task_logs,
-                            )
-                            rounds.append(rnd)
-                            busy = rnd.cpu["rest of the machine"]
-                            print(f"round {count}: {kind} N={n} in {rnd.seconds:.1f} s "
-                                  f"(rest of the machine busy {busy:.0f} CPU-s)", flush=True)
-            if args.keep_logs:
-                args.keep_logs.mkdir(parents=True, exist_ok=True)
-                for out in stack.home.glob("*.out"):
-                    shutil.copy(out, args.keep_logs / out.name)
-        if args.raw:
-            args.raw.write_text(json.dumps([dataclasses.asdict(r) for r in rounds], default=str, indent=1))
-        report(rounds, settings, args)
+        if args.executor == "local":
+            measure_stack(args, base, dags, env, "LocalExecutor")
+            return
+        local = measure_stack(args, base, dags, env, "LocalExecutor")
+        celery = measure_stack(args, base, dags, env, "CeleryExecutor")
+        ratios = compare_executors(local, celery)
+        print("\n=== CeleryExecutor vs LocalExecutor, same total parallelism, same run")
+        for name, value in ratios.items():
+            print(f"{name}: {_fmt(value)}")
+        print(json.dumps(_no_nan({"bench": "scheduler-executors", "workers": args.workers,
+                                  "parallelism": args.parallelism, "ratios": ratios}), sort_keys=True))
 
 
 if __name__ == "__main__":
