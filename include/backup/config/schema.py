@@ -254,6 +254,13 @@ class PostgresSource(Strict):
     database: str | None = None  # defaults to the connection's schema (database) field
     format: Literal["custom", "directory"] = "custom"
     jobs: int = Field(default=1, ge=1, le=32, description="pg_dump -j, directory format only")
+    # pg_restore -j of a restore into a new database, either format (custom: from a
+    # spooled file); default: jobs. Restores into an existing database run as one transaction.
+    restore_jobs: int | None = Field(default=None, ge=1, le=32, description="pg_restore -j")
+    # Row counts in the manifest (a DR test compares them): "exact" count(*) in the dump's
+    # snapshot, "estimate" the planner's (pg_class.reltuples, no extra scan), "auto" exact
+    # below 1 GiB of database.
+    row_counts: Literal["auto", "exact", "estimate"] = "auto"
     # logical: pg_dump (FULL, SCHEMA). physical: pg_basebackup + WAL from the archive spool
     # (FULL, INCREMENTAL, TRANSACTION_LOG, point-in-time recovery; SCHEMA via pg_dump).
     method: Literal["logical", "physical"] = "logical"

@@ -14,6 +14,7 @@ Modules, each importing only those above it:
   toc         partial logical restores: the archive's table of contents
   databases   the database a logical restore goes into
   consistency tables dropped as a logical dump begins: locked at once, or a clear error
+  readahead   pg_dump's output read on a thread of its own, ahead of the compressor
   logical     :class:`PostgresSource`: pg_dump / pg_restore, delegating physical work
 """
 

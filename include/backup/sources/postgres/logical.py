@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ from include.backup.sources.postgres.client import (
 )
 from include.backup.sources.postgres.consistency import explain_failure, lock_tables
 from include.backup.sources.postgres.physical import PhysicalPostgres
+from include.backup.sources.postgres.readahead import read_ahead, widen_pipe
 from include.backup.sources.postgres.toc import matches_any, partial_restore_list
 from include.backup.sources.postgres.wal import PHYSICAL_FORMATS, continuity
 
@@ -181,17 +183,17 @@ class PostgresSource:
         )
 
     def _dump_custom(self, params: PgParams, args: list[str], out: BinaryIO) -> int:
-        """pg_dump to stdout, copied into ``out`` block by block."""
+        """pg_dump to stdout, copied into ``out`` block by block, read ahead on a thread so
+        that pg_dump goes on while ``out`` compresses (:mod:`.readahead`)."""
         with pg_process(args, params, self.name, stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None
+            widen_pipe(proc.stdout)
             written = 0
-            while True:
-                block = proc.stdout.read(BLOCK_SIZE)
-                if not block:
-                    break
-                out.write(block)
-                written += len(block)
-                faults.hit("dump.mid-read")  # a test hook: pg_dump running, its locks held
+            with closing(read_ahead(proc.stdout, BLOCK_SIZE)) as blocks:
+                for block in blocks:
+                    out.write(block)
+                    written += len(block)
+                    faults.hit("dump.mid-read")  # a test hook: pg_dump running, its locks held
         return written
 
     def _dump_directory(self, params: PgParams, args: list[str], out: BinaryIO) -> int:
@@ -221,7 +223,7 @@ class PostgresSource:
             " pg_database_size(current_database())"
         )
         version, version_num, lsn, size = cur.fetchone()
-        exact = size < EXACT_COUNT_LIMIT
+        exact = _exact_counts(self.cfg.row_counts, size)
         tables = table_row_counts(cur, exact=False)
         if not with_counts:
             # A schema-only dump holds no rows: the stats describe the backup, so the
@@ -288,8 +290,13 @@ class PostgresSource:
         # - into an existing database the dump is spooled to a file and read to its end
         #   before pg_restore starts, and restored in one transaction.
         work = target if exists else target.with_db(databases.temp_db_name(target.dbname))
+        # Parallel (pg_restore -j) only into a database created here (see below); a custom
+        # archive then has to be a file: pg_restore's workers seek in it.
+        jobs = 1 if exists else (self.cfg.restore_jobs or self.cfg.jobs)
         with tempfile.TemporaryDirectory(prefix="pgrestore-", dir=self.work_dir) as tmp:
-            archive = self._materialize(manifest, stream, Path(tmp), need_file=bool(only) or exists)
+            archive = self._materialize(
+                manifest, stream, Path(tmp), need_file=bool(only) or exists or jobs > 1
+            )
             if archive.path is not None:
                 drain(stream)  # the spooled or extracted payload authenticated to its end
             args = [
@@ -311,8 +318,7 @@ class PostgresSource:
             # One transaction, so a failed restore leaves the database as it was. A
             # parallel restore cannot be one: only used for a database created here, which
             # is dropped again if the restore fails.
-            parallel = archive.directory and self.cfg.jobs > 1 and not exists
-            args.append(f"--jobs={self.cfg.jobs}" if parallel else "--single-transaction")
+            args.append(f"--jobs={jobs}" if jobs > 1 else "--single-transaction")
             args.append("--format=directory" if archive.directory else "--format=custom")
             if not exists:
                 databases.create_database(work, self.name)
@@ -458,6 +464,13 @@ class _Counting(threading.Thread):
                 self.tables[table_key(schema, table)] = int(self.cur.fetchone()[0])
         except BaseException as exc:  # re-raised by the dump, in its own thread
             self.error = exc
+
+
+def _exact_counts(setting: str, database_size: int) -> bool:
+    """Whether a dump counts its rows exactly (``row_counts``: see the config schema)."""
+    if setting == "auto":
+        return database_size < EXACT_COUNT_LIMIT
+    return setting == "exact"
 
 
 def _start_counting(cur: Any, info: dict[str, Any]) -> _Counting:
