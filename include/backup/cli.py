@@ -284,7 +284,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     """Apply a schedule's retention now; with --dry-run, only print the plan."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=out)
     config = _config(args)
     try:
         schedule = config.schedule(args.schedule)
@@ -295,7 +296,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         if args.json:
             print(prune_report.render_json(plans))
         else:
-            for line in prune_report.render(plans):
+            for line in prune_report.render(plans, prune_report.policy_line(config, schedule)):
                 print(line)
         return 0
     deleted = apply_schedule_retention(config, schedule)

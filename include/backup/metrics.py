@@ -202,9 +202,9 @@ def _source_figures(out: _Figures, report: MonitorReport, rto_hours: float | Non
         out.add(source_metric(name, "rpo_violation"), _flag(("RPO_MISSED", name) in alerted), **tag)
         out.add(source_metric(name, "backups"), st.backups_count, **tag)
         out.add(source_metric(name, "verified_backups"), st.verified_count, **tag)
-        if st.backups_count:
-            rate = round(st.verified_count / st.backups_count, 4)
-            out.add(source_metric(name, "success_rate"), rate, **tag)
+        out.add(source_metric(name, "failed_runs"), st.failed_runs_count, **tag)
+        if st.success_rate is not None:  # verified over every run, failed ones included
+            out.add(source_metric(name, "success_rate"), st.success_rate, **tag)
         out.add(source_metric(name, "avg_duration_seconds"), st.avg_duration_seconds, **tag)
         out.add(source_metric(name, "last_duration_seconds"), st.last_backup_duration_seconds, **tag)
         for target, size in st.stored_bytes_per_target.items():

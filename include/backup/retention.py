@@ -10,14 +10,23 @@ Rules, in order (a backup is kept when any rule keeps it):
    --keep-daily/weekly/monthly/yearly`` semantics: walking from the newest backup, keep the
    newest backup of each of the last ``daily`` distinct days that have one, of the last
    ``weekly`` ISO weeks, ``monthly`` months and ``yearly`` years (UTC calendar).
-2. ``retention_days``: keep every backup younger than that many days.
+2. ``retention_days``: keep every backup younger than that many days. ``window_days``
+   (``dr.backup_retention_days`` for a schedule that sets no ``retention_days``): keep
+   every standalone backup (FULL, SCHEMA) younger than that many days.
 3. Incrementals and log backups younger than ``incremental_max_age_days`` (7, the source
-   guide's cleanup rule) are kept; older ones go unless rule 5 keeps them.
+   guide's cleanup rule) are kept; older ones go unless rule 5 or 6 keeps them.
    With ``full_max_age_days``, a standalone backup older than that keeps only its monthly
    and yearly GFS reasons (the guide's "30 days, full, exclude monthly").
-4. Safety: the newest backup and the newest verified backup are always kept.
+4. Safety: the newest backup, the newest verified backup and the newest ``min_backups``
+   backups are always kept.
 5. Safety: every ancestor (parent, grandparent, … up to the FULL) of a kept backup is
    kept, so nothing kept ever becomes unrestorable.
+6. Transaction logs: a TRANSACTION_LOG backup is kept exactly as long as the base (the
+   FULL at the root of its chain) is retained, so point-in-time recovery from every
+   retained base reaches every moment up to the next base; the logs of a base that is
+   gone (or of a chain with no base left) go. ``retained_bases``: the ids of other
+   schedules' backups their own plans keep (None: every backup no plan here governs
+   counts as retained).
 
 Apart from the policy, :func:`sweep_target` removes what is not a backup at all, once old
 enough and not from a run in flight: the objects of a folder with no manifest (an upload
@@ -76,6 +85,9 @@ def plan_retention(
     incremental_max_age_days: int = 7,
     full_max_age_days: int | None = None,
     schedule: str | None = None,
+    window_days: int | None = None,
+    min_backups: int = 0,
+    retained_bases: set[str] | None = None,
 ) -> RetentionPlan:
     """Decide, for each backup, keep (with every reason) or delete (with the reason).
 
@@ -94,11 +106,15 @@ def plan_retention(
             _merge(reasons, gfs_keep(group, gfs))
     dropped = _cap_full_age(governed, reasons, now, full_max_age_days)
     _keep_young(governed, reasons, now, retention_days, incremental_max_age_days)
-    _keep_newest(governed, reasons)
+    _keep_window(governed, reasons, now, window_days)
+    _keep_newest(governed, reasons, min_backups)
+    by_id = {m.backup_id: m for m in ordered}
     # Backups this plan does not govern are never deleted by it, so they protect their
     # ancestors just like kept ones.
     roots = [m for m in ordered if m.backup_id not in reasons or reasons[m.backup_id]]
-    _merge(reasons, ancestor_keep(roots, {m.backup_id: m for m in ordered}))
+    _merge(reasons, ancestor_keep(roots, by_id))
+    logs = _keep_logs_of_retained_bases(governed, reasons, by_id, retained_bases)
+    _merge(reasons, ancestor_keep(logs, by_id))  # a log may sit on an INCREMENTAL
 
     plan = RetentionPlan()
     for m in governed:
@@ -107,7 +123,7 @@ def plan_retention(
         else:
             plan.delete[m.backup_id] = _delete_reason(
                 m, gfs, retention_days, incremental_max_age_days, full_max_age_days,
-                m.backup_id in dropped,
+                m.backup_id in dropped, window_days,
             )
     return plan
 
@@ -195,15 +211,68 @@ def _keep_young(
             )
 
 
-def _keep_newest(backups: list[Manifest], reasons: dict[str, list[str]]) -> None:
+def _keep_window(
+    backups: list[Manifest], reasons: dict[str, list[str]], now: datetime, window_days: int | None
+) -> None:
+    """``dr.backup_retention_days``: a standalone backup no GFS tier keeps still stays
+    until it is that old."""
+    if window_days is None:
+        return
+    for m in backups:
+        if m.backup_type not in DEPENDENT_TYPES and now - as_utc(m.started_at) < timedelta(days=window_days):
+            reasons[m.backup_id].append(f"younger than {window_days} days (backup_retention_days)")
+
+
+def _keep_newest(backups: list[Manifest], reasons: dict[str, list[str]], min_backups: int = 0) -> None:
     """Never delete the last good backup: a run whose every backup is old (the schedule
-    was paused, or failed for weeks) must still leave one to restore."""
+    was paused, or failed for weeks) must still leave one to restore; nor any of the
+    newest ``min_backups``."""
     if not backups:
         return
     reasons[backups[-1].backup_id].append("newest backup")
     verified = [m for m in backups if m.verified]
     if verified:
         reasons[verified[-1].backup_id].append("newest verified backup")
+    for m in backups[-min_backups:] if min_backups > 0 else []:
+        reasons[m.backup_id].append(f"one of the newest {min_backups} (min_backups)")
+
+
+def chain_base(m: Manifest, by_id: Mapping[str, Manifest]) -> Manifest | None:
+    """The standalone backup at the root of ``m``'s chain; None when the chain is broken
+    (an ancestor is missing) before reaching one."""
+    current: Manifest | None = m
+    seen: set[str] = set()
+    while current is not None and current.backup_type in DEPENDENT_TYPES:
+        if current.backup_id in seen or not current.parent_id:
+            return None
+        seen.add(current.backup_id)
+        current = by_id.get(current.parent_id)
+    return current
+
+
+def _keep_logs_of_retained_bases(
+    backups: list[Manifest],
+    reasons: dict[str, list[str]],
+    by_id: Mapping[str, Manifest],
+    retained_bases: set[str] | None,
+) -> list[Manifest]:
+    """Rule 6: a log stays while its chain's base does (whoever governs the base).
+    Returns the logs this rule kept."""
+    kept: list[Manifest] = []
+    for m in backups:
+        if m.backup_type != "TRANSACTION_LOG" or reasons[m.backup_id]:
+            continue
+        base = chain_base(m, by_id)
+        if base is None:
+            continue
+        if base.backup_id in reasons:
+            retained = bool(reasons[base.backup_id])
+        else:
+            retained = retained_bases is None or base.backup_id in retained_bases
+        if retained:
+            reasons[m.backup_id].append(f"log of retained base {base.backup_id} (point-in-time recovery)")
+            kept.append(m)
+    return kept
 
 
 def ancestor_keep(
@@ -238,8 +307,16 @@ def _delete_reason(
     incremental_max_age_days: int,
     full_max_age_days: int | None,
     capped: bool,
+    window_days: int | None = None,
 ) -> str:
     window = f", older than {retention_days} days" if retention_days is not None else ""
+    if m.backup_type not in DEPENDENT_TYPES and retention_days is None and window_days is not None:
+        window = f", older than {window_days} days (backup_retention_days)"
+    if m.backup_type == "TRANSACTION_LOG":
+        return (
+            f"TRANSACTION_LOG older than {incremental_max_age_days} days{window}, its base is not "
+            "retained (no retained base can use it) and no kept backup depends on it"
+        )
     if m.backup_type in DEPENDENT_TYPES:
         return (
             f"{m.backup_type} older than {incremental_max_age_days} days{window}, "
@@ -248,7 +325,7 @@ def _delete_reason(
     if capped:
         return (
             f"{m.backup_type} older than {full_max_age_days} days and not a monthly or "
-            "yearly keep"
+            f"yearly keep{window}"
         )
     if gfs is None:
         return f"older than {retention_days} days"
@@ -394,6 +471,12 @@ def _ours(folder: str) -> bool:
     """Whether a folder under a source is one of our backups' (never ``_catalog`` and the
     other ``_``-folders, never a name that is not one of our ids)."""
     return not folder.startswith("_") and _ORPHAN_ID_RE.fullmatch(folder) is not None
+
+
+def id_time(backup_id: str) -> datetime | None:
+    """The time in a backup id (its run's start); None for a name that is not one of ours."""
+    match = _ORPHAN_ID_RE.fullmatch(backup_id)
+    return None if match is None else datetime.strptime(match["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def _id_time(backup_id: str, *, default: datetime) -> datetime:

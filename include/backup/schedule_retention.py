@@ -11,6 +11,7 @@ import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from include.backup import audit, audit_read
 from include.backup.catalog.catalog import as_utc
@@ -21,6 +22,8 @@ from include.backup.config.schema import BackupConfig, Schedule
 from include.backup.errors import TargetError
 from include.backup.keys import KeyRing
 from include.backup.retention import (
+    DEFAULT_GFS,
+    DEPENDENT_TYPES,
     RetentionPlan,
     Swept,
     ancestor_keep,
@@ -28,6 +31,7 @@ from include.backup.retention import (
     plan_retention,
     sweep_target,
 )
+from include.backup.run_records import prune_failed_runs
 from include.backup.settings import ORPHAN_GRACE_HOURS, staging_root
 from include.backup.targets import build_target
 from include.backup.targets.base import Target
@@ -39,6 +43,52 @@ log = logging.getLogger(__name__)
 # few hours is plenty, and spares the listings (and S3 requests) in between.
 MONITOR_SWEEP_EVERY = timedelta(hours=6)
 SWEEP_STATE_NAME = ".orphan-sweep.json"  # in the staging root: when dr_monitor last swept
+
+
+def retention_policy(config: BackupConfig, schedule: Schedule) -> dict[str, Any]:
+    """The keyword arguments of :func:`plan_retention` for ``schedule``: its ``retention``
+    (GFS tiers) or its ``retention_days``; a schedule that sets neither gets the default
+    retention: every FULL and SCHEMA backup younger than ``dr.backup_retention_days``, and
+    past that the seed's GFS keeps (with ``full_max_age_days``, only monthly and yearly
+    ones). Plus its ``cleanup_rules``."""
+    rules = schedule.cleanup_rules
+    default = schedule.retention is None and schedule.retention_days is None
+    return {
+        "gfs": DEFAULT_GFS if default else schedule.retention,
+        "retention_days": schedule.retention_days,
+        "window_days": config.dr.backup_retention_days if default else None,
+        "incremental_max_age_days": rules.incremental_max_age_days,
+        "full_max_age_days": rules.full_max_age_days,
+        "min_backups": rules.min_backups,
+    }
+
+
+def plan_schedule_retention(
+    config: BackupConfig, schedule: Schedule, backups: list[Manifest], *, now: datetime
+) -> RetentionPlan:
+    """``schedule``'s plan over the whole source's listing at one target. The bases other
+    schedules of the source retain (their own plans, their own policies; a schedule gone
+    from the config deletes nothing, so all of its backups stay) decide which of this
+    schedule's transaction logs stay (retention.py, rule 6)."""
+    retained: set[str] = set()
+    others = {s.name: s for s in config.schedules if s.source == schedule.source and s.name != schedule.name}
+    for m in backups:
+        if m.schedule != schedule.name and m.schedule not in others and m.backup_type not in DEPENDENT_TYPES:
+            retained.add(m.backup_id)
+    own_logs = {
+        m.backup_id for m in backups if m.backup_type == "TRANSACTION_LOG" and m.schedule == schedule.name
+    }
+    if own_logs:
+        # Without this schedule's logs: each of them would keep its base as a parent, and
+        # no log would ever go. (A log that stays keeps its base at that schedule's next pass.)
+        rest = [m for m in backups if m.backup_id not in own_logs]
+        for other in others.values():
+            plan = plan_retention(rest, now=now, schedule=other.name, **retention_policy(config, other))
+            retained |= plan.keep.keys()
+    return plan_retention(
+        backups, now=now, schedule=schedule.name, retained_bases=retained,
+        **retention_policy(config, schedule),
+    )  # fmt: skip
 
 
 def schedule_targets(config: BackupConfig, schedule: Schedule) -> dict[str, Target]:
@@ -185,17 +235,14 @@ def _retention_pass(
         # schedule may depend on one of ours, and that must keep it. From the catalog
         # index: records only, never the file indexes.
         backups = summaries(target, schedule.source, keys)
-        plan = plan_retention(
-            backups,
-            gfs=schedule.retention,
-            retention_days=schedule.retention_days,
-            now=utcnow(),
-            schedule=schedule.name,
-        )
+        plan = plan_schedule_retention(config, schedule, backups, now=utcnow())
         spare_in_flight(plan, backups, in_flight, target_name=name)
         deleted[name] = apply_retention(
             target, schedule.source, schedule.name, plan, dry_run=dry_run, current=backups
         )
+        # The failed-run records (run_records.py) go with the backups beside them.
+        days = schedule.retention_days or config.dr.backup_retention_days
+        prune_failed_runs(target, schedule.source, now=utcnow(), older_than_days=days, dry_run=dry_run)
         kept = [m for m in backups if m.backup_id not in plan.delete]  # pushed WAL: wal/archive.py
         prune_before_oldest_base(target, schedule.source, kept, dry_run=dry_run)
         for backup_id in [] if dry_run else deleted[name]:  # each delete leaves an audit record

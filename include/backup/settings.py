@@ -30,8 +30,14 @@ def staging_root(config: BackupConfig) -> Path:
 # while they work, so this only has to outlast the wait between the two steps (queueing,
 # retry back-off), not a dump: a few hours is plenty.
 PLAINTEXT_GRACE_HOURS = 6.0
-# Staging of a failed run is kept for retries (its payload is encrypted by then).
-STALE_STAGING_DAYS = 7
+# Staging of a failed run is kept for retries (its payload is encrypted by then), then
+# removed by the cleanup step of any schedule and by dr_monitor (staging.py).
+STALE_STAGING_HOURS = 24.0
+
+
+def stale_staging_s() -> float:
+    """STALE_STAGING_HOURS in seconds."""
+    return STALE_STAGING_HOURS * 3600
 # Objects at a target with no manifest, from a run no longer in flight, are removed by
 # cleanup once their backup id's time is this old (docs/concurrency.md, orphans).
 ORPHAN_GRACE_HOURS = 48.0

@@ -14,6 +14,11 @@ removed on every failure path (docs/concurrency.md, "Plaintext in staging"):
   ``dr_monitor``, removes plaintext nobody has touched for ``plaintext_grace()`` (a run
   killed with its worker), never that of a run whose dump or encrypt is at work: those
   hold the run's lock (:func:`include.backup.catalog.inflight.run_lock`).
+
+The whole staging directory of a failed or killed run (its encrypted payload, the in-flight
+record that keeps its parent from retention) goes once nobody has touched it for
+``STALE_STAGING_HOURS`` (24): :func:`remove_stale_staging`, from the cleanup step of any
+schedule and from ``dr_monitor``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from include.backup import faults
 from include.backup.catalog.inflight import try_run_lock
 from include.backup.config.schema import BackupConfig
 from include.backup.errors import BackupError
-from include.backup.settings import plaintext_grace_s, staging_root
+from include.backup.settings import plaintext_grace_s, staging_root, stale_staging_s
 
 log = logging.getLogger(__name__)
 
@@ -283,20 +288,27 @@ def sweep_plaintext(root: Path, *, grace_s: float, skip: str | None = None) -> l
 
 
 def sweep_configured_staging(config: BackupConfig) -> list[Path]:
-    """:func:`sweep_plaintext` over the configured staging root (what ``dr_monitor`` runs
-    every 15 minutes, whether or not any backup runs)."""
-    return sweep_plaintext(staging_root(config), grace_s=plaintext_grace_s())
+    """What ``dr_monitor`` runs every 15 minutes, whether or not any backup runs, over the
+    configured staging root: :func:`sweep_plaintext`, then :func:`remove_stale_staging` of
+    every schedule's runs. Returns what went."""
+    root = staging_root(config)
+    removed = sweep_plaintext(root, grace_s=plaintext_grace_s())
+    return removed + remove_stale_staging(root, None, stale_s=stale_staging_s())
 
 
 def remove_stale_staging(
-    root: Path, schedule_name: str, *, stale_s: float, known: set[str] | None = None
+    root: Path, schedule_name: str | None, *, stale_s: float, known: set[str] | None = None
 ) -> list[Path]:
-    """Remove staging directories of failed runs that nothing has touched for ``stale_s``:
-    the schedule's own, and, when ``known`` (the config's schedule names) is given, those
-    of schedules no longer in the config, which no cleanup of theirs will ever remove.
+    """Remove the staging directories of failed or killed runs that nothing has touched for
+    ``stale_s`` (STALE_STAGING_HOURS: 24): every schedule's with ``schedule_name`` None (what
+    every cleanup step and ``dr_monitor`` do), else the schedule's own and, when ``known``
+    (the config's schedule names) is given, those of schedules no longer in the config.
 
-    The exact id pattern, so a schedule named ``pg`` never touches those of ``pg-hourly``;
-    every step touches its staging, so a run being worked on never looks stale."""
+    Never one a step is at work on: every step touches its staging when it starts, the dump
+    and encrypt steps write into it and hold the run's lock (skipped here while held). A
+    failed run's staging stays that long for retries; clearing its task later re-runs the
+    whole backup. The exact id pattern, so a schedule named ``pg`` never touches those of
+    ``pg-hourly``."""
     cutoff = time.time() - stale_s
     removed: list[Path] = []
     try:
@@ -307,10 +319,27 @@ def remove_stale_staging(
         match = BACKUP_ID_RE.fullmatch(entry.name)
         if match is None or not entry.is_dir(follow_symlinks=False):
             continue
-        mine = entry.name.startswith(schedule_name + "-") and match["schedule"] == schedule_name
+        mine = schedule_name is None or (
+            entry.name.startswith(schedule_name + "-") and match["schedule"] == schedule_name
+        )
         gone = known is not None and match["schedule"] not in known
-        if (mine or gone) and last_change(Path(entry.path)) < cutoff:
-            log.info("removing stale staging %s", entry.path)
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(Path(entry.path))
+        stage = Path(entry.path)
+        if (mine or gone) and last_change(stage) < cutoff and _remove_idle(stage, stale_s):
+            removed.append(stage)
     return removed
+
+
+def _remove_idle(stage: Path, stale_s: float) -> bool:
+    """Remove ``stage`` unless a step holds its run lock; True when it went."""
+    try:
+        with try_run_lock(stage) as got:
+            if not got:
+                log.info("staging %s is old but a step holds it: left to it", stage)
+                return False
+            log.warning("removing the staging %s of a failed or killed run (untouched for %.0f h)",
+                        stage, stale_s / 3600)  # fmt: skip
+            shutil.rmtree(stage, ignore_errors=True)
+    except OSError as exc:  # gone meanwhile, or unreadable: the next sweep tries again
+        log.warning("stale staging %s not removed: %s", stage, exc)
+        return False
+    return True

@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -80,7 +80,7 @@ from include.backup.schedule_retention import (
     schedule_targets,
     sweep_schedule_orphans,
 )
-from include.backup.settings import plaintext_grace_s, staging_root
+from include.backup.settings import plaintext_grace_s, staging_root, stale_staging_s
 from include.backup.sources import build_source
 from include.backup.sources.postgres.spool import spool_in_use
 from include.backup.staging import (
@@ -100,7 +100,7 @@ from include.backup.targets import build_target
 log = logging.getLogger(__name__)
 
 DUMP_NAME = "dump"  # compressed source stream, before encryption
-STALE_STAGING_DAYS = 7
+STALE_STAGING_DAYS = 7  # more than STALE_STAGING_HOURS: what tests age a staging by
 CHAIN_TYPES = ("FULL", "INCREMENTAL", "TRANSACTION_LOG")  # what a chain can be built from
 
 
@@ -763,12 +763,10 @@ def backup_event(config: BackupConfig, meta: BackupMeta, schedule_name: str) -> 
 
 
 def _remove_stale_staging(root: Path, schedule_name: str, *, known: set[str] | None = None) -> None:
-    """Staging of failed runs is kept for retries; after a week nobody will retry it.
-    Only this schedule's own directories, plus, with ``known``, those of schedules gone
-    from the config (include/backup/staging.py)."""
-    remove_stale_staging(
-        root, schedule_name, stale_s=timedelta(days=STALE_STAGING_DAYS).total_seconds(), known=known
-    )
+    """Staging of failed or killed runs is kept for retries, for STALE_STAGING_HOURS (24)
+    untouched; then any schedule's cleanup removes it, as dr_monitor does (staging.py).
+    ``schedule_name`` and ``known`` no longer narrow it: every schedule's goes."""
+    remove_stale_staging(root, None, stale_s=stale_staging_s())
 
 
 def summary(meta: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,6 +152,12 @@ def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
     from include.backup.cli import main
 
     tmp, data = env
+    # GFS tiers of its own: a schedule with none keeps every FULL younger than
+    # dr.backup_retention_days (test_retention_rules.py), and both backups here are new.
+    config_file = tmp / "backup_config.yaml"
+    config_file.write_text(config_file.read_text().replace(
+        'targets: [disk1, disk2]}', "targets: [disk1, disk2], retention: {daily: 7}}", 1
+    ))  # fmt: skip
     # Without the cleanup step, so that retention is applied by prune only.
     old = run_backup("docs_full", run_id="run-old", cleanup=False)
     new = run_backup("docs_full", run_id="run-new", cleanup=False)
@@ -175,7 +182,9 @@ def test_prune_dry_run_prints_the_plan_and_prune_applies_it(env, capsys):
     disk2 = out[out.index("disk2: would delete 1 backup(s), keep 1") :]
     assert "1  daily" in disk2 and "1  newest backup" in disk2
     assert "1  FULL not kept by any GFS tier" in disk2
-    assert f"  would delete:\n    {old['backup_id']}\n" in disk2
+    # Then every backup, newest first, with the rule that keeps or deletes it.
+    assert re.search(rf"\n    keep    {new['backup_id']}  FULL +\S+  daily \S+; .*newest backup", disk2)
+    assert re.search(rf"\n    delete  {old['backup_id']}  FULL +\S+  FULL not kept by any GFS tier", disk2)
     assert len(list((tmp / "t2").rglob(MANIFEST_NAME))) == 2  # dry run deleted nothing
 
     assert main(["prune", "--schedule", "docs_full"]) == 0

@@ -18,6 +18,7 @@ from include.backup.catalog.inflight import (
     INFLIGHT_NAME,
     InFlight,
     read_inflight,
+    run_lock,
     source_lock,
     write_inflight,
 )
@@ -151,21 +152,28 @@ def test_spare_in_flight_keeps_the_parent_chain_and_the_run_s_own_backup():
 # --- stale staging ---------------------------------------------------------------------------
 
 
-def test_stale_staging_removal_touches_only_the_schedule_s_old_directories(tmp_path):
-    week_ago = time.time() - timedelta(days=8).total_seconds()
+def test_stale_staging_removal_takes_every_schedule_s_staging_untouched_for_a_day(tmp_path):
+    """Any schedule's cleanup (and dr_monitor) removes the staging of any failed or killed
+    run once nothing touched it for 24 hours; never one a step writes to or holds."""
+    day_ago = time.time() - timedelta(hours=25).total_seconds()
+    hours_ago = time.time() - timedelta(hours=20).total_seconds()
     old_own = tmp_path / "pg-20260101T000000Z-abcdef"
-    old_other = tmp_path / "pg-hourly-20260101T000000Z-abcdef"  # another schedule, same prefix
+    old_other = tmp_path / "mongo-hourly-20260101T000000Z-abcdef"  # another schedule's
     live = tmp_path / "pg-20260102T000000Z-123456"  # old directory, but a file in it changed
-    fresh = tmp_path / "pg-20260103T000000Z-654321"
-    for d in (old_own, old_other, live, fresh):
+    recent = tmp_path / "pg-20260103T000000Z-654321"  # failed 20 hours ago: kept for a retry
+    held = tmp_path / "pg-20260104T000000Z-aaaaaa"  # old, but a step holds its run lock
+    for d in (old_own, old_other, live, recent, held):
         d.mkdir()
         (d / "payload").write_bytes(b"x")
-    for d in (old_own, old_other, live):
-        os.utime(d / "payload", (week_ago, week_ago))
-        os.utime(d, (week_ago, week_ago))
+    for d, when in ((old_own, day_ago), (old_other, day_ago), (live, day_ago), (recent, hours_ago),
+                    (held, day_ago)):  # fmt: skip
+        os.utime(d / "payload", (when, when))
+        os.utime(d, (when, when))
     os.utime(live / "payload")
-    tasks._remove_stale_staging(tmp_path, "pg")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old_other.name, live.name, fresh.name])
+    with run_lock(held, purpose="a slow upload"):
+        os.utime(held, (day_ago, day_ago))  # the lock file's creation touched it
+        tasks._remove_stale_staging(tmp_path, "pg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, recent.name, held.name])
 
 
 def test_each_step_marks_its_staging_as_in_use(tmp_path):

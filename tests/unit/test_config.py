@@ -271,7 +271,8 @@ def test_unknown_key_in_schedule_breaks_only_that_schedule(tmp_path: Path) -> No
     assert loaded.issues == [
         (
             "schedules[1] (weekly_schema).retension: unknown key; did you mean 'retention'? allowed keys: "
-            "name, source, type, cron, active, targets, retention, retention_days, description"
+            "name, source, type, cron, active, targets, retention, retention_days, cleanup_rules, "
+            "description"
         )
     ]
     assert schedule_names(loaded) == ["daily_full", "uploads_6h"]
@@ -804,10 +805,35 @@ def test_no_offsite_target_warns_about_3_2_1(tmp_path: Path) -> None:
     data["schedules"][2]["targets"] = ["local", "local2"]
     loaded = load(tmp_path, data)
     assert loaded.issues == []
-    (warning,) = loaded.warnings
+    warning, one_kind, one_store = loaded.warnings
     assert warning.startswith(
         "schedules[2] (uploads_6h).targets: no off-site target (local, local2 on-site)"
     )
+    assert "every copy (local, local2) is on one kind of storage (disk)" in one_kind
+    assert "every copy (local, local2) is in one store" in one_store
+
+
+def test_copies_on_one_kind_or_in_one_store_warn_about_3_2_1(tmp_path: Path) -> None:
+    """Two S3 targets in one bucket: one kind and one store; in two accounts' buckets: one
+    kind only; S3 next to an SFTP server: neither."""
+    data = base()
+    data["targets"] |= {
+        "s3a": {"type": "s3", "conn_id": "aws", "bucket": "b", "prefix": "one/"},
+        "s3b": {"type": "s3", "conn_id": "aws", "bucket": "b", "prefix": "two/"},
+        "s3c": {"type": "s3", "conn_id": "aws_dr", "bucket": "c"},
+        "sftp": {"type": "sftp", "conn_id": "sftp", "path": "/backups"},
+    }
+    for targets, expected in (
+        (["s3a", "s3b"], ["one kind of storage (object store)", "in one store"]),
+        (["s3a", "s3c"], ["one kind of storage (object store)"]),
+        (["s3a", "sftp"], []),
+    ):
+        data["schedules"][0]["targets"] = targets
+        loaded = load(tmp_path, data)
+        assert loaded.issues == []
+        assert len(loaded.warnings) == len(expected), loaded.warnings
+        for warning, words in zip(loaded.warnings, expected, strict=True):
+            assert words in warning, warning
 
 
 def test_single_onsite_target_gets_both_warnings(tmp_path: Path) -> None:

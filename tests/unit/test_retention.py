@@ -35,6 +35,7 @@ from include.backup.retention import (
     Swept,
     apply_retention,
     bucket,
+    chain_base,
     plan_retention,
     sweep_target,
 )
@@ -337,6 +338,8 @@ policies = st.fixed_dictionaries(
         "full_max_age_days": st.none() | st.integers(7, 120),
         "incremental_max_age_days": st.sampled_from([7, 3, 14]),
         "schedule": st.sampled_from([None, "daily_full"]),
+        "window_days": st.none() | st.integers(7, 60),
+        "min_backups": st.integers(0, 5),
     }
 )
 
@@ -413,18 +416,20 @@ def check_plan(seed: int, backups: list[Manifest], now: datetime, policy: dict) 
             assert parent in staying, f"{ctx}: {parent} deleted but {backup_id} needs it"
             parent = by_id[parent].parent_id
 
-    # Nothing younger than retention_days is deleted.
+    # Nothing younger than retention_days is deleted, no standalone backup younger than
+    # window_days, and none of the newest min_backups.
     if policy["retention_days"] is not None:
         window = timedelta(days=policy["retention_days"])
         for backup_id in deleted:
             assert now - by_id[backup_id].started_at >= window, ctx
+    check_window_min_and_logs(plan, governed, by_id, staying, now, policy, ctx)
 
     # GFS tiers: at most `count` keeps per tier and type, one per period, and exactly the
     # reference set when no age cap trims daily/weekly keeps.
     gfs = policy["gfs"] or (None if policy["retention_days"] is not None else SEED_GFS)
     if gfs is not None:
         check_gfs_tiers(plan, governed, by_id, gfs, policy, ctx)
-    else:
+    elif policy["window_days"] is None:
         # retention_days alone: standalone backups outside the window go (unless needed).
         for m in governed:
             if m.backup_type not in DEPENDENT_TYPES and m.backup_id in kept:
@@ -432,6 +437,33 @@ def check_plan(seed: int, backups: list[Manifest], now: datetime, policy: dict) 
                 assert any(not r.startswith(("daily", "weekly", "monthly", "yearly")) for r in reasons), ctx
 
     check_old_incrementals_go(plan, backups, governed, now, policy, ctx)
+
+
+def check_window_min_and_logs(
+    plan: RetentionPlan,
+    governed: list[Manifest],
+    by_id: dict[str, Manifest],
+    staying: set[str],
+    now: datetime,
+    policy: dict,
+    ctx: str,
+) -> None:
+    """No standalone backup younger than window_days goes, nor one of the newest
+    min_backups; a log whose chain's base stays is kept."""
+    deleted = set(plan.delete)
+    if policy["window_days"] is not None:
+        for backup_id in deleted:
+            m = by_id[backup_id]
+            if m.backup_type not in DEPENDENT_TYPES:
+                assert now - m.started_at >= timedelta(days=policy["window_days"]), ctx
+    newest_n = sorted(governed, key=lambda m: (m.started_at, m.backup_id))[::-1][: policy["min_backups"]]
+    assert not {m.backup_id for m in newest_n} & deleted, ctx
+    for m in governed:
+        if m.backup_type != "TRANSACTION_LOG":
+            continue
+        base = chain_base(m, by_id)
+        if base is not None and base.backup_id in staying:
+            assert m.backup_id in plan.keep, f"{ctx}: log {m.backup_id} of kept base {base.backup_id} deleted"
 
 
 def check_gfs_tiers(
@@ -471,11 +503,19 @@ def check_old_incrementals_go(
     """An old incremental nobody needs is deleted."""
     kept, deleted = set(plan.keep), set(plan.delete)
     below = descendants(backups)
-    newest_ids = {r for r in kept if {"newest backup", "newest verified backup"} & set(plan.keep[r])}
+    newest_ids = {
+        r for r in kept
+        if any(w in ("newest backup", "newest verified backup") or w.startswith("one of the newest")
+               for w in plan.keep[r])
+    }
     inc_limit = timedelta(days=policy["incremental_max_age_days"])
+    by_id = {m.backup_id: m for m in backups}
     for m in governed:
         if m.backup_type not in DEPENDENT_TYPES or m.backup_id in newest_ids:
             continue
+        base = chain_base(m, by_id) if m.backup_type == "TRANSACTION_LOG" else None
+        if base is not None and base.backup_id not in deleted:
+            continue  # rule 6: the logs of a retained base stay
         age = now - m.started_at
         window = policy["retention_days"]
         if age < inc_limit or (window is not None and age < timedelta(days=window)):

@@ -51,6 +51,7 @@ from include.backup.alerts.notify import Alert, AlertKind, redact, send
 from include.backup.catalog.catalog import as_utc, verified_at
 from include.backup.catalog.index import optional_keys, summaries
 from include.backup.errors import IntegrityError, RestoreRefused
+from include.backup.run_records import record_failed_run
 from include.backup.staging import FAILED_MARKER, remove_plaintext, write_private
 from include.backup.targets import build_targets
 from include.backup.tasks import load_config, make_backup_id, run_started_at, staging_dir
@@ -279,6 +280,20 @@ def _record_failure(context: Mapping[str, Any], config: Any) -> None:
             mark_staging_failed(config, schedule, context)
         except Exception as exc:  # noqa: BLE001 - the mail below matters more
             log.warning("could not mark the failed run's staging: %s", redact(exc))
+        leave_failed_run_record(config, schedule, context)
+
+
+def leave_failed_run_record(config: Any, schedule: Any, context: Mapping[str, Any]) -> None:
+    """The signed failed-run record at the schedule's targets, so that the success rate
+    counts this run (include/backup/run_records.py); best effort."""
+    ti = context.get("task_instance") or context.get("ti")
+    run_id = context.get("run_id") or _get(ti, "run_id") or _get(context.get("dag_run"), "run_id")
+    when = run_started_at(context)
+    keys = optional_keys(config)
+    if not run_id or when is None or keys is None:
+        return
+    backup_id = make_backup_id(schedule.name, when, str(run_id))
+    record_failed_run(config, schedule, backup_id, _get(ti, "task_id"), keys)
 
 
 def on_backup_failure(

@@ -150,6 +150,56 @@ def _schedule_warnings(
             "copy off-site — add an s3, azure_blob, gcs, sftp or ftp target, or set "
             "offsite: true on a target that is off-site"
         )
+    return warnings + media_warnings(label, [(t, config.targets[t]) for t in schedule.targets])
+
+
+# The 3-2-1 rule's "two kinds of storage", by target type.
+MEDIA_KINDS = {
+    "local": "disk", "s3": "object store", "azure_blob": "object store", "gcs": "object store",
+    "sftp": "remote file system", "ftp": "remote file system",
+}  # fmt: skip
+
+
+def media_kind(target: Any) -> str:
+    """disk, object store or remote file system; a local path marked offsite is a mount of
+    another machine's storage (a NAS), so a remote file system."""
+    if target.type == "local" and target.offsite:
+        return "remote file system"
+    return MEDIA_KINDS.get(target.type, target.type)
+
+
+def store_of(target: Any) -> tuple[str, ...]:
+    """Where a target's copies really live: two targets with the same store share a fate
+    (one account, bucket or server lost, both copies gone) whatever their prefixes."""
+    kind = target.type
+    if kind == "local":  # on-site: this machine's disks, one failure domain; off-site: a mount
+        return (kind, target.path) if target.offsite else (kind, "this machine")
+    if kind in ("s3", "gcs"):
+        return (kind, target.conn_id, target.bucket)
+    if kind == "azure_blob":
+        return (kind, target.conn_id, target.container)
+    return (kind, target.conn_id)  # sftp / ftp: one server
+
+
+def media_warnings(label: str, targets: list[tuple[str, Any]]) -> list[str]:
+    """Two or more targets, but every copy on one kind of medium, or in one store."""
+    if len(targets) < 2:
+        return []
+    names = ", ".join(n for n, _ in targets)
+    kinds = {media_kind(t) for _, t in targets}
+    warnings = []
+    if len(kinds) == 1:
+        warnings.append(
+            f"{label}.targets: every copy ({names}) is on one kind of storage ({kinds.pop()}); the "
+            "3-2-1 rule wants two kinds (disk, object store, remote file system) — add a target "
+            "of another kind"
+        )
+    if len({store_of(t) for _, t in targets}) == 1:
+        warnings.append(
+            f"{label}.targets: every copy ({names}) is in one store (same connection and "
+            "bucket, container or server, or the same machine's disks); losing it loses every "
+            "copy — put one target in another account, bucket or server"
+        )
     return warnings
 
 

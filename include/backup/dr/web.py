@@ -241,6 +241,7 @@ def summarise(snap: Snapshot) -> dict[str, Any]:
     sources = data["sources"].values()
     backups = sum(s["backups_count"] for s in sources)
     verified = sum(s["verified_count"] for s in sources)
+    failed = sum(s["failed_runs_count"] for s in sources)  # runs that published nothing
     by_severity: dict[str, int] = {}
     for a in data["alerts"]:
         by_severity[a["severity"]] = by_severity.get(a["severity"], 0) + 1
@@ -261,7 +262,8 @@ def summarise(snap: Snapshot) -> dict[str, Any]:
         "dr_tests_overdue": sorted({a["subject"] for a in data["alerts"] if a["kind"] == "DR_TEST_OVERDUE"}),
         "backups": backups,
         "verified_backups": verified,
-        "success_rate": round(verified / backups, 4) if backups else None,
+        "failed_runs": failed,
+        "success_rate": round(verified / (backups + failed), 4) if backups + failed else None,
         "stored_bytes": sum(t["stored_bytes"] for t in data["targets"].values()),
         "targets": len(data["targets"]),
         "targets_unreachable": sorted(n for n, t in data["targets"].items() if not t["reachable"]),
@@ -393,7 +395,7 @@ def _cards(snap: Snapshot, summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("RPO", f"{snap.rpo_hours:g} h" if snap.rpo_hours is not None else "-"),
         ("RTO", f"{snap.rto_hours:g} h" if snap.rto_hours is not None else "-"),
         ("Sources within RPO", f"{len(summary['sources_within_rpo'])} / {summary['monitored_sources']}"),
-        ("Verified / backups", f"{summary['verified_backups']} / {summary['backups']}"),
+        ("Verified / runs", f"{summary['verified_backups']} / {summary['backups'] + summary['failed_runs']}"),
         ("Success rate", f"{rate * 100:.0f}%" if rate is not None else "-"),
         ("Stored", fmt_bytes(summary["stored_bytes"])),
         ("Open alerts", str(summary["alerts"])),
@@ -412,7 +414,8 @@ def _source_row(
         "success": s["success"],
         "verified_count": s["verified_count"],
         "backups_count": s["backups_count"],
-        "rate": f"{s['verified_count'] / s['backups_count'] * 100:.0f}%" if s["backups_count"] else "-",
+        "failed_runs_count": s["failed_runs_count"],
+        "rate": f"{s['success_rate'] * 100:.0f}%" if s["success_rate"] is not None else "-",
         "avg_duration": _duration(s["avg_duration_seconds"]),
         "last_duration": _duration(s["last_backup_duration_seconds"]),
         "per_target": [(t, fmt_bytes(b)) for t, b in sorted(s["stored_bytes_per_target"].items())],
@@ -629,9 +632,8 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
             n: {
                 "backups": s["backups_count"],
                 "verified": s["verified_count"],
-                "success_rate": round(s["verified_count"] / s["backups_count"], 4)
-                if s["backups_count"]
-                else None,
+                "failed_runs": s["failed_runs_count"],
+                "success_rate": s["success_rate"],  # verified over backups + failed runs
                 "last_good_backup_id": s["last_good_backup_id"],
                 "rpo_ok": s["rpo_ok"],
             }

@@ -73,6 +73,14 @@ class SourceStatus:
     success: bool = False  # the newest backup of the source is verified and within the RPO
     backups_count: int = 0  # distinct backups at any target
     verified_count: int = 0
+    # Runs that failed for good and published nothing (their records: run_records.py).
+    failed_runs_count: int = 0
+
+    @property
+    def success_rate(self) -> float | None:
+        """Verified backups over every run: published backups plus failed runs."""
+        runs = self.backups_count + self.failed_runs_count
+        return round(self.verified_count / runs, 4) if runs else None
     stored_bytes_per_target: dict[str, int] = field(default_factory=dict)
     avg_duration_seconds: float | None = None
     last_backup_duration_seconds: float | None = None
@@ -117,7 +125,7 @@ class MonitorReport:
             {
                 "generated_at": self.generated_at,
                 "ok": self.ok,
-                "sources": {k: asdict(v) for k, v in self.sources.items()},
+                "sources": {k: asdict(v) | {"success_rate": v.success_rate} for k, v in self.sources.items()},
                 "schedules": {k: asdict(v) for k, v in self.schedules.items()},
                 "targets": {k: asdict(v) for k, v in self.targets.items()},
                 "keys": asdict(self.keys) if self.keys else None,

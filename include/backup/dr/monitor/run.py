@@ -46,6 +46,7 @@ from include.backup.dr.monitor.running import (
 )
 from include.backup.dr.reports import DRTestReport, list_reports
 from include.backup.keyops.store import auto_rotate
+from include.backup.run_records import FailedRun, failed_runs, unpublished
 from include.backup.runtime import load_keys
 from include.backup.schedule_retention import sweep_all_targets
 from include.backup.settings import staging_root
@@ -168,6 +169,18 @@ def _summarise_report(r: DRTestReport) -> dict[str, Any]:
     }
 
 
+def _read_failed_runs(
+    config: BackupConfig, name: str, target: Target, keys: Any,
+    into: dict[str, list[FailedRun]], report: MonitorReport,
+) -> None:  # fmt: skip
+    """The failed-run records of every source at one target, for the success rate."""
+    for source in config.sources:
+        try:
+            into.setdefault(source, []).extend(failed_runs(target, source, keys))
+        except Exception as exc:  # noqa: BLE001 - the rate without them beats no page
+            report.issues.append(f"target '{name}': cannot read the failed runs of {source} ({redact(exc)})")
+
+
 def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
     config: BackupConfig,
     now: datetime | None = None,
@@ -193,6 +206,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
     # One pass over each target: its backups and its DR test reports.
     held: dict[str, list[tuple[str, Manifest]]] = {}  # source -> [(target, manifest)]
     dr_reports: dict[str, DRTestReport] = {}  # test_id -> report (copies at several targets)
+    failed: dict[str, list[FailedRun]] = {}  # source -> failed-run records (run_records.py)
     for name, target in built.items():
         cfg = config.targets.get(name)
         status = TargetStatus(name, cfg.type if cfg else type(target).__name__)
@@ -211,6 +225,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
             held.setdefault(m.source, []).append((name, m))
         for r in reports:
             dr_reports.setdefault(r.test_id, r)
+        _read_failed_runs(config, name, target, resolved[0], failed, report)
         try:
             status.free_bytes = target.free_bytes()
         except Exception as exc:  # noqa: BLE001 - free space is best effort
@@ -274,6 +289,7 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
                 verified.setdefault(m.backup_id, []).append(tname)
         st.backups_count = len(distinct)
         st.verified_count = len(verified)
+        st.failed_runs_count = len(unpublished(failed.get(source, []), set(distinct)))
         durations = [d for d in (finished_seconds(m) for m in distinct.values()) if d is not None]
         st.avg_duration_seconds = round(sum(durations) / len(durations), 1) if durations else None
         newest_any = max(distinct.values(), key=lambda m: as_utc(m.started_at), default=None)
