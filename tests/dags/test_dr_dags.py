@@ -70,7 +70,9 @@ def test_failover_dag_without_deadline_alerts(monkeypatch, tmp_path):
 
 def test_dr_monitor_dag(bag):
     dag = bag.dags["dr_monitor"]
-    assert dag.task_ids == ["monitor"]
+    # The monitor's report feeds dr_actions (drills, auto-failover), whose list maps the triggers.
+    assert sorted(dag.task_ids) == ["dr_actions", "monitor", "trigger_dr_runs"]
+    _chain(dag, ["monitor", "dr_actions", "trigger_dr_runs"])
     assert getattr(dag.timetable, "_expression", None) == "*/15 * * * *" or dag.schedule == "*/15 * * * *"
     assert dag.catchup is False
     assert dag.max_active_runs == 1

@@ -63,6 +63,7 @@ class AlertKind(StrEnum):
     STORAGE_LOW = "STORAGE_LOW"
     TARGET_UNREACHABLE = "TARGET_UNREACHABLE"
     DR_ACTIVATED = "DR_ACTIVATED"
+    FAILOVER_RECOMMENDED = "FAILOVER_RECOMMENDED"
     DR_TEST_RESULT = "DR_TEST_RESULT"
     REQUEST_REFUSED = "REQUEST_REFUSED"
 
@@ -78,6 +79,7 @@ SEVERITY: dict[AlertKind, Severity] = {
     AlertKind.STORAGE_LOW: Severity.WARNING,
     AlertKind.TARGET_UNREACHABLE: Severity.CRITICAL,
     AlertKind.DR_ACTIVATED: Severity.CRITICAL,
+    AlertKind.FAILOVER_RECOMMENDED: Severity.CRITICAL,
     AlertKind.DR_TEST_RESULT: Severity.INFO,
     # A restore, DR test or failover refused before it touched anything: the requester's
     # to fix, not a backup failure (alerts/callbacks.py on_refusal).
@@ -127,6 +129,11 @@ NEXT_STEPS: dict[AlertKind, str] = {
         "Failover is in progress or done: follow the DR runbook, verify the application on the "
         "secondary, and keep stakeholders informed."
     ),
+    AlertKind.FAILOVER_RECOMMENDED: (
+        "The primary failed every recent check (dr_monitor). Confirm it is really down, then "
+        "trigger the failover with the command in this mail; dr.auto_failover: true would have "
+        "done it without a human."
+    ),
     AlertKind.DR_TEST_RESULT: "Read the DR test report; file follow-ups for any issue it lists.",
     AlertKind.REQUEST_REFUSED: (
         "Nothing was touched and no backup is affected. Fix what the reason names (a param, "
@@ -146,6 +153,7 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.STORAGE_LOW: "Backup storage low",
     AlertKind.TARGET_UNREACHABLE: "Backup target unreachable",
     AlertKind.DR_ACTIVATED: "DR activated",
+    AlertKind.FAILOVER_RECOMMENDED: "Failover recommended",
     AlertKind.DR_TEST_RESULT: "DR test result",
     AlertKind.REQUEST_REFUSED: "Request refused",
 }

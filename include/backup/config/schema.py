@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from include.backup.dr.destinations import check_destination
+from include.backup.errors import RestoreRefused
 from include.backup.targets import TARGET_TYPES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -121,6 +123,26 @@ class FailoverSettings(Strict):
         return self
 
 
+class DrillSettings(Strict):
+    """A scheduled DR drill of one source (``dr.drills.<source>``, include/backup/dr/drills.py):
+    ``dr_monitor`` triggers ``dr_test`` into this scratch destination when a drill is due."""
+
+    into: str = Field(min_length=1, description="scratch destination: conn:<id>, database or directory")
+    test_type: Literal["RESTORE_TEST", "RECOVERY_TIME_TEST"] = "RECOVERY_TIME_TEST"
+    smoke_queries: list[str] = Field(default_factory=list)
+    target: str | None = None  # restore from this target (default: the first holding the backup)
+    # A scratch destination is reused by every drill: each restores over the previous one.
+    overwrite: bool = True
+
+    @field_validator("into")
+    @classmethod
+    def _into_shape(cls, value: str) -> str:
+        try:
+            return check_destination(value.strip(), "into")
+        except RestoreRefused as exc:  # a pydantic error with the key path, not a crash
+            raise ValueError(str(exc)) from None
+
+
 class DRSettings(Strict):
     rto_hours: float = Field(default=4, ge=0.5, le=72, description="Recovery time objective, hours")
     rpo_hours: float = Field(default=1, ge=0.25, le=24, description="Recovery point objective, hours")
@@ -139,6 +161,22 @@ class DRSettings(Strict):
     audit_retention_days: int = Field(default=400, ge=30, le=3650, description="audit trail kept, days")
     # Per source: how the failover DAG switches to the secondary (docs/dr.md).
     failover: dict[str, FailoverSettings] = Field(default_factory=dict)
+    # Scheduled drills (include/backup/dr/drills.py): dr_monitor triggers dr_test into
+    # dr.drills.<source>.into when the last successful test is older than test_frequency_days,
+    # or when drill_cron fired since the last test of the source.
+    drill_cron: str | None = None
+    drills: dict[str, DrillSettings] = Field(default_factory=dict)
+    # Auto-failover (include/backup/dr/autofailover.py): this many consecutive failed checks
+    # of a primary with a dr.failover entry make it down (at least 2: one blip is no outage).
+    failover_after_checks: int = Field(default=3, ge=2, le=100)
+
+    @field_validator("drill_cron")
+    @classmethod
+    def _drill_cron(cls, value: str | None) -> str | None:
+        problem = cron_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class EncryptionSettings(Strict):

@@ -10,6 +10,7 @@ and mails on-call when it overran ``dr.rto_hours``.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from include.backup import audit, runtime
@@ -17,7 +18,8 @@ from include.backup.alerts.deadlines import rto_deadline_for
 from include.backup.alerts.notify import Alert, AlertKind, send
 from include.backup.config.schema import BackupConfig
 from include.backup.dag_defaults import dag_defaults
-from include.backup.dr import failover
+from include.backup.dr import autofailover, failover
+from include.backup.dr.drills import plan_drills
 from include.backup.dr.drtest import (
     TEST_TYPE_ALIASES,
     DRTestRequest,
@@ -219,6 +221,11 @@ reachability of the targets. Mails each violation once until it clears (docs/ale
 sends the figures as Airflow metrics (docs/metrics.md). Also sweeps the staging area for
 plaintext of dead runs and, every few hours per target, removes orphans at the targets
 (docs/concurrency.md). XCom: the report's metadata, with what the sweep removed (`swept`).
+
+`dr_actions` then triggers what is due without a human (docs/dr.md): a scheduled drill
+(`dr_test` into `dr.drills.<source>.into`) and, after `dr.failover_after_checks` failed
+checks of a primary, the `failover` DAG (`dr.auto_failover: true`) or a
+FAILOVER_RECOMMENDED mail; `trigger_dr_runs` starts those runs.
 """
 
 
@@ -448,6 +455,9 @@ def build_failover_dag(config: BackupConfig) -> Any:
 
 
 def build_dr_monitor_dag(config: BackupConfig) -> Any:
+    from airflow.providers.standard.operators.trigger_dagrun import (
+        TriggerDagRunOperator,  # lazy: Airflow: not loaded by the CLI and config checks
+    )
     from airflow.sdk import DAG, task  # lazy: Airflow: not loaded by the CLI and config checks
 
     with DAG(
@@ -472,8 +482,38 @@ def build_dr_monitor_dag(config: BackupConfig) -> Any:
                      len(report.alerts), len(report.issues), sent)
             return report.to_json()
 
-        monitor()
+        @task(task_id="dr_actions", multiple_outputs=False)
+        def dr_actions(report: dict[str, Any]) -> list[dict[str, Any]]:
+            return run_dr_actions(report)
+
+        # One mapped run per drill or failover due; none mapped: skipped. A run id that
+        # exists already (today's drill, this outage's failover) is not started twice.
+        TriggerDagRunOperator.partial(
+            task_id="trigger_dr_runs", skip_when_already_exists=True, retries=0
+        ).expand_kwargs(dr_actions(monitor()))  # type: ignore[arg-type]  # XComArg at parse time (apache/airflow#39514)
     return dag
+
+
+def run_dr_actions(report: dict[str, Any], *, state_path: Any = None,
+                   checker: autofailover.Checker = autofailover.check_primary) -> list[dict[str, Any]]:
+    """dr_monitor's second task: the drills due and the auto-failover checks. Returns the
+    TriggerDagRunOperator kwargs of the runs to start; mails FAILOVER_RECOMMENDED."""
+    config = runtime.load_config()
+    now = datetime.now(UTC)
+    triggers: list[dict[str, Any]] = []
+    for drill in plan_drills(config, report.get("sources", {}), now):
+        if drill.warning:
+            log.warning("%s", drill.warning)
+        elif drill.trigger():
+            log.info("DR drill of %s due (%s): triggering dr_test run %s",
+                     drill.source, drill.reason, drill.run_id)
+            triggers.append(drill.trigger())  # type: ignore[arg-type]  # not None: checked above
+    decisions = autofailover.check_all(config, now=now, path=state_path, checker=checker)
+    alerts = [d.alert for d in decisions if d.alert is not None]
+    triggers += [d.trigger for d in decisions if d.trigger is not None]
+    if alerts:
+        send(alerts, list(config.dr.notification_emails), config.dr.smtp_conn_id, state_path=state_path)
+    return triggers
 
 
 def register_dr_dags(namespace: dict[str, Any]) -> None:
