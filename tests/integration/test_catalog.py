@@ -224,3 +224,18 @@ def test_verify_object_detects_truncation_and_loss(target: Target) -> None:
     assert not ok and "missing" in detail
     ok, detail = verify_object(target, m, "no-such-object")
     assert not ok and "no object" in detail
+
+
+def test_manifest_json_is_sorted_and_indented_as_before() -> None:
+    """to_json re-indents the C encoder's output: the bytes json.dumps(indent=1,
+    sort_keys=True) wrote, non-ASCII escaped, empty containers kept inline."""
+    manifest = Manifest(
+        backup_id="b1", schedule="daily_full", source="events_pg", source_type="postgres",
+        backup_type="FULL", started_at=T0, payload_format="pg_dump",
+        objects=[StoredObject(name=PAYLOAD_NAME, size=3, sha256="ab" * 32)],
+        source_state={"files": {"dir/é.txt": {"size": 1.5e-7, "tags": [], "x": {}}}},
+        verification={"nas": Verification(ok=False, verified_at=T0, detail='bad "quote"\n')},
+    )  # fmt: skip
+    expected = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True).encode()
+    assert manifest.to_json() == expected
+    assert Manifest.from_json(manifest.to_json()) == manifest
