@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from include.backup.catalog import index
-from include.backup.catalog.catalog import list_backups, write_manifest
+from include.backup.catalog.catalog import find_backup, list_backups, write_manifest
 from include.backup.catalog.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -31,7 +31,7 @@ from include.backup.catalog.signing import check_shape, sign
 from include.backup.config.loader import load_config
 from include.backup.dr.monitor import run_monitor, sweep_targets
 from include.backup.dr.web import Monitor, create_app
-from include.backup.errors import IntegrityError
+from include.backup.errors import IntegrityError, ObjectNotFound
 from include.backup.keys import KeyRing
 from include.backup.retention import RetentionPlan, apply_retention
 from include.backup.targets.base import Target
@@ -56,10 +56,15 @@ class CountingTarget:
         self.name = inner.name
         self.capabilities = inner.capabilities
         self.reads: Counter[str] = Counter()
+        self.listed: list[str] = []  # the prefix of every listing
 
     def read_bytes(self, key: str) -> bytes:
         self.reads[key] += 1
         return self._inner.read_bytes(key)
+
+    def list(self, prefix: str = "") -> Any:
+        self.listed.append(prefix)
+        return self._inner.list(prefix)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -236,6 +241,23 @@ def test_sources_are_found_once_then_registered(local: LocalTarget, ring: KeyRin
     store(local, make_manifest(ring, "f0", source="files_docs"), ring)  # a new source publishes
     assert index.index_sources(local) == ["events_pg", "files_docs", "mongo_main"]
     assert ids(index.summaries(local, None, ring)) == ["a0", "f0", "m0"]
+
+
+def test_find_backup_looks_in_each_source_not_through_every_key(local: LocalTarget, ring: KeyRing) -> None:
+    for i in range(3):
+        store(local, make_manifest(ring, f"pg-{i}", hours=i), ring)
+    store(local, make_manifest(ring, "docs-1", source="files_docs"), ring)
+    assert index.index_sources(local) == ["events_pg", "files_docs"]  # the first listing registers them
+    counting = CountingTarget(local)
+    found = find_backup(counting, "docs-1")  # type: ignore[arg-type]
+    assert (found.source, found.backup_id, len(found.objects)) == ("files_docs", "docs-1", 1)
+    assert counting.listed == ["_catalog/"]  # the source registry, never every key
+    assert list(counting.reads) == ["files_docs/docs-1/manifest.json"]
+    with pytest.raises(ObjectNotFound, match="holds no backup pg-9"):
+        find_backup(counting, "pg-9")  # type: ignore[arg-type]
+    store(local, make_manifest(ring, "pg-1", source="files_docs"), ring)
+    with pytest.raises(IntegrityError, match="under several sources"):
+        find_backup(counting, "pg-1")  # type: ignore[arg-type]
 
 
 def test_a_summary_cannot_be_restored_or_verified(local: LocalTarget, ring: KeyRing) -> None:

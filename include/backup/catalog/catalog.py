@@ -148,9 +148,9 @@ def read_manifest(target: Target, source: str, backup_id: str) -> Manifest:
 
 
 def find_backup(target: Target, backup_id: str) -> Manifest:
-    """The backup ``backup_id`` of whichever source it belongs to."""
-    suffix = f"/{backup_id}/{MANIFEST_NAME}"
-    keys = [o.key for o in target.list("") if o.key.endswith(suffix) and o.key.count("/") == 2]
+    """The backup ``backup_id`` of whichever source it belongs to: one look per source the
+    target holds (:func:`target_sources`), not a listing of every key at the target."""
+    keys = [key for source in target_sources(target) if target.stat(key := manifest_key(source, backup_id))]
     if not keys:
         raise ObjectNotFound(
             f"target '{target.name}' holds no backup {backup_id}; "
@@ -163,6 +163,38 @@ def find_backup(target: Target, backup_id: str) -> Manifest:
         )
     source = keys[0].split("/", 1)[0]
     return read_manifest(target, source, backup_id)
+
+
+# --- which sources a target holds (beside the catalog index: catalog/index.py) ---------
+
+INDEX_DIR = "_catalog"
+_REGISTRY = f"{INDEX_DIR}/sources/"
+_COMPLETE = f"{INDEX_DIR}/complete"
+
+
+def register_source(target: Target, source: str) -> None:
+    target.put_bytes(f"{_REGISTRY}{source}", b"")
+
+
+def target_sources(target: Target) -> list[str]:
+    """The sources ``target`` holds backups of: the registry (one listing), found by one
+    walk over every key the first time (a target written before the index existed)."""
+    listed = [o.key for o in target.list(f"{INDEX_DIR}/")]
+    names = sorted(k[len(_REGISTRY):] for k in listed if k.startswith(_REGISTRY))
+    if _COMPLETE in listed:
+        return names
+    found = set(names)
+    for info in target.list(""):
+        parts = info.key.split("/")
+        if len(parts) == 3 and not parts[0].startswith("_") and parts[2] == MANIFEST_NAME:
+            found.add(parts[0])
+    try:
+        for name in sorted(found - set(names)):
+            register_source(target, name)
+        target.put_bytes(_COMPLETE, b"")
+    except TargetError as exc:
+        log.warning("target '%s': cannot record its sources (%s)", target.name, exc)
+    return sorted(found)
 
 
 def write_manifest(target: Target, manifest: Manifest) -> None:

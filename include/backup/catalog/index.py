@@ -48,10 +48,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel
 
 from include.backup.catalog.catalog import (
+    INDEX_DIR,
     as_utc,
     chain_for,
     load_listed,
     read_manifest,
+    register_source,
+    target_sources,
     write_manifest,
 )
 from include.backup.catalog.manifest import (
@@ -68,7 +71,6 @@ from include.backup.targets.base import Target
 
 log = logging.getLogger(__name__)
 
-INDEX_DIR = "_catalog"
 SEGMENT_FORMAT = 1
 COMPACT_AT = 48  # segments and tombstones of a source before a writer folds them into a base
 TOMBSTONE_DAYS = 30  # how long a base remembers a deletion (against late records of it)
@@ -77,8 +79,6 @@ _HKDF_INFO = b"airflow-backup catalog-index v1"
 _DOMAIN = b"AFBK-CATALOG-INDEX\x00"
 # Left out of records: large (file index, per-table stats), or only needed by a restore.
 _LEFT_OUT = frozenset({"objects", "source_state", "stats", "encryption", "auth", "verification"})
-_REGISTRY = f"{INDEX_DIR}/sources/"
-_COMPLETE = f"{INDEX_DIR}/complete"
 
 Record = dict[str, Any]
 
@@ -421,29 +421,9 @@ def read_chain(
 # --- sources ---------------------------------------------------------------------------
 
 
-def register_source(target: Target, source: str) -> None:
-    target.put_bytes(f"{_REGISTRY}{source}", b"")
-
-
 def index_sources(target: Target) -> list[str]:
-    """The sources ``target`` holds backups of: the registry (one listing), found by one
-    walk over every key the first time (a target written before the index existed)."""
-    listed = [o.key for o in target.list(f"{INDEX_DIR}/")]
-    names = sorted(k[len(_REGISTRY):] for k in listed if k.startswith(_REGISTRY))
-    if _COMPLETE in listed:
-        return names
-    found = set(names)
-    for info in target.list(""):
-        parts = info.key.split("/")
-        if len(parts) == 3 and not parts[0].startswith("_") and parts[2] == MANIFEST_NAME:
-            found.add(parts[0])
-    try:
-        for name in sorted(found - set(names)):
-            register_source(target, name)
-        target.put_bytes(_COMPLETE, b"")
-    except TargetError as exc:
-        log.warning("target '%s': cannot record its sources (%s)", target.name, exc)
-    return sorted(found)
+    """The sources ``target`` holds backups of (catalog.target_sources: the registry)."""
+    return target_sources(target)
 
 
 # --- writing ---------------------------------------------------------------------------

@@ -36,11 +36,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.backup.alerts.notify import Alert, AlertKind, Severity, send
-from include.backup.catalog.catalog import as_utc, list_backups, verify_object
+from include.backup.catalog import index
+from include.backup.catalog.catalog import as_utc, read_manifest, verify_object
 from include.backup.config.schema import BackupConfig
 from include.backup.dr import smoke as smoke_mod
-from include.backup.dr.failover import rehearse
 from include.backup.dr.drills import objective_findings
+from include.backup.dr.failover import rehearse
 from include.backup.dr.integrity import compare_with_manifest, error_text
 from include.backup.dr.params import (
     bool_param,
@@ -289,19 +290,21 @@ def verify_latest(config: BackupConfig, source: str, now: datetime | None = None
     notes: list[str] = []
     checked: dict[str, str] = {}
     newest: Any = None
+    keys = index.optional_keys(config)
     for name in source_targets(config, source):
         try:
             target = build_target(name, config.targets[name])
-            backups = list_backups(target, source)
+            backups = index.summaries(target, source, keys)  # the catalog index: no manifest read
         except Exception as exc:  # noqa: BLE001
             issues.append(f"target {name}: cannot list backups: {error_text(exc)}")
             continue
         if not backups:
             issues.append(f"target {name}: holds no backup of {source}")
             continue
-        manifest = backups[-1]
+        manifest = backups[-1]  # a summary until its whole manifest is read below
         problems: list[str] = []
         try:
+            manifest = read_manifest(target, source, manifest.backup_id)
             for obj in manifest.objects:
                 ok, detail = verify_object(target, manifest, obj.name)
                 if not ok:

@@ -83,10 +83,13 @@ class LocalTarget:
                 write(out)
                 out.flush()
                 os.fsync(out.fileno())
+                size = out.tell()
             os.replace(tmp, dest)
             tmp = None
             _fsync_dir(dest.parent)
-            return ObjectInfo(key=key, size=dest.stat().st_size)
+            # The size written, not a stat of ``dest``: a concurrent delete may already have
+            # removed it (a catalog compaction folds a segment the moment it is published).
+            return ObjectInfo(key=key, size=size)
         except OSError as exc:
             raise self._write_error(key, dest, exc) from exc
         finally:
