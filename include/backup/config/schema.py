@@ -393,6 +393,17 @@ class GFSRetention(Strict):
     yearly: int = Field(default=7, ge=0, le=100)
 
 
+class CleanupRules(Strict):
+    """The source guide's cleanup rules, per schedule (include/backup/retention.py)."""
+
+    # INCREMENTAL backups older than this go (unless a kept backup depends on them).
+    incremental_max_age_days: int = Field(default=7, ge=1, le=3650)
+    # FULL/SCHEMA backups older than this keep only their monthly and yearly GFS reasons.
+    full_max_age_days: int = Field(default=30, ge=1, le=3650)
+    # The newest this many backups of the schedule (at each target) are never deleted.
+    min_backups: int = Field(default=1, ge=1, le=1000)
+
+
 # Airflow's presets (airflow.utils.dates.cron_presets) plus the two croniter aliases it also
 # accepts; each is checked as the expression it stands for.
 CRON_PRESETS: dict[str, str] = {
@@ -431,17 +442,6 @@ def cron_problem(cron: str) -> str | None:
     fields = expr.split()
     if len(fields) != 5:
         return f"{cron!r} is not a valid cron expression: it has {len(fields)} fields; {_CRON_HELP}"
-class CleanupRules(Strict):
-    """The source guide's cleanup rules, per schedule (include/backup/retention.py)."""
-
-    # INCREMENTAL backups older than this go (unless a kept backup depends on them).
-    incremental_max_age_days: int = Field(default=7, ge=1, le=3650)
-    # FULL/SCHEMA backups older than this keep only their monthly and yearly GFS reasons.
-    full_max_age_days: int = Field(default=30, ge=1, le=3650)
-    # The newest this many backups of the schedule (at each target) are never deleted.
-    min_backups: int = Field(default=1, ge=1, le=1000)
-
-
     valid = croniter.is_valid(expr)
     for i, (field, allowed) in enumerate(CRON_FIELDS):
         if any(part == "R" or part.startswith("R(") for part in fields[i].split(",")):
@@ -480,6 +480,7 @@ class Schedule(Strict):
     targets: list[str] = Field(min_length=1)
     retention: GFSRetention | None = None
     retention_days: int | None = Field(default=None, ge=1, le=3650)
+    cleanup_rules: CleanupRules = Field(default_factory=CleanupRules)
     description: str = ""
 
     @field_validator("cron")
@@ -518,7 +519,6 @@ class BackupConfig(Strict):
         return None if path is None else _absolute_path(path)
 
     def schedule(self, name: str) -> Schedule:
-    cleanup_rules: CleanupRules = Field(default_factory=CleanupRules)
         for s in self.schedules:
             if s.name == name:
                 return s
