@@ -351,6 +351,16 @@ class PgCluster:
         )
         self._running = False
 
+    def resume(self) -> None:
+        """Start the server again on the same port and files after :meth:`crash`: for tests
+        of a server that comes back (a flapping primary)."""
+        self._run_owner(
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
+             "-w", "-t", "60", "start"],
+            what="pg_ctl start",
+        )  # fmt: skip
+        self._running = True
+
     def _kill_postmaster(self) -> None:
         pid_file = self.data_dir / "postmaster.pid"
         try:
