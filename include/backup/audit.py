@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from include.backup.catalog.inflight import source_lock
 from include.backup.config.schema import BackupConfig
-from include.backup.errors import RestoreRefused
+from include.backup.errors import KeyNotFoundError, RestoreRefused
 from include.backup.keys import KeyRing
 from include.backup.settings import staging_root
 from include.backup.targets import build_target
@@ -136,6 +136,21 @@ def mac_key(kek: bytes) -> bytes:
 def signed_bytes(kind: str, body: dict[str, Any]) -> bytes:
     unsigned = {k: v for k, v in body.items() if k != "mac"}
     return DOMAINS[kind] + json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
+
+
+UNKNOWN_KEY = "signed with key id"
+
+
+def check_mac(kind: str, doc: dict[str, Any], keys: KeyRing) -> str | None:
+    """None when ``doc`` carries a valid MAC, else what is wrong."""
+    try:
+        kek = keys.get(str(doc.get("key_id")))
+    except (KeyNotFoundError, KeyError):
+        return f"{UNKNOWN_KEY} {doc.get('key_id')!r}, which the key ring lacks: add that key back to check it"
+    want = hmac.new(mac_key(kek), signed_bytes(kind, doc), hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(want, str(doc.get("mac", "")).encode("utf-8", "surrogatepass")):
+        return "fails its signature check: it was edited after it was written"
+    return None
 
 
 def sign(kind: str, body: dict[str, Any], keys: KeyRing) -> bytes:
@@ -261,7 +276,7 @@ def append(target: Target, body: dict[str, Any], keys: KeyRing) -> str:
     does)."""
     prefix = audit_prefix(body.get("source"))
     writer = writer_id()
-    head = read_head(target, prefix, writer)
+    head = read_head(target, prefix, writer, keys)
     when = parse_time(body["time"])
     record_id = str(body["id"])
     full = {
@@ -278,7 +293,7 @@ def append(target: Target, body: dict[str, Any], keys: KeyRing) -> str:
     return key
 
 
-def read_head(target: Target, prefix: str, writer: str) -> dict[str, Any] | None:
+def read_head(target: Target, prefix: str, writer: str, keys: KeyRing) -> dict[str, Any] | None:
     """This writer's head at ``target`` (None: its first record there). A head that is not
     JSON is a broken trail: raise, so that nothing is chained onto a guess."""
     key = head_key(prefix, writer)
@@ -287,7 +302,30 @@ def read_head(target: Target, prefix: str, writer: str) -> dict[str, Any] | None
     doc = json.loads(target.read_bytes(key))
     if not isinstance(doc, dict) or not isinstance(doc.get("seq"), int):
         raise ValueError(f"audit head {key} is not a head record; run `audit --verify`")
+    problem = check_mac("head", doc, keys)
+    if problem:  # never chain onto a head nobody can vouch for: it may name a forged record
+        raise ValueError(f"audit head {key} {problem}; run `python -m include.backup audit --verify`")
     return doc
+
+
+def reanchor(target: Target, source: str | None, keys: KeyRing) -> int:
+    """Re-sign every head of ``source``'s trail at ``target`` that checks under ``keys``
+    with the active key (before a key leaves the ring: the heads then vouch for the
+    records it signed). Returns how many heads were re-signed."""
+    prefix = audit_prefix(source)
+    done = 0
+    for info in target.list(f"{prefix}heads/"):
+        doc = json.loads(target.read_bytes(info.key))
+        if (
+            isinstance(doc, dict)
+            and doc.get("key_id") != keys.active_id
+            and check_mac("head", doc, keys) is None
+        ):
+            target.put_bytes(
+                info.key, sign("head", {k: v for k, v in doc.items() if k not in ("key_id", "mac")}, keys)
+            )
+            done += 1
+    return done
 
 
 @contextmanager
@@ -345,3 +383,17 @@ def _note_outcome(
 ) -> None:
     note(config, action, source=outcome.source, backup_ids=outcome.backup_ids, target=outcome.target,
          result=result, reason=reason, keys=keys)  # fmt: skip
+
+
+def reanchor_all(config: BackupConfig, keys: KeyRing) -> list[str]:
+    """:func:`reanchor` at every target of the config, for every source and for actions on
+    none; returns the problems (logged). Call it before a key leaves the ring."""
+    problems: list[str] = []
+    for name, spec in config.targets.items():
+        try:
+            target = build_target(name, spec)
+            for source in [*config.sources, None]:
+                reanchor(target, source, keys)
+        except Exception as exc:  # noqa: BLE001 - one unreachable target: the others are still done
+            problems.append(f"audit heads at target {name!r} not re-signed: {exc}")
+    return _warn(problems)

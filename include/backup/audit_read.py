@@ -16,7 +16,6 @@ still links to something checkable.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -24,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from include.backup.audit import audit_prefix, mac_key, parse_time, pruned_key, sign, signed_bytes
-from include.backup.errors import KeyNotFoundError, ObjectNotFound
+from include.backup.audit import UNKNOWN_KEY, audit_prefix, check_mac, parse_time, pruned_key, sign
+from include.backup.errors import ObjectNotFound
 from include.backup.keys import KeyRing
 from include.backup.targets.base import Target
 
@@ -41,6 +40,7 @@ class Found:
     data: bytes
     doc: dict[str, Any]
     problem: str | None = None
+    unknown_key: str | None = None  # signed with a key the ring lacks (retired): needs a later voucher
 
     @property
     def sha256(self) -> str:
@@ -86,19 +86,6 @@ def list_trail(target: Target, source: str | None) -> Trail:
     return trail
 
 
-def check_mac(kind: str, doc: dict[str, Any], keys: KeyRing) -> str | None:
-    """None when ``doc`` carries a valid MAC, else what is wrong."""
-    try:
-        kek = keys.get(str(doc.get("key_id")))
-    except (KeyNotFoundError, KeyError):
-        return (f"signed with key id {doc.get('key_id')!r}, which the key ring lacks: add that "
-                "key back to check it")  # fmt: skip
-    want = hmac.new(mac_key(kek), signed_bytes(kind, doc), hashlib.sha256).hexdigest().encode()
-    if not hmac.compare_digest(want, str(doc.get("mac", "")).encode("utf-8", "surrogatepass")):
-        return "fails its signature check: it was edited after it was written"
-    return None
-
-
 def read_record(target: Target, key: str, keys: KeyRing | None) -> Found:
     data = target.read_bytes(key)
     try:
@@ -110,6 +97,8 @@ def read_record(target: Target, key: str, keys: KeyRing | None) -> Found:
     found = Found(key, data, doc)
     if keys is not None:
         found.problem = check_mac("record", doc, keys)
+        if found.problem and found.problem.startswith(UNKNOWN_KEY):
+            found.problem, found.unknown_key = None, found.problem
     if found.problem is None:
         name = key.rsplit("/", 1)[-1][: -len(".json")]
         dated = "/".join(key.split("/")[-4:-1])
@@ -196,7 +185,7 @@ def _check_chain(
     head, head_problem = _read_signed(target, trail.heads.get(writer), "head", keys)
     pruned, pruned_problem = _read_signed(target, trail.pruned.get(writer), "pruned", keys)
     for key, problem in ((trail.heads.get(writer), head_problem), (trail.pruned.get(writer), pruned_problem)):
-        if problem:
+        if problem and not problem.startswith(UNKNOWN_KEY):
             bad(key, problem, _LAST)
             return
     base_seq, base_hash = (int(pruned["seq"]), pruned["sha256"]) if pruned else (0, None)
@@ -204,6 +193,9 @@ def _check_chain(
         [f for f in records if f.doc["seq"] > base_seq], head
     )  # the rest: a prune cut short
     seq, prev, last = base_seq, base_hash, None
+    pending: list[
+        Found
+    ] = []  # signed with a retired key: authentic once a later checked record links to them
     for f in live:
         if f.problem is None:
             if f.doc["seq"] > seq + 1:
@@ -219,7 +211,16 @@ def _check_chain(
                     f.doc["time"])  # fmt: skip
         seq, last = f.doc["seq"], f
         prev = "?" if f.problem else f.sha256  # after a bad record the next link cannot be checked
+        if f.problem is None:  # a checked record's prev hash vouches for every record before it
+            pending = [f] if f.unknown_key else []
     _check_head(writer, head, trail, seq, last, base_seq, bad)
+    vouched = head is not None and not head_problem and last is not None and head.get("sha256") == last.sha256
+    for f in [] if vouched else pending:
+        bad(
+            f.key,
+            f"{f.unknown_key}; no record or head signed with a key in the ring follows it",
+            f.doc["time"],
+        )
 
 
 def _check_head(writer: str, head: dict[str, Any] | None, trail: Trail, seq: int, last: Found | None,

@@ -134,3 +134,25 @@ def test_a_refused_action_is_recorded_with_its_reason(setup) -> None:
     [row] = audit_read.iter_records(disk, "docs")
     assert (row["action"], row["result"], row["backup_ids"]) == ("failover", "refused", ["b1"])
     assert row["reason"] == "RestoreRefused: secondary is the primary"
+
+
+def test_records_of_a_retired_key_are_vouched_for_by_later_ones(setup) -> None:
+    config, ring, disk = setup
+    write(config, ring, 2)  # signed with k1
+    both = ring.rotated("k2")
+    write(config, both, 1)  # signed with k2: its prev hash vouches for the k1 records
+    only_new = KeyRing({"k2": both.get("k2")}, "k2")
+    assert audit_read.verify_trail(disk, "docs", only_new) == []
+
+
+def test_reanchor_lets_a_key_leave_the_ring(setup) -> None:
+    config, ring, disk = setup
+    write(config, ring, 3)
+    both = ring.rotated("k2")
+    only_new = KeyRing({"k2": both.get("k2")}, "k2")
+    before = audit_read.verify_trail(disk, "docs", only_new)
+    assert before and "which the key ring lacks" in before[0].message  # nothing vouches for them yet
+    assert audit.reanchor_all(config, both) == []  # the heads re-signed with k2
+    assert audit_read.verify_trail(disk, "docs", only_new) == []
+    write(config, only_new, 1)  # the chain goes on under k2
+    assert audit_read.verify_trail(disk, "docs", only_new) == []

@@ -13,6 +13,7 @@ import sys
 from datetime import date
 from typing import Any
 
+from include.backup import audit
 from include.backup.config.loader import load_config
 from include.backup.config.schema import BackupConfig
 from include.backup.errors import BackupError
@@ -65,8 +66,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    store = store_for(_config(args), args.key_file)
+    config = _config(args)
+    store = store_for(config, args.key_file)
     result = rotate(store, args.key_id)
+    why = "" if result.stored else f" not stored: {result.reason}"
+    audit.note(config, "key_rotate", result="ok" if result.stored else "failed",
+               reason=f"new active key {result.new_id!r}{why}")  # fmt: skip
     if result.stored:
         print(
             f"key {result.new_id!r} is now the active key in the {result.where}; kept: "
@@ -148,6 +153,10 @@ def _delete(config: BackupConfig, store: KeyStore, key_id: str, targets: dict[st
             print(f"  ... and {len(needing) - 50} more")
         print(f"run: python -m include.backup keys retire {key_id}")
         return 1
+    # Before the key leaves the ring, the audit trail's heads are re-signed with the active
+    # key: they vouch for the records it signed (docs/audit.md).
+    audit.reanchor_all(config, ring)
+    audit.note(config, "key_retire", reason=f"key {key_id!r} deleted from the ring", keys=ring)
     try:
         remove_key(store, key_id)
     except NotWritable as exc:
