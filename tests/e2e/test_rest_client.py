@@ -156,7 +156,9 @@ def test_backup_is_named_by_when_it_was_taken_and_emits_one_asset_event(
     assert extra["backup_id"] == backup_id and sorted(extra["targets"]) == ["local", "offsite"]
     assert extra["stored_size"] == manifest["stored_size"] and extra["raw_size"] == manifest["raw_size"]
 
-    rows = dr_api(airflow_deployment, {"source": "e2e_files"}).json()["backups"]
+    listed = dr_api(airflow_deployment, {"source": "e2e_files"})
+    assert listed.status_code == 200 and "backups" in listed.json(), (listed.status_code, listed.text[:500])
+    rows = listed.json()["backups"]
     assert [r["dag_run_id"] for r in rows if r["backup_id"] == backup_id] == [run_id]
     bogus = dr_api(airflow_deployment, {"type": "BOGUS"})
     assert bogus.status_code == 400 and "FULL, INCREMENTAL, TRANSACTION_LOG, SCHEMA" in bogus.json()["detail"]
