@@ -141,6 +141,9 @@ def test_page_shows_the_figures(env):
         finished_at=datetime.now(UTC) - timedelta(hours=1),
         success=True,
         measured_rto_seconds=7200.0,
+        measured_rpo_seconds=1800.0,
+        issues=["smoke <query> slow"],
+        notes="scheduled drill: no successful DR test on record",
     )
     config = load_config().config
     write_report(build_target("disk1", config.targets["disk1"]), report)
@@ -158,6 +161,11 @@ def test_page_shows_the_figures(env):
 
     assert fmt_bytes(docs["stored_bytes_per_target"]["disk1"]) in page
     assert "RESTORE_TEST" in page and "passed" in page
+    # The DR guide's test result: success, RTO, RPO, issues, notes (escaped).
+    assert ", RPO 30 min" in page
+    assert "issue: smoke &lt;query&gt; slow" in page
+    assert "notes: scheduled drill: no successful DR test on record" in page
+    assert docs["last_dr_test"]["issue_list"] == ["smoke <query> slow"]
     assert "RTO_MISSED: DR test dr-test-1 measured RTO 2.0 h, objective 1 h" in page
     assert body["summary"]["rto_violations"] == {
         "docs": "DR test dr-test-1 measured RTO 2.0 h, objective 1 h"

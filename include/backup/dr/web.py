@@ -436,12 +436,15 @@ def _source_row(
         row["violations"].append(f"RTO_MISSED: {rto}")
     test = s["last_dr_test"]
     if test:
-        rto_s = test.get("measured_rto_seconds")
+        rto_s, rpo_s = test.get("measured_rto_seconds"), test.get("measured_rpo_seconds")
         row["test"] = {
             "success": test["success"],
             "test_type": test["test_type"],
             "when": fmt_time(_dt(test["finished_at"] or test["started_at"])),
             "rto": _duration(rto_s) if rto_s is not None else None,
+            "rpo": _duration(rpo_s) if rpo_s is not None else None,
+            "issues": test.get("issue_list", []),  # absent in a report from an older monitor
+            "notes": test.get("notes", ""),
         }
     due = _dt(s["next_dr_test_due"])
     if due:

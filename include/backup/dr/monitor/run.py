@@ -166,6 +166,9 @@ def _summarise_report(r: DRTestReport) -> dict[str, Any]:
         "measured_rto_seconds": r.measured_rto_seconds,
         "measured_rpo_seconds": r.measured_rpo_seconds,
         "issues": len(r.issues),
+        # The DR guide's test result on the DR page: what went wrong and the notes (scores).
+        "issue_list": list(r.issues[:5]),
+        "notes": r.notes[:1000],
     }
 
 
