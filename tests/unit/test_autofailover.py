@@ -40,7 +40,9 @@ def rounds(config: BackupConfig, results: list[str | None], tmp_path) -> list[au
 def test_auto_failover_triggers_once_after_n_failed_checks(tmp_path):
     config = make_config(auto_failover=True)
     ds = rounds(config, ["refused"] * 5, tmp_path)
-    assert [d.trigger is not None for d in ds] == [False, False, True, False, False]
+    assert [d.trigger is not None for d in ds] == [False, False, True, True, True]
+    # The same run id every round: the failover starts once (skip_when_already_exists).
+    assert len({d.trigger["trigger_run_id"] for d in ds if d.trigger}) == 1
     trig = ds[2].trigger
     assert trig is not None and trig["trigger_dag_id"] == "failover"
     assert trig["conf"]["source"] == trig["conf"]["confirm"] == "events_pg"
@@ -56,7 +58,9 @@ def test_a_flapping_primary_triggers_nothing(tmp_path):
 
 def test_without_auto_failover_the_same_detection_recommends(tmp_path):
     ds = rounds(make_config(failover_after_checks=2), ["down", "down", "down"], tmp_path)
-    assert [d.alert is not None for d in ds] == [False, True, False]
+    assert [d.alert is not None for d in ds] == [False, True, True]
+    assert ds[1].alert is not None and ds[2].alert is not None
+    assert ds[1].alert.key == ds[2].alert.key  # one outage, one dedupe key: mailed once
     alert = ds[1].alert
     assert alert is not None and alert.kind == AlertKind.FAILOVER_RECOMMENDED
     assert all(d.trigger is None for d in ds)
@@ -70,3 +74,5 @@ def test_an_outage_after_recovery_is_acted_on_again(tmp_path):
     config = make_config(auto_failover=True, failover_after_checks=2)
     ds = rounds(config, ["d", "d", None, "d", "d"], tmp_path)
     assert [d.trigger is not None for d in ds] == [False, True, False, False, True]
+    assert ds[1].trigger is not None and ds[4].trigger is not None
+    assert ds[1].trigger["trigger_run_id"] != ds[4].trigger["trigger_run_id"]  # a new outage

@@ -1,6 +1,7 @@
 """Auto-failover: ``dr_monitor`` checks the primary of every source with a
 ``dr.failover.<source>`` entry each round and, once it failed ``dr.failover_after_checks``
-consecutive checks (default 3, at least 2: one blip is no outage), acts once per outage:
+consecutive checks (default 3, at least 2: one blip is no outage), acts once per
+outage (the run id and the mail's dedupe key name the outage's first failed check):
 
 - ``dr.auto_failover: true``: triggers the ``failover`` DAG (the same DAG, params and
   guards as a manual failover; its ``notify`` task mails DR_ACTIVATED);
@@ -115,17 +116,21 @@ def decide(
     config: BackupConfig, source: str, error: str | None, entry: dict[str, Any], now: datetime
 ) -> tuple[FailoverDecision, dict[str, Any]]:
     """This round's decision for ``source`` from its check result and its stored
-    ``entry`` ({failures, since, acted}); returns (decision, the entry to store)."""
+    ``entry`` ({failures, since}); returns (decision, the entry to store).
+
+    From the N-th failed check on, every round repeats the same action: the trigger's run
+    id names the outage (the failover starts once: ``skip_when_already_exists``) and the
+    mail's dedupe key too (mailed once a day while the outage lasts; an SMTP failure is
+    retried next round instead of losing the mail)."""
     if error is None:
         return FailoverDecision(source, 0, None), {}
     failures = int(entry.get("failures", 0)) + 1
     since = str(entry.get("since") or now.isoformat(timespec="seconds"))
-    new = {"failures": failures, "since": since, "acted": entry.get("acted", False), "error": error}
+    new = {"failures": failures, "since": since, "error": error}
     needed = config.dr.failover_after_checks
-    if failures < needed or new["acted"]:
+    if failures < needed:
         note = f"primary of {source} down ({failures}/{needed} checks): {error}"
         return FailoverDecision(source, failures, error, note=note), new
-    new["acted"] = True
     if not config.dr.auto_failover:
         alert = _recommend(source, failures, since, error)
         return FailoverDecision(source, failures, error, alert=alert), new
