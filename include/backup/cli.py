@@ -501,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="where to write the plaintext")
     p.add_argument("--decompress", choices=["zstd", "gzip"], help="also decompress")
     p.set_defaults(handler=_cmd_decrypt)
+
     keys_verb.register(sub, common)
     audit_cli.add_parser(sub, common, _cmd_audit)
     return parser

@@ -19,6 +19,7 @@ from include.backup.catalog.index import optional_keys, read_chain, summaries
 from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, backup_prefix
 from include.backup.catalog.signing import authenticate
 from include.backup.config.schema import BackupConfig
+from include.backup.dr.destinations import check_files_directory
 from include.backup.errors import IntegrityError, ObjectNotFound, RestoreRefused, TargetError
 from include.backup.pipeline.stream import open_sealed
 from include.backup.progress import Progress, counted
@@ -144,6 +145,8 @@ def restore_backup(
             "newest backup or a point in time (until)"
         )
     backup_id = manifest.backup_id
+    if getattr(config.sources.get(manifest.source), "type", None) == "files":
+        check_files_directory(into, manifest.source)  # before anything is read or written
     total = sum(o.size for m in chain for o in m.objects)
     with Progress(f"check {backup_id} before restoring", total) as checked:
         for m in chain:
