@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
+# Test files run in parallel, each file whole on one worker (its module-scoped servers stay shared);
+# most of the suite waits on servers and subprocesses, so 2 workers pay off even on 2 cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help demo up down test test-unit test-integration bench lint lock clean system-deps test-services venv
 
@@ -24,7 +27,7 @@ down: ## stop everything `make up` started (and nothing else)
 	$(PY) scripts/up.py down
 
 test: venv system-deps test-services ## install what the tests need and run them (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit tests/dags
