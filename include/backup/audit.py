@@ -343,12 +343,14 @@ def _writer_lock(config: BackupConfig) -> Iterator[None]:
 
 def note(
     config: BackupConfig | None, action: str, *, source: str | None = None,
-    backup_ids: Iterable[str] = (), keys: KeyRing | None = None, **fields: Any,
+    backup_ids: Iterable[str] = (), keys: KeyRing | None = None,
+    targets: dict[str, Target] | None = None, **fields: Any,
 ) -> list[str]:  # fmt: skip
     """The one call each hook makes: record ``action`` (fields of :class:`Entry`); never
-    raises, returns the problems (already logged as warnings)."""
+    raises, returns the problems (already logged as warnings). ``targets``: built ones to
+    reuse (a hook recording many actions builds each client once, not once a record)."""
     entry = Entry(action=action, source=source, backup_ids=tuple(backup_ids), **fields)
-    return record_safely(config, entry, keys=keys)
+    return record_safely(config, entry, keys=keys, targets=targets)
 
 
 @dataclass

@@ -230,7 +230,9 @@ def _retention_pass(
 ) -> dict[str, list[str]]:
     deleted: dict[str, list[str]] = {}
     keys = optional_keys(config)
-    for name, target in schedule_targets(config, schedule).items():
+    built = schedule_targets(config, schedule)
+    audit_at: dict[str, Target] | None = None  # built on the first delete, reused for the rest
+    for name, target in built.items():
         # The whole source's listing, not just this schedule's: an incremental of another
         # schedule may depend on one of ours, and that must keep it. From the catalog
         # index: records only, never the file indexes.
@@ -246,10 +248,20 @@ def _retention_pass(
         kept = [m for m in backups if m.backup_id not in plan.delete]  # pushed WAL: wal/archive.py
         prune_before_oldest_base(target, schedule.source, kept, dry_run=dry_run)
         for backup_id in [] if dry_run else deleted[name]:  # each delete leaves an audit record
+            if audit_at is None:
+                audit_at = _audit_targets(config, schedule.source, built)
             why = plan.delete.get(backup_id, "")
             audit.note(config, "delete", source=schedule.source, backup_ids=[backup_id], target=name,
-                       keys=keys, reason=why, extra={"schedule": schedule.name})  # fmt: skip
+                       keys=keys, targets=audit_at, reason=why,
+                       extra={"schedule": schedule.name})  # fmt: skip
     return deleted
+
+
+def _audit_targets(config: BackupConfig, source: str, built: dict[str, Target]) -> dict[str, Target]:
+    """Where the source's audit records go, each target built once (an object-store client
+    costs seconds to make; a prune of many backups would make one per record)."""
+    names = audit.audit_targets(config, source)
+    return {n: built.get(n) or build_target(n, config.targets[n]) for n in names}
 
 
 def spare_in_flight(
