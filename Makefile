@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
-# Test files run in parallel, each file whole on one worker (its module-scoped servers stay shared);
-# most of the suite waits on servers and subprocesses, so 2 workers pay off even on 2 cores.
-PYTEST_WORKERS ?= 2
+# PYTEST_WORKERS=2 runs test files in parallel, each file whole on one worker (its module-scoped
+# servers stay shared). Off by default: some files still share process-wide state (Airflow's
+# connection cache, the SMTP connection) with the file run before them on the same worker.
+PYTEST_WORKERS ?= 0
 
 .PHONY: help demo up down test test-unit test-integration bench lint lock clean system-deps test-services venv
 

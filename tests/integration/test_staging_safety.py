@@ -396,5 +396,6 @@ def test_cleanup_sweeps_payloads_without_manifest_after_the_grace(orphan_env: tu
     assert young["backup_id"] in keys() and "not-one-of-ours" in keys()
     # Good backups are never orphans (retention alone decides about them).
     assert done["backup_id"] in {m.backup_id for m in list_backups(target, "docs")}
-    backups = [o for o in target.list("docs/") if not o.key.startswith("docs/_catalog/")]  # the index
+    # the catalog index and the audit trail (docs/audit.md) live beside the backups
+    backups = [o for o in target.list("docs/") if not o.key.startswith(("docs/_catalog/", "docs/_audit/"))]
     assert all(o.key.endswith((PAYLOAD_NAME, MANIFEST_NAME)) for o in backups)

@@ -206,7 +206,7 @@ def _backup_row(m: Manifest, held: list[str], ok: list[str]) -> dict[str, Any]:
         "verified": bool(ok),
         "incomplete": m.incomplete,  # marked at dump time: the source moved under it
         "dag_run_id": m.dag_run_id,  # None: made by the CLI, or before manifests recorded it
-        "logical_date": as_utc(m.logical_date).isoformat() if m.logical_date else None,
+        "logical_date": _logical_date(m.logical_date),
     }
 
 
@@ -276,6 +276,15 @@ def summarise(snap: Snapshot) -> dict[str, Any]:
 # Dates the API accepts: wide enough for any backup, narrow enough that the arithmetic
 # below (a bare end date means "up to the next midnight", offsets converted to UTC) cannot
 # overflow datetime's year 1..9999 range.
+def _logical_date(value: datetime | str | None) -> str | None:
+    """ISO text of a manifest's logical date; a summary read from the catalog index
+    carries it as the text it was stored as, a parsed manifest as a datetime."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return as_utc(moment).isoformat()
+
+
 DATE_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 DATE_MAX = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _DATE_RANGE = f"{DATE_MIN.date().isoformat()} to {DATE_MAX.date().isoformat()}"
