@@ -17,7 +17,7 @@ from include.backup import tasks
 from include.backup.catalog.manifest import MANIFEST_NAME
 from include.backup.config.loader import load_config
 from include.backup.dr.reports import DRTestReport, write_report
-from include.backup.dr.web import Monitor, create_app
+from include.backup.dr.web import Monitor, _logical_date, create_app
 from include.backup.keys import KeyRing
 from include.backup.targets import build_target
 
@@ -178,6 +178,12 @@ def test_page_shows_the_figures(env):
     assert "docs_full" in page  # schedules table
 
 
+@pytest.mark.parametrize("stored", ["2026-01-01T01:00:00+00:00", datetime(2026, 1, 1, 1, tzinfo=UTC)])
+def test_a_logical_date_reads_as_text_or_datetime(stored: str | datetime) -> None:
+    # the catalog index gives it as the text it stored, a parsed manifest as a datetime
+    assert _logical_date(stored) == "2026-01-01T01:00:00+00:00" and _logical_date(None) is None
+
+
 def test_backups_endpoint_filters(env):
     first = run_backup("run1")
     age_backup(env, first["backup_id"], hours=30)
@@ -190,6 +196,8 @@ def test_backups_endpoint_filters(env):
     latest = c.get("/api/backups", params={"type": "full", "latest": "true"}).json()["backups"]
     assert [r["backup_id"] for r in latest] == [second["backup_id"]]
     assert c.get("/api/backups", params={"source": "nope"}).json()["count"] == 0
+    by_source = c.get("/api/backups", params={"source": "docs"})
+    assert by_source.status_code == 200 and by_source.json()["count"] == 2, by_source.text
     today = datetime.now(UTC).date().isoformat()
     in_range = c.get("/api/backups", params={"start_date": today, "end_date": today}).json()
     assert second["backup_id"] in [r["backup_id"] for r in in_range["backups"]]
