@@ -514,8 +514,13 @@ class PgCluster:
 
     def wait_for_standby(self, standby: PgCluster, timeout: float = 60.0) -> str:
         """Wait until ``standby`` has replayed everything written here so far; returns that
-        WAL position (``pg_current_wal_lsn()`` of this cluster when called)."""
-        lsn = self.psql("SELECT pg_current_wal_lsn()")
+        WAL position (``pg_current_wal_insert_lsn()`` of this cluster when called).
+
+        The insert position, not ``pg_current_wal_lsn()`` (the write position): these
+        clusters run with ``synchronous_commit = off``, so a commit just made may still sit
+        in WAL buffers behind the write position, and waiting for that would return before
+        the standby has it."""
+        lsn = self.psql("SELECT pg_current_wal_insert_lsn()")
         deadline = time.monotonic() + timeout
         while True:
             caught_up = standby.psql(
