@@ -55,7 +55,7 @@ import pytest
 from include.backup.keys import KeyRing
 from include.backup.testing.airflow_stack import AirflowStack, AirflowStackError
 from include.backup.testing.postgres import PgCluster, load_sample_data
-from tests.integration.smtp_service import SmtpServer, smtp_server  # noqa: F401  (a fixture)
+from tests.integration.smtp_service import SmtpServer  # the smtp_server fixture: tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180
@@ -216,7 +216,7 @@ def create_key_connection(stack: AirflowStack, ring: KeyRing) -> None:
 @pytest.fixture(scope="session")
 def airflow_deployment(
     tmp_path_factory: pytest.TempPathFactory,
-    smtp_server: SmtpServer,  # noqa: F811 - the imported fixture
+    smtp_server: SmtpServer,
 ) -> Iterator[AirflowDeployment]:
     base = tmp_path_factory.mktemp("e2e")
     (base / "gone").mkdir()

@@ -48,7 +48,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 # on 127.0.0.1 by session fixtures and stopped at the end.
 from tests.integration.mongo_service import mongo_server  # noqa: E402, F401
 from tests.integration.services import *  # noqa: E402, F403
-from tests.integration.smtp_service import smtp_server  # noqa: E402, F401  (aiosmtpd on 127.0.0.1)
 
 # The ``harness`` and ``target`` fixtures: every target kind on a fresh root (conformance, catalog).
 from tests.integration.target_harness import harness, target  # noqa: E402, F401

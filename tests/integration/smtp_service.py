@@ -6,8 +6,8 @@ empty DIR makes delivery fail), sets ``AIRFLOW_CONN_SMTP_DEFAULT`` to it with TL
 disabled (aiosmtpd speaks plain SMTP; Airflow's SmtpHook would otherwise STARTTLS), and
 kills the server by its PID at the end.
 
-Install: ``pip install aiosmtpd`` (requirements-dev). Registered in
-tests/integration/conftest.py.
+Install: ``pip install aiosmtpd`` (requirements-dev). Registered once for
+the whole suite in tests/conftest.py.
 """
 
 from __future__ import annotations
