@@ -65,11 +65,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 # PostgreSQL server binaries (the demo and tests start their own throwaway cluster), zstd and
-# redis-server (the Celery broker of `make up EXECUTOR=celery` and tests/e2e/test_celery.py).
+# redis-server (the Celery broker of `make up EXECUTOR=celery` and tests/e2e/test_celery.py),
+# chromium (the DR page browser tests, driven by playwright with executable_path=/usr/bin/chromium).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v zstd >/dev/null || ! command -v redis-server >/dev/null; then \
-	  echo "installing postgresql, zstd and redis-server with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd redis-server; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v zstd >/dev/null || ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "installing postgresql, zstd, redis-server and chromium with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql zstd redis-server chromium; \
 	fi
 
 # The servers the integration tests start on 127.0.0.1: sshd (apt), Azurite (npm, into
