@@ -234,7 +234,7 @@ def test_unknown_key_in_dr_is_fatal(tmp_path: Path) -> None:
         "dr.rto: unknown key; did you mean 'rto_hours'? allowed keys: rto_hours, rpo_hours, "
         "backup_retention_days, test_frequency_days, auto_failover, notification_emails, "
         "smtp_conn_id, storage_min_free_gb, audit_retention_days, failover, drill_cron, drills, "
-        "failover_after_checks"
+        "failover_after_checks, operator_roles, reader_roles, audit_roles"
     )
 
 

@@ -169,6 +169,24 @@ class DRSettings(Strict):
     # Auto-failover (include/backup/dr/autofailover.py): this many consecutive failed checks
     # of a primary with a dr.failover entry make it down (at least 2: one blip is no outage).
     failover_after_checks: int = Field(default=3, ge=2, le=100)
+    # Access control (docs/security.md#access-control): role names of the auth manager,
+    # matched case-insensitively. None leaves the decision to the auth manager alone.
+    operator_roles: list[str] | None = None  # may trigger restore, failover, dr_test
+    reader_roles: list[str] | None = None  # may read the DR page and /dr/api/
+    audit_roles: list[str] | None = Field(default_factory=lambda: ["admin"])  # may read /dr/api/audit
+
+    @field_validator("operator_roles", "reader_roles", "audit_roles")
+    @classmethod
+    def _role_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [str(v).strip() for v in value]
+        if not names or not all(names):
+            raise ValueError(
+                "give at least one non-empty role name (e.g. [OP, ADMIN]), or leave the key out "
+                "to let Airflow's auth manager alone decide"
+            )
+        return names
 
     @field_validator("drill_cron")
     @classmethod

@@ -18,7 +18,7 @@ from include.backup.alerts.deadlines import rto_deadline_for
 from include.backup.alerts.notify import Alert, AlertKind, send
 from include.backup.config.schema import BackupConfig
 from include.backup.dag_defaults import dag_defaults
-from include.backup.dr import autofailover, failover
+from include.backup.dr import access, autofailover, failover
 from include.backup.dr.drills import plan_drills
 from include.backup.dr.drtest import (
     TEST_TYPE_ALIASES,
@@ -162,12 +162,14 @@ def build_restore_dag(config: BackupConfig) -> Any:
         **dag_defaults("dr", "restore", retries=0, max_active_runs=None),
         deadline=rto_deadline_for(config, "restore") if deadline_alerts_enabled() else None,
         render_template_as_native_obj=True,
+        access_control=access.fab_access_control(config),  # dr.operator_roles
     ) as dag:
 
         @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            params = get_current_context()["params"]
-            return parse_restore_params(params, runtime.load_config()).to_xcom()
+            ctx, loaded = get_current_context(), runtime.load_config()
+            access.refuse_unless_operator(loaded, ctx, "restore")  # dr.operator_roles
+            return parse_restore_params(ctx["params"], loaded).to_xcom()
 
         @task(task_id="restore", multiple_outputs=False)
         def restore(request: dict[str, Any]) -> dict[str, Any]:
@@ -346,11 +348,14 @@ def build_dr_test_dag(config: BackupConfig) -> Any:
         description="DR test: verify backups, restore into staging, rehearse failover, measure RTO",
         **dag_defaults("dr", "dr_test", retries=0, max_active_runs=None),
         render_template_as_native_obj=True,
+        access_control=access.fab_access_control(config),  # dr.operator_roles
     ) as dag:
 
         @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            return parse_dr_test_params(get_current_context()["params"], runtime.load_config()).to_xcom()
+            ctx, loaded = get_current_context(), runtime.load_config()
+            access.refuse_unless_operator(loaded, ctx, "dr_test")  # dr.operator_roles
+            return parse_dr_test_params(ctx["params"], loaded).to_xcom()
 
         @task(task_id="run_test", multiple_outputs=False)
         def run_test(request: dict[str, Any]) -> dict[str, Any]:
@@ -387,11 +392,14 @@ def build_failover_dag(config: BackupConfig) -> Any:
         **dag_defaults("dr", "failover", retries=0),
         deadline=rto_deadline_for(config, "failover") if deadline_alerts_enabled() else None,
         render_template_as_native_obj=True,
+        access_control=access.fab_access_control(config),  # dr.operator_roles
     ) as dag:
 
         @task(task_id="validate_params", multiple_outputs=False)
         def validate_params() -> dict[str, Any]:
-            return parse_failover_params(get_current_context()["params"], runtime.load_config()).to_xcom()
+            ctx, loaded = get_current_context(), runtime.load_config()
+            access.refuse_unless_operator(loaded, ctx, "failover")  # dr.operator_roles
+            return parse_failover_params(ctx["params"], loaded).to_xcom()
 
         @task(task_id="assess", multiple_outputs=False)
         def assess(request: dict[str, Any]) -> dict[str, Any]:
