@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import Enum
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
 from include.backup.dr.destinations import check_destination
 from include.backup.errors import RestoreRefused
 from include.backup.targets import TARGET_TYPES
+from include.backup.targets.tiers import DEFAULT_ARCHIVE_CLASS, HOT_CLASS, is_colder
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 """Names become DAG ids and storage paths: letters, digits, ``_ . -``, at most 100."""
@@ -226,12 +227,30 @@ def _absolute_path(path: str) -> str:
     return path
 
 
+_TIER_KEYS = ("storage_class", "archive_after_days", "archive_storage_class", "thaw_tier")
+
+
+def _no_tiers(data: object) -> object:
+    """A storage class on a disk or file server would be silently ignored: refuse it
+    with the kinds that have classes (instead of a bare "unknown key")."""
+    if isinstance(data, dict):
+        given = [k for k in _TIER_KEYS if k in data]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: {data.get('type')} targets have no storage classes; remove "
+                f"{'it' if len(given) == 1 else 'them'} (storage classes and archive_after_days "
+                "apply to s3, azure_blob and gcs targets only)"
+            )
+    return data
+
+
 class LocalTarget(Strict):
     type: Literal["local"]
     path: str
     offsite: bool = False
 
     _absolute = field_validator("path")(_absolute_path)
+    _tiers = model_validator(mode="before")(_no_tiers)
 
 
 def _plain_prefix(prefix: str) -> str:
@@ -252,32 +271,90 @@ def _plain_prefix(prefix: str) -> str:
     return prefix
 
 
-class S3Target(Strict):
+# Storage classes (include/backup/targets/tiers.py), warmest first.
+S3Class = Literal["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"]
+AzureTier = Literal["Hot", "Cool", "Cold", "Archive"]
+GCSClass = Literal["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"]
+ArchiveAfterDays = Field(default=None, ge=1, le=3650)
+
+
+class TieredTarget(Strict):
+    """The archive-tier keys every object store shares (docs/targets.md, "Archive tiers"):
+    payloads are uploaded in ``storage_class`` (default: the store's hot class) and, with
+    ``archive_after_days``, moved to ``archive_storage_class`` (default: the store's
+    coldest usual archive class) once that many days old."""
+
+    store_kind: ClassVar[str] = ""  # "s3", "azure_blob", "gcs": set by each subclass
+
+    def upload_class(self) -> str:
+        return getattr(self, "storage_class", None) or HOT_CLASS[self.store_kind]
+
+    def archive_class(self) -> str | None:
+        """Where archive_after_days moves payloads, or None when nothing is archived."""
+        if getattr(self, "archive_after_days", None) is None:
+            return None
+        return getattr(self, "archive_storage_class", None) or DEFAULT_ARCHIVE_CLASS[self.store_kind]
+
+    @model_validator(mode="after")
+    def _archive_is_colder(self) -> TieredTarget:
+        given = getattr(self, "archive_storage_class", None)
+        if given is not None and getattr(self, "archive_after_days", None) is None:
+            raise ValueError(
+                "archive_storage_class needs archive_after_days: the age in days after which "
+                f"payloads move to {given} (e.g. archive_after_days: 30)"
+            )
+        archive = self.archive_class()
+        if archive is not None and not is_colder(self.store_kind, archive, self.upload_class()):
+            raise ValueError(
+                f"archive_storage_class {archive} is not colder than storage_class "
+                f"{self.upload_class()}: archive_after_days would move nothing; set a colder "
+                "archive_storage_class, or remove archive_after_days"
+            )
+        return self
+
+
+class S3Target(TieredTarget):
+    store_kind: ClassVar[str] = "s3"
     type: Literal["s3"]
     conn_id: str
     bucket: str
     prefix: str = ""
     offsite: bool = True
+    storage_class: S3Class | None = None
+    archive_after_days: int | None = ArchiveAfterDays
+    archive_storage_class: S3Class | None = None
+    # S3 restore tier of a thaw: Expedited (minutes, GLACIER only), Standard, Bulk.
+    thaw_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
 
     _prefix = field_validator("prefix")(_plain_prefix)
 
 
-class AzureBlobTarget(Strict):
+class AzureBlobTarget(TieredTarget):
+    store_kind: ClassVar[str] = "azure_blob"
     type: Literal["azure_blob"]
     conn_id: str
     container: str
     prefix: str = ""
     offsite: bool = True
+    storage_class: AzureTier | None = None
+    archive_after_days: int | None = ArchiveAfterDays
+    archive_storage_class: AzureTier | None = None
+    # Azure rehydrate priority of a thaw: Standard (up to 15 h) or High.
+    thaw_tier: Literal["Standard", "High"] = "Standard"
 
     _prefix = field_validator("prefix")(_plain_prefix)
 
 
-class GCSTarget(Strict):
+class GCSTarget(TieredTarget):
+    store_kind: ClassVar[str] = "gcs"
     type: Literal["gcs"]
     conn_id: str
     bucket: str
     prefix: str = ""
     offsite: bool = True
+    storage_class: GCSClass | None = None
+    archive_after_days: int | None = ArchiveAfterDays
+    archive_storage_class: GCSClass | None = None
 
     _prefix = field_validator("prefix")(_plain_prefix)
 
@@ -288,12 +365,16 @@ class SFTPTarget(Strict):
     path: str
     offsite: bool = True
 
+    _tiers = model_validator(mode="before")(_no_tiers)
+
 
 class FTPTarget(Strict):
     type: Literal["ftp"]
     conn_id: str
     path: str
     offsite: bool = True
+
+    _tiers = model_validator(mode="before")(_no_tiers)
 
 
 TargetConfig = Annotated[

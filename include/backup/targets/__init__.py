@@ -33,15 +33,23 @@ def _build_local(name: str, cfg: Any) -> Target:
 
 
 def _build_s3(name: str, cfg: Any) -> Target:
-    return S3Target(name, cfg.conn_id, cfg.bucket, cfg.prefix)
+    return S3Target(name, cfg.conn_id, cfg.bucket, cfg.prefix, **_tier_args(cfg))
 
 
 def _build_azure_blob(name: str, cfg: Any) -> Target:
-    return AzureBlobTarget(name, cfg.conn_id, cfg.container, cfg.prefix)
+    return AzureBlobTarget(name, cfg.conn_id, cfg.container, cfg.prefix, **_tier_args(cfg))
 
 
 def _build_gcs(name: str, cfg: Any) -> Target:
-    return GCSTarget(name, cfg.conn_id, cfg.bucket, cfg.prefix)
+    return GCSTarget(name, cfg.conn_id, cfg.bucket, cfg.prefix, **_tier_args(cfg))
+
+
+def _tier_args(cfg: Any) -> dict[str, Any]:
+    """The archive-tier settings a store's target takes (targets/tiers.py)."""
+    args: dict[str, Any] = {"storage_class": getattr(cfg, "storage_class", None)}
+    if getattr(cfg, "thaw_tier", None):
+        args["thaw_tier"] = cfg.thaw_tier
+    return args
 
 
 def _build_sftp(name: str, cfg: Any) -> Target:

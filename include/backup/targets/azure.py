@@ -37,6 +37,7 @@ from include.backup.targets._remote import (
 from include.backup.targets.base import ObjectInfo
 from include.backup.targets.object_store import ObjectStoreTarget
 from include.backup.targets.streams import read_slice
+from include.backup.targets.tiers import FROZEN_CLASSES, TierState, check_class
 
 DEFAULT_BLOCK_SIZE = 4 * MiB
 DEFAULT_CONCURRENCY = 4
@@ -76,9 +77,13 @@ class AzureBlobTarget(ObjectStoreTarget):
     def __init__(  # the store's own options are keyword-only
         self, name: str, conn_id: str, container: str, prefix: str = "", *,
         block_size: int = DEFAULT_BLOCK_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
-        read_chunk: int = DEFAULT_READ_CHUNK
+        read_chunk: int = DEFAULT_READ_CHUNK, storage_class: str | None = None, thaw_tier: str = "Standard"
     ) -> None:
         self.container = container
+        # Payloads (put) go to this access tier; put_bytes (manifests, records) takes the
+        # account's default, which Azure allows to be Hot or Cool only: never Archive.
+        self.storage_class = None if storage_class is None else check_class("azure_blob", storage_class, name)
+        self.thaw_tier = thaw_tier
         self.block_size = block_size
         self.concurrency = max(1, concurrency)
         self.read_chunk = read_chunk
@@ -120,7 +125,10 @@ class AzureBlobTarget(ObjectStoreTarget):
                 data = src.read_bytes()
             except OSError as exc:
                 raise source_error(self.name, key, src, exc) from exc
-            return self.put_bytes(key, data)
+            with self._errors("upload", key):
+                blob.upload_blob(data, length=len(data), overwrite=True, validate_content=True,
+                                 **self._tier_args())  # fmt: skip
+            return ObjectInfo(key=key, size=len(data))
         block = min(MAX_BLOCK_SIZE, max(self.block_size, -(-size // MAX_BLOCKS)))
         nonce = new_nonce()
 
@@ -139,11 +147,68 @@ class AzureBlobTarget(ObjectStoreTarget):
         with self._errors("upload", key, src):
             ids = run_bounded(jobs, self.concurrency)
             # The blob appears (or its new version replaces the old) only here.
-            blob.commit_block_list([BlobBlock(block_id=i) for i in ids])
+            blob.commit_block_list([BlobBlock(block_id=i) for i in ids], **self._tier_args())
         return ObjectInfo(key=key, size=size)
 
     def _upload_bytes(self, full: str, data: bytes) -> None:
         self._blob(full).upload_blob(data, length=len(data), overwrite=True, validate_content=True)
+
+    def _tier_args(self) -> dict[str, Any]:
+        if self.storage_class is None:
+            return {}
+        from azure.storage.blob import StandardBlobTier  # lazy: Azure SDK is heavy: loaded when Azure is used
+
+        return {"standard_blob_tier": StandardBlobTier(self.storage_class)}
+
+    # --- storage classes (targets/tiers.py) ------------------------------------------
+
+    store_kind = "azure_blob"
+
+    def tier_state(self, key: str) -> TierState | None:
+        """From the blob's properties only: its access tier, whether a rehydration is
+        pending (``archive_status``), size, and the Content-MD5 Azure checked on upload."""
+        from azure.core.exceptions import (
+            ResourceNotFoundError,  # lazy: Azure SDK is heavy: loaded when Azure is used
+        )
+
+        full = self._key(key)
+        with self._errors("look up", key):
+            try:
+                props = self._blob(full).get_blob_properties()
+            except ResourceNotFoundError as exc:
+                if _code(exc) == "ContainerNotFound":
+                    raise
+                return None
+        tier = str(props.blob_tier or "Hot")
+        pending = str(props.archive_status or "").startswith("rehydrate-pending")
+        sums = {"etag": str(props.etag or "").strip('"')}
+        md5 = props.content_settings.content_md5 if props.content_settings else None
+        if md5:
+            sums["md5"] = bytes(md5).hex()
+        return TierState(
+            key=key,
+            size=int(props.size),
+            storage_class=tier,
+            readable=tier not in FROZEN_CLASSES["azure_blob"],
+            thawing=pending,
+            checksums=sums,
+        )
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        with self._errors(f"set access tier {storage_class} on", key):
+            self._blob(self._key(key)).set_standard_blob_tier(storage_class)
+
+    def request_thaw(self, key: str, tier: str) -> bool:
+        """Rehydrate an Archive blob by setting a readable tier (the target's storage_class
+        when that is readable, else Hot) at priority ``tier``; False when a rehydration is
+        already pending or the blob is readable."""
+        state = self.tier_state(key)
+        if state is None or state.readable or state.thawing:
+            return False
+        back = self.storage_class if self.storage_class not in (None, "Archive") else "Hot"
+        with self._errors(f"rehydrate ({tier}) to {back}", key):
+            self._blob(self._key(key)).set_standard_blob_tier(back, rehydrate_priority=tier)
+        return True
 
     # --- reading ---------------------------------------------------------------------
 

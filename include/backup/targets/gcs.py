@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +26,7 @@ from include.backup.errors import TargetError
 from include.backup.targets._remote import MiB, other_error, short, source_size
 from include.backup.targets.base import ObjectInfo
 from include.backup.targets.object_store import ObjectStoreTarget
+from include.backup.targets.tiers import HOT_CLASS, TierState, check_class
 
 DEFAULT_CHUNK_SIZE = 16 * MiB  # a multiple of 256 KiB, as resumable uploads require
 DEFAULT_READ_CHUNK = 4 * MiB
@@ -46,11 +48,16 @@ class GCSTarget(ObjectStoreTarget):
 
     def __init__(  # the store's own options are keyword-only
         self, name: str, conn_id: str, bucket: str, prefix: str = "", *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-        read_chunk: int = DEFAULT_READ_CHUNK, retry_deadline: float = DEFAULT_RETRY_DEADLINE
+        read_chunk: int = DEFAULT_READ_CHUNK, retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        storage_class: str | None = None, thaw_tier: str | None = None
     ) -> None:
         if chunk_size % (256 * 1024):
             raise ValueError(f"target '{name}': chunk_size must be a multiple of 256 KiB")
         self.bucket_name = bucket
+        # Payloads (put) go to storage_class; put_bytes (manifests, records) to STANDARD
+        # when a class is set (the bucket's default class could be a colder one).
+        self.storage_class = None if storage_class is None else check_class("gcs", storage_class, name)
+        self.thaw_tier = thaw_tier  # GCS reads every class at once: nothing to thaw
         self.chunk_size = chunk_size
         self.read_chunk = read_chunk
         self.retry_deadline = retry_deadline
@@ -91,17 +98,62 @@ class GCSTarget(ObjectStoreTarget):
         size = source_size(self.name, key, src)
         with self._errors("upload", key, src):
             blob = self._bucket().blob(name, chunk_size=self.chunk_size)
+            if self.storage_class is not None:
+                blob.storage_class = self.storage_class
             blob.upload_from_filename(str(src), checksum=CHECKSUM, retry=self._retry(), timeout=TIMEOUT)
         return ObjectInfo(key=key, size=size)
 
     def _upload_bytes(self, full: str, data: bytes) -> None:
-        self._bucket().blob(full).upload_from_string(
+        blob = self._bucket().blob(full)
+        if self.storage_class is not None:
+            blob.storage_class = HOT_CLASS["gcs"]
+        blob.upload_from_string(
             data,
             content_type="application/octet-stream",
             checksum=CHECKSUM,
             retry=self._retry(),
             timeout=TIMEOUT,
         )
+
+    # --- storage classes (targets/tiers.py) ------------------------------------------
+
+    store_kind = "gcs"
+
+    def tier_state(self, key: str) -> TierState | None:
+        """From the object's metadata only: class, size, and the MD5 and CRC32C GCS keeps
+        of the whole object. Every GCS class is readable at once."""
+        full = self._key(key)
+        with self._errors("look up", key):
+            blob = self._bucket().get_blob(full, retry=self._retry(), timeout=TIMEOUT)
+        if blob is None:
+            return None
+        sums = {"etag": str(blob.etag or "")}
+        if blob.md5_hash:
+            sums["md5"] = base64.b64decode(blob.md5_hash).hex()
+        if blob.crc32c:
+            sums["crc32c"] = str(blob.crc32c)
+        klass = str(blob.storage_class or "STANDARD")
+        size = int(blob.size or 0)
+        return TierState(key=key, size=size, storage_class=klass, readable=True, checksums=sums)
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Rewrite the object onto itself in the new class (GCS cannot change a class in
+        place); a store that answers with the old class is reported, not trusted."""
+        full = self._key(key)
+        with self._errors(f"rewrite to storage class {storage_class}", key):
+            blob = self._bucket().get_blob(full, retry=self._retry(), timeout=TIMEOUT)
+            if blob is None:
+                raise self._not_found(key)
+            blob.update_storage_class(storage_class, retry=self._retry(), timeout=TIMEOUT)
+        if blob.storage_class != storage_class:
+            raise TargetError(
+                f"target '{self.name}': rewriting '{key}' ({self._location(key)}) to storage class "
+                f"{storage_class} left it in {blob.storage_class}; the store does not apply "
+                "storage classes on rewrite (an emulator?)"
+            )
+
+    def request_thaw(self, key: str, tier: str) -> bool:
+        return False  # every GCS class is readable at once
 
     # --- reading ---------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from include.backup.targets._remote import (
 from include.backup.targets.base import Capabilities, ObjectInfo, PartialUpload, check_prefix
 from include.backup.targets.object_store import ObjectStoreTarget
 from include.backup.targets.streams import FileSlice, IterReader, buffered
+from include.backup.targets.tiers import FROZEN_CLASSES, THAW_KEEP_DAYS, TierState, check_class
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,15 @@ class S3Target(ObjectStoreTarget):
 
     def __init__(  # the store's own options are keyword-only
         self, name: str, conn_id: str, bucket: str, prefix: str = "", *,
-        part_size: int = DEFAULT_PART_SIZE, concurrency: int = DEFAULT_CONCURRENCY
+        part_size: int = DEFAULT_PART_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
+        storage_class: str | None = None, thaw_tier: str = "Standard"
     ) -> None:
         if part_size < 5 * MiB:
             raise ValueError(f"target '{name}': part_size must be at least 5 MiB (S3's minimum)")
         self.bucket = bucket
+        # Payloads (put) go to storage_class; put_bytes (manifests, records) stays STANDARD.
+        self.storage_class = None if storage_class is None else check_class("s3", storage_class, name)
+        self.thaw_tier = thaw_tier
         self.part_size = part_size
         self.concurrency = max(1, concurrency)
         super().__init__(name, conn_id, prefix)
@@ -149,6 +154,7 @@ class S3Target(ObjectStoreTarget):
                         Body=body,
                         ContentLength=size,
                         ChecksumAlgorithm=CHECKSUM,
+                        **self._class_args(),
                     )
             return ObjectInfo(key=key, size=size)
         self._multipart(key, full, src, size)
@@ -159,7 +165,7 @@ class S3Target(ObjectStoreTarget):
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         with self._errors("start a multipart upload of", key):
             upload_id = client.create_multipart_upload(
-                Bucket=self.bucket, Key=full, ChecksumAlgorithm=CHECKSUM
+                Bucket=self.bucket, Key=full, ChecksumAlgorithm=CHECKSUM, **self._class_args()
             )["UploadId"]
 
         def send(number: int, offset: int, length: int) -> dict[str, Any]:
@@ -207,7 +213,80 @@ class S3Target(ObjectStoreTarget):
             raise
 
     def _upload_bytes(self, full: str, data: bytes) -> None:
+        # No StorageClass: STANDARD, readable at once (manifests, index, audit, run records).
         self._s3().put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumAlgorithm=CHECKSUM)
+
+    def _class_args(self) -> dict[str, str]:
+        if self.storage_class in (None, "STANDARD"):
+            return {}
+        return {"StorageClass": str(self.storage_class)}
+
+    # --- storage classes (targets/tiers.py) ------------------------------------------
+
+    store_kind = "s3"
+
+    def tier_state(self, key: str) -> TierState | None:
+        """From HEAD only: the class (absent = STANDARD), the restore header
+        (``ongoing-request="true"``: thawing; ``"false"``: a readable restored copy), the
+        size and S3's own checksums."""
+        from botocore.exceptions import ClientError  # lazy: botocore is heavy: loaded when S3 is used
+
+        full = self._key(key)
+        with self._errors("look up", key):
+            try:
+                head = self._s3().head_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
+            except ClientError as exc:
+                if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+        klass = str(head.get("StorageClass") or "STANDARD")
+        restore = str(head.get("Restore") or "")
+        frozen = klass in FROZEN_CLASSES["s3"] and 'ongoing-request="false"' not in restore
+        sums = {"etag": str(head.get("ETag", "")).strip('"')}
+        for name in ("SHA256", "CRC32", "CRC32C", "CRC64NVME", "SHA1"):
+            if head.get(f"Checksum{name}"):
+                sums[name.lower()] = str(head[f"Checksum{name}"])
+        if head.get("ChecksumType"):
+            sums["checksum_type"] = str(head["ChecksumType"])
+        return TierState(
+            key=key,
+            size=int(head["ContentLength"]),
+            storage_class=klass,
+            readable=not frozen,
+            thawing=frozen and 'ongoing-request="true"' in restore,
+            checksums=sums,
+        )
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Copy the object onto itself with the new class: a managed copy (multipart past
+        5 GB), the bytes and metadata unchanged."""
+        full = self._key(key)
+        with self._errors(f"move to storage class {storage_class}", key):
+            self._s3().copy(
+                {"Bucket": self.bucket, "Key": full},
+                self.bucket,
+                full,
+                ExtraArgs={"StorageClass": storage_class, "MetadataDirective": "COPY"},
+            )
+
+    def request_thaw(self, key: str, tier: str) -> bool:
+        """restore_object for THAW_KEEP_DAYS days at ``tier``; False when S3 says a
+        restore is already in progress (or the object is not in an archive class)."""
+        from botocore.exceptions import ClientError  # lazy: botocore is heavy: loaded when S3 is used
+
+        full = self._key(key)
+        with self._errors(f"request a thaw ({tier}) of", key):
+            try:
+                self._s3().restore_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    RestoreRequest={"Days": THAW_KEEP_DAYS, "GlacierJobParameters": {"Tier": tier}},
+                )
+            except ClientError as exc:
+                if _code(exc) in ("RestoreAlreadyInProgress", "InvalidObjectState"):
+                    return False
+                raise
+        return True
 
     # --- reading ---------------------------------------------------------------------
 
