@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from include.backup import audit_cli, progress, prune_report, tasks
+from include.backup.archiving import archive_schedule_payloads
 from include.backup.catalog import index
 from include.backup.catalog.catalog import find_backup, verify_object
 from include.backup.catalog.signing import AuthStatus, authenticate, check_shape
@@ -57,6 +58,7 @@ from include.backup.pipeline.compression import decompress_reader
 from include.backup.pipeline.crypto import DecryptingReader
 from include.backup.schedule_retention import apply_schedule_retention
 from include.backup.targets import build_target
+from include.backup.targets.tiers import NOT_READ_MARK
 from include.backup.tasks import deep_verify
 from include.backup.wal.archive import pushed_summary
 
@@ -184,14 +186,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         auth, problems = _check_manifest(manifest, keys)
         total = sum(o.size for o in manifest.objects)
         with progress.Progress(f"verify {args.backup_id} at {name}", total) as p:
-            problems += [
-                d for ok, d in (verify_object(target, manifest, o.name, progress=p) for o in manifest.objects)
-                if not ok
-            ]
-        if args.deep and not problems:
+            checks = [verify_object(target, manifest, o.name, progress=p) for o in manifest.objects]
+        problems += [d for ok, d in checks if not ok]
+        unread = [d for ok, d in checks if ok and NOT_READ_MARK in d]  # frozen (targets/tiers.py)
+        if args.deep and not problems and not unread:
             with progress.Progress(f"deep verify {args.backup_id} at {name}", total) as p:
                 problems = deep_verify(config, target, manifest, keys or _keys(args, config), progress=p)
         status = "FAILED: " + "; ".join(problems) if problems else "ok" + (" (deep)" if args.deep else "")
+        if not problems and unread:
+            status = "ok, " + "; ".join(unread)  # frozen: no deep verify without a thaw
         if manifest.incomplete:  # intact as stored, but it lacks part of its source
             status += f"; {incomplete_note(manifest)}"
         print(f"{name}: {args.backup_id}: {status}; manifest {auth}")
@@ -298,11 +301,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         else:
             for line in prune_report.render(plans, prune_report.policy_line(config, schedule)):
                 print(line)
+        if not args.json:
+            _print_archived(archive_schedule_payloads(config, schedule, dry_run=True), "would move")
         return 0
     deleted = apply_schedule_retention(config, schedule)
     for target, ids in deleted.items():
         print(f"{target}: deleted {len(ids)} backup(s)" + (": " + ", ".join(ids) if ids else ""))
+    _print_archived(archive_schedule_payloads(config, schedule), "moved")
     return 0
+
+
+def _print_archived(moved: dict[str, list[str]], verb: str) -> None:
+    """archive_after_days (archiving.py): the payloads moved to the archive class."""
+    for target, ids in moved.items():
+        print(f"{target}: archive_after_days {verb} {len(ids)} payload(s) to the archive class"
+              + (": " + ", ".join(ids) if ids else ""))  # fmt: skip
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from include.backup import audit, faults
+from include.backup.archiving import archive_schedule_payloads
 from include.backup.catalog.catalog import (
     find_backup,
     latest,
@@ -96,6 +97,7 @@ from include.backup.staging import (
     write_private,
 )
 from include.backup.targets import build_target
+from include.backup.targets.tiers import NOT_READ_MARK
 
 log = logging.getLogger(__name__)
 
@@ -680,16 +682,20 @@ def verify(config: BackupConfig, meta: BackupMeta, target_name: str, deep: bool 
     except KeyError as exc:
         problems.append(str(exc))
     total = sum(o.size for o in stored.objects)
+    unread: list[str] = []  # frozen objects checked from the store's metadata only
     with Progress(f"verify {stored.backup_id} at {target_name}", total) as progress:
         for obj in stored.objects:
             ok, detail = verify_object(target, stored, obj.name, progress=progress)
             if not ok:
                 problems.append(detail)
-    if deep and not problems:
+            elif NOT_READ_MARK in detail:
+                unread.append(detail)
+    if deep and not problems and not unread:  # a deep verify of frozen data waits for a thaw
         with Progress(f"deep verify {stored.backup_id} at {target_name}", total) as progress:
             problems.extend(deep_verify(config, target, stored, progress=progress))
     result = Verification(
-        ok=not problems, verified_at=utcnow(), deep=deep, detail="; ".join(problems) or "sha256 match"
+        ok=not problems, verified_at=utcnow(), deep=deep,
+        detail="; ".join(problems or unread) or "sha256 match",
     )
     stored.verification[target_name] = result
     publish(target, stored, load_keys(config))  # and the verification into the catalog index
@@ -737,8 +743,9 @@ def cleanup(
     schedule = resolve_schedule(config, schedule_name, "cleanup", meta.backup_id)
     deleted = apply_schedule_retention(config, schedule, dry_run=dry_run)
     orphans = sweep_schedule_orphans(config, schedule, dry_run=dry_run)
+    archived = archive_schedule_payloads(config, schedule, dry_run=dry_run)  # what retention kept
     faults.hit("cleanup.done")
-    return {"backup_id": meta.backup_id, "deleted": deleted, **orphan_report(orphans)}
+    return {"backup_id": meta.backup_id, "deleted": deleted, "archived": archived, **orphan_report(orphans)}
 
 
 def backup_event(config: BackupConfig, meta: BackupMeta, schedule_name: str) -> tuple[str, dict[str, Any]]:

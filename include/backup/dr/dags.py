@@ -33,7 +33,13 @@ from include.backup.dr.failover import parse_failover_params
 from include.backup.dr.monitor import notify_report, run_monitor, sweep_targets
 from include.backup.dr.params import RestoreRequest, parse_restore_params
 from include.backup.dr.reports import TEST_TYPES, DRTestReport
-from include.backup.dr.restore import restore_backup
+from include.backup.dr.restore import (
+    THAW_POKE_INTERVAL_S,
+    THAW_TIMEOUT_S,
+    may_freeze,
+    restore_backup,
+    thaw_for_restore,
+)
 from include.backup.errors import BackupError, RestoreRefused
 from include.backup.factory import _load, deadline_alerts_enabled
 from include.backup.metrics import emit_monitor_report, emit_restore
@@ -176,8 +182,27 @@ def build_restore_dag(config: BackupConfig) -> Any:
             return run_restore(request)
 
         # TaskFlow: an XComArg stands for the upstream return value (apache/airflow#39514).
-        restore(validate_params())  # type: ignore[arg-type]
+        request = validate_params()
+        restored = restore(request)  # type: ignore[arg-type]
+        if may_freeze(config):  # archive tiers: wait for thaws without holding a worker slot
+            thaw = task.sensor(task_id="thaw", mode="reschedule", poke_interval=THAW_POKE_INTERVAL_S,
+                               timeout=THAW_TIMEOUT_S)(run_thaw)  # fmt: skip
+            thaw(request) >> restored  # type: ignore[arg-type]
     return dag
+
+
+def run_thaw(request_data: dict[str, Any]) -> Any:
+    """The thaw sensor's poke: request the thaw of every frozen payload of the chain once,
+    done when all can be read (the XCom says what was frozen)."""
+    from airflow.sdk import PokeReturnValue  # lazy: Airflow: not loaded by the CLI and config checks
+
+    config = runtime.load_config()
+    request = RestoreRequest.from_xcom(request_data)
+    status = thaw_for_restore(
+        config, request.backup_id, keys=runtime.load_keys(config), target_name=request.target,
+        until=request.point_in_time, source_name=request.source,
+    )  # fmt: skip
+    return PokeReturnValue(is_done=status.ready, xcom_value=status.to_xcom())
 
 
 DR_TEST_DOC = """### DR test

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -20,11 +20,12 @@ from include.backup.catalog.manifest import PAYLOAD_NAME, Manifest, backup_prefi
 from include.backup.catalog.signing import authenticate
 from include.backup.config.schema import BackupConfig
 from include.backup.dr.destinations import check_files_directory
-from include.backup.errors import IntegrityError, ObjectNotFound, RestoreRefused, TargetError
+from include.backup.errors import BackupError, IntegrityError, ObjectNotFound, RestoreRefused, TargetError
 from include.backup.pipeline.stream import open_sealed
 from include.backup.progress import Progress, counted
 from include.backup.sources import build_source
 from include.backup.targets import build_target
+from include.backup.targets.tiers import FROZEN_CLASSES, request_thaw, tier_state, typical_wait
 from include.backup.wal.plan import pushed_plan
 
 log = logging.getLogger(__name__)
@@ -122,29 +123,15 @@ def restore_backup(
     started = time.monotonic()
     if until is not None:
         until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
-    plan = None
-    if backup_id is not None:
-        target, manifest = locate(config, backup_id, target_name)
-        if source_name is not None and manifest.source != source_name:
-            raise RestoreRefused(
-                f"backup {backup_id} is of source {manifest.source!r}, not {source_name!r}"
-            )
-        source = _build(config, manifest.source, build_source)
-        chain = chain_for(target, manifest)
-        if until is not None:
-            chain = pitr_chain(chain, until, _continuity(source))
-    elif source_name is not None:
-        source = _build(config, source_name, build_source)
-        # A source whose WAL is pushed (wal-push): its base backup, then that WAL.
-        plan = pushed_plan(config, source_name, target_name, until, keys)
-        target, chain = plan[:2] if plan else _find_chain(config, source_name, target_name, until, source)
-        manifest = chain[-1]
-    else:
-        raise RestoreRefused(
-            "name the backup to restore (backup_id), or the source (source_name) for its "
-            "newest backup or a point in time (until)"
-        )
+    target, chain, manifest, source, plan = select_chain(
+        config, backup_id, target_name, until, source_name, keys
+    )
     backup_id = manifest.backup_id
+    # A payload frozen in an archive class cannot be read: its thaw is requested and the
+    # restore refused with what to do (the restore DAG waits in its thaw sensor instead).
+    thaw = thaw_chain(config, target, chain)
+    if not thaw.ready:
+        raise FrozenBackup(thaw.message(backup_id))
     if getattr(config.sources.get(manifest.source), "type", None) == "files":
         check_files_directory(into, manifest.source)  # before anything is read or written
     total = sum(o.size for m in chain for o in m.objects)
@@ -190,6 +177,155 @@ def restore_backup(
         incomplete=[m.backup_id for m in chain if m.incomplete],
         warnings=notes,
     )
+
+
+def select_chain(
+    config: BackupConfig,
+    backup_id: str | None,
+    target_name: str | None,
+    until: datetime | None,
+    source_name: str | None,
+    keys: Any,
+) -> tuple[Any, list[Manifest], Manifest, Any, Any]:
+    """(target, chain, the backup asked for, source, pushed-WAL plan) of a restore: the
+    rules of :func:`restore_backup`'s docstring. Reads manifests and the catalog index,
+    never a payload: a frozen chain is found without a thaw. ``until`` is aware UTC."""
+    plan = None
+    if backup_id is not None:
+        target, manifest = locate(config, backup_id, target_name)
+        if source_name is not None and manifest.source != source_name:
+            raise RestoreRefused(
+                f"backup {backup_id} is of source {manifest.source!r}, not {source_name!r}"
+            )
+        source = _build(config, manifest.source, build_source)
+        chain = chain_for(target, manifest)
+        if until is not None:
+            chain = pitr_chain(chain, until, _continuity(source))
+    elif source_name is not None:
+        source = _build(config, source_name, build_source)
+        # A source whose WAL is pushed (wal-push): its base backup, then that WAL.
+        plan = pushed_plan(config, source_name, target_name, until, keys)
+        target, chain = plan[:2] if plan else _find_chain(config, source_name, target_name, until, source)
+        manifest = chain[-1]
+    else:
+        raise RestoreRefused(
+            "name the backup to restore (backup_id), or the source (source_name) for its "
+            "newest backup or a point in time (until)"
+        )
+    return target, chain, manifest, source, plan
+
+
+# --- frozen backups (archive tiers, targets/tiers.py) ----------------------------------
+
+
+class FrozenBackup(BackupError):
+    """Payloads of the chain are in an archive class: a thaw was requested (or is in
+    progress); the same restore succeeds once it completes."""
+
+
+@dataclass
+class ThawStatus:
+    """Where each payload of a chain stands: frozen ones, and the thaws asked for now."""
+
+    target: str
+    storage_class: str = ""  # the (coldest) class the frozen payloads sit in
+    tier: str = "Standard"  # the thaw speed asked for
+    expected_wait: str = ""  # the store's typical wait for that class and speed
+    frozen: list[str] = field(default_factory=list)  # backup ids whose payload is unreadable
+    requested: list[str] = field(default_factory=list)  # of those, thaws requested by this call
+
+    @property
+    def ready(self) -> bool:
+        return not self.frozen
+
+    def message(self, backup_id: str) -> str:
+        asked = (
+            f"a thaw was requested now for {', '.join(self.requested)}"
+            if self.requested
+            else "a thaw was already requested and is in progress"
+        )
+        return (
+            f"backup {backup_id} is frozen at target {self.target!r}: the payloads of "
+            f"{', '.join(self.frozen)} are in {self.storage_class}, which cannot be read before a "
+            f"thaw; {asked} ({self.tier} tier, typically {self.expected_wait}). Run the same "
+            "restore again once the thaw completes (the restore DAG waits for it in its thaw "
+            "task), or restore from another target (--target / param target)"
+        )
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The restore DAG's thaw sensor: a check every 15 minutes (in reschedule mode: no worker
+# slot held in between), given up after 72 hours (DEEP_ARCHIVE's Bulk thaw takes up to 48).
+THAW_POKE_INTERVAL_S = 15 * 60
+THAW_TIMEOUT_S = 72 * 3600
+
+
+def may_freeze(config: BackupConfig) -> bool:
+    """Whether a target of ``config`` uploads or archives payloads into a class that needs
+    a thaw: the restore DAG then waits for thaws in a sensor before its restore task."""
+    for cfg in config.targets.values():
+        kind = str(getattr(cfg, "type", ""))
+        archive = getattr(cfg, "archive_class", None)
+        classes = {getattr(cfg, "storage_class", None), archive() if callable(archive) else None}
+        if classes & FROZEN_CLASSES.get(kind, frozenset()):
+            return True
+    return False
+
+
+def thaw_for_restore(
+    config: BackupConfig,
+    backup_id: str | None,
+    *,
+    keys: Any,
+    target_name: str | None = None,
+    until: datetime | None = None,
+    source_name: str | None = None,
+) -> ThawStatus:
+    """The restore DAG's thaw sensor, one poke: the chain the restore will read, each
+    frozen payload's thaw requested once, and whether all can be read now. Logs the
+    expected wait while anything is frozen."""
+    if until is not None:
+        until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+    target, chain, manifest, _source, _plan = select_chain(
+        config, backup_id, target_name, until, source_name, keys
+    )
+    status = thaw_chain(config, target, chain)
+    if status.ready:
+        log.info("every payload of %s's chain at target %s can be read now", manifest.backup_id, target.name)
+    else:
+        asked = f"; requested now for {', '.join(status.requested)}" if status.requested else ""
+        log.info(
+            "waiting for a thaw at target %s: %s in %s (%s tier, typically %s)%s; this task "
+            "gives its worker slot back between checks",
+            target.name, ", ".join(status.frozen), status.storage_class, status.tier,
+            status.expected_wait, asked,
+        )  # fmt: skip
+    return status
+
+
+def thaw_chain(config: BackupConfig, target: Any, chain: list[Manifest]) -> ThawStatus:
+    """Look at every payload of ``chain`` at ``target`` (metadata only) and request a thaw
+    of each frozen one that has none in progress, at the target's ``thaw_tier``."""
+    cfg = config.targets.get(target.name)
+    tier = str(getattr(cfg, "thaw_tier", None) or "Standard")
+    status = ThawStatus(target=target.name, tier=tier)
+    kind = str(getattr(cfg, "type", ""))
+    for m in chain:
+        if not _has_payload(m):
+            continue
+        key = f"{backup_prefix(m.source, m.backup_id)}/{PAYLOAD_NAME}"
+        state = tier_state(target, key)
+        if state is None or state.readable:
+            continue  # missing: the check before restoring says so
+        status.frozen.append(m.backup_id)
+        status.storage_class = str(state.storage_class)
+        if not state.thawing and request_thaw(target, key, tier):
+            status.requested.append(m.backup_id)
+    if status.frozen:
+        status.expected_wait = typical_wait(kind, status.storage_class, tier)
+    return status
 
 
 def _has_payload(manifest: Manifest) -> bool:

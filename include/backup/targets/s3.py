@@ -54,6 +54,9 @@ READ_BLOCK = 1 * MiB
 # CRC32, boto3's own default: its job is to catch corruption in transit, which a CRC does
 # at a fraction of SHA-256's CPU; the manifest's SHA-256 proves the stored bytes end to end.
 CHECKSUM = "CRC32"
+# Payloads stored frozen and archive moves carry a SHA-256 instead (see _payload_checksum).
+FROZEN_CHECKSUM = "SHA256"
+MAX_COPY = 5 << 30  # the largest object one CopyObject copies
 
 _AUTH_CODES = {
     "InvalidAccessKeyId",
@@ -153,7 +156,7 @@ class S3Target(ObjectStoreTarget):
                         Key=full,
                         Body=body,
                         ContentLength=size,
-                        ChecksumAlgorithm=CHECKSUM,
+                        ChecksumAlgorithm=self._payload_checksum(),
                         **self._class_args(),
                     )
             return ObjectInfo(key=key, size=size)
@@ -165,7 +168,7 @@ class S3Target(ObjectStoreTarget):
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         with self._errors("start a multipart upload of", key):
             upload_id = client.create_multipart_upload(
-                Bucket=self.bucket, Key=full, ChecksumAlgorithm=CHECKSUM, **self._class_args()
+                Bucket=self.bucket, Key=full, ChecksumAlgorithm=self._payload_checksum(), **self._class_args()
             )["UploadId"]
 
         def send(number: int, offset: int, length: int) -> dict[str, Any]:
@@ -177,14 +180,15 @@ class S3Target(ObjectStoreTarget):
                     PartNumber=number,
                     Body=body,
                     ContentLength=length,
-                    ChecksumAlgorithm=CHECKSUM,
+                    ChecksumAlgorithm=self._payload_checksum(),
                 )
             if number == 1:
                 faults.hit("upload.mid-write")  # a test hook: a multipart upload begun
             part = {"PartNumber": number, "ETag": resp["ETag"]}
             # S3 wants each part's checksum back when the upload was created with one.
-            if resp.get(f"Checksum{CHECKSUM}"):
-                part[f"Checksum{CHECKSUM}"] = resp[f"Checksum{CHECKSUM}"]
+            algo = self._payload_checksum()
+            if resp.get(f"Checksum{algo}"):
+                part[f"Checksum{algo}"] = resp[f"Checksum{algo}"]
             return part
 
         jobs = [
@@ -215,6 +219,12 @@ class S3Target(ObjectStoreTarget):
     def _upload_bytes(self, full: str, data: bytes) -> None:
         # No StorageClass: STANDARD, readable at once (manifests, index, audit, run records).
         self._s3().put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumAlgorithm=CHECKSUM)
+
+    def _payload_checksum(self) -> str:
+        """SHA-256 for payloads stored frozen: S3 then keeps the SHA-256 of a single-part
+        object, which verify compares with the manifest's without reading (thawing) the
+        data; CRC32 otherwise (cheaper, and the data can be read back)."""
+        return FROZEN_CHECKSUM if self.storage_class in FROZEN_CLASSES["s3"] else CHECKSUM
 
     def _class_args(self) -> dict[str, str]:
         if self.storage_class in (None, "STANDARD"):
@@ -258,16 +268,20 @@ class S3Target(ObjectStoreTarget):
         )
 
     def set_storage_class(self, key: str, storage_class: str) -> None:
-        """Copy the object onto itself with the new class: a managed copy (multipart past
-        5 GB), the bytes and metadata unchanged."""
+        """Copy the object onto itself with the new class, bytes and metadata unchanged,
+        asking S3 for the SHA-256 of the copy (what verify of a frozen object compares
+        with the manifest). One CopyObject up to 5 GiB, a managed multipart copy past it."""
         full = self._key(key)
+        client = self._s3()
+        source = {"Bucket": self.bucket, "Key": full}
+        extra = {"StorageClass": storage_class, "ChecksumAlgorithm": FROZEN_CHECKSUM}
         with self._errors(f"move to storage class {storage_class}", key):
-            self._s3().copy(
-                {"Bucket": self.bucket, "Key": full},
-                self.bucket,
-                full,
-                ExtraArgs={"StorageClass": storage_class, "MetadataDirective": "COPY"},
-            )
+            size = int(client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
+            if size <= MAX_COPY:
+                client.copy_object(Bucket=self.bucket, Key=full, CopySource=source,
+                                   MetadataDirective="COPY", **extra)  # fmt: skip
+            else:
+                client.copy(source, self.bucket, full, ExtraArgs=extra)
 
     def request_thaw(self, key: str, tier: str) -> bool:
         """restore_object for THAW_KEEP_DAYS days at ``tier``; False when S3 says a

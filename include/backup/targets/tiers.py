@@ -18,6 +18,8 @@ Nothing here imports a provider SDK: the stores' methods do, at first use.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -143,3 +145,42 @@ def check_class(kind: str, storage_class: str, target_name: str) -> str:
 def is_colder(kind: str, colder: str, than: str) -> bool:
     order = STORAGE_CLASSES[kind]
     return order.index(colder) > order.index(than)
+
+
+NOT_READ_MARK = "data NOT read"  # in every detail of a check that did not read the data
+NOT_READ = NOT_READ_MARK + " (frozen in {klass}: checked from the store's metadata only)"
+
+
+def metadata_check(state: TierState, size: int, sha256_hex: str) -> tuple[bool, str]:
+    """Verify a frozen object without reading (thawing) it: its size, and the store's own
+    checksum. A full-object SHA-256 the store keeps (S3 ChecksumSHA256 of a single-part
+    object) is compared with ``sha256_hex``; any other checksum (CRC32, MD5, CRC32C, a
+    multipart composite) is the store's proof of what it received, named in the detail
+    but not comparable with a SHA-256. Returns (ok, detail); the detail always says the
+    data was not read."""
+    not_read = NOT_READ.format(klass=state.storage_class)
+    if state.size != size:
+        return False, f"size {state.size} bytes, manifest says {size}; {not_read}"
+    stored = state.checksums.get("sha256", "")
+    composite = "-" in stored or state.checksums.get("checksum_type", "FULL_OBJECT") != "FULL_OBJECT"
+    if stored and not composite:
+        got = _b64_hex(stored)
+        if got != sha256_hex:
+            why = f"the store's SHA-256 {got[:16]}… differs from the manifest's {sha256_hex[:16]}…"
+            return False, f"{why}; {not_read}"
+        return True, f"{size} bytes, the store's SHA-256 {got[:16]}… matches the manifest; {not_read}"
+    kinds = [k for k in ("sha256", "crc32", "crc32c", "crc64nvme", "md5") if state.checksums.get(k)]
+    named = (
+        f"the store's own checksum ({', '.join(kinds)}) is present but not comparable with the "
+        "manifest's SHA-256"
+        if kinds
+        else "the store keeps no checksum of it"
+    )
+    return True, f"{size} bytes match the manifest, {named}; {not_read}"
+
+
+def _b64_hex(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return value.lower()  # a store that reports hex
