@@ -57,6 +57,7 @@ FORMAT = 1
 ACTIONS = frozenset({
     "backup", "list", "verify", "restore", "decrypt", "prune", "delete",
     "dr_test", "failover", "key_rotate", "key_retire", "audit",
+    "dr_read",  # the DR page or /dr/api/ read through the Airflow plugin (dr/web_auth.py)
 })  # fmt: skip
 RESULTS = frozenset({"ok", "refused", "failed"})
 _HKDF_INFO = b"airflow-backup audit v1"

@@ -154,5 +154,6 @@ def refuse_unless_operator(config: Any, context: Any, dag_id: str) -> None:
         return
     params = context.get("params") or {}
     source = params.get("source") if params.get("source") in config.sources else None
-    audit.note(config, dag_id, source=source, result="refused", reason=reason)
+    audit.note(config, dag_id, source=source, result="refused", reason=reason, actor=user,
+               run_id=context.get("run_id") or getattr(dag_run, "run_id", None))  # fmt: skip
     raise RestoreRefused(reason)

@@ -31,9 +31,11 @@ page: it renders with an error banner (HTTP 200); the JSON API answers 503 with
 ``{"error": ...}`` when there are no figures at all.
 
 Authentication: Airflow 3 mounts plugin FastAPI apps without any auth of its own, so
-``create_app(require_auth=True)`` (what the plugin uses) adds Airflow's own dependency
-(``requires_access_view(AccessView.WEBSITE)``: the JWT from ``Authorization: Bearer`` or
-the UI's ``_token`` cookie, checked by the configured auth manager). ``require_auth=False``
+``create_app(require_auth=True)`` (what the plugin uses) adds the dependencies of
+dr/web_auth.py: Airflow's ``get_user`` (the JWT from ``Authorization: Bearer`` or the UI's
+``_token`` cookie), then the configured auth manager's answer for the backup DAGs' runs
+(figures) or the key ring's connection (audit), narrowed by ``dr.reader_roles`` /
+``dr.audit_roles``, each decision recorded in the audit trail. ``require_auth=False``
 (the module-level ``app``) is for tests and for serving it behind an authenticating proxy.
 """
 
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from include.backup import audit_web
@@ -59,7 +61,7 @@ from include.backup.catalog.catalog import as_utc, verified_at
 from include.backup.catalog.index import optional_keys, summaries
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import BackupType
-from include.backup.dr import paging
+from include.backup.dr import paging, web_auth
 from include.backup.dr.monitor import MonitorReport, fmt_age, fmt_bytes, fmt_time, run_monitor
 from include.backup.factory import _load
 from include.backup.targets import build_target
@@ -533,25 +535,15 @@ def render_denied(detail: Any) -> str:
 # --- the app ---------------------------------------------------------------------------
 
 
-def airflow_auth() -> Any:
-    """Airflow's own API auth as a FastAPI dependency: a valid JWT (Bearer header or the
-    UI's ``_token`` cookie) for a user the auth manager lets see the installation's
-    read-only views (AccessView.WEBSITE: every role that can log in)."""
-    from airflow.api_fastapi.auth.managers.models.resource_details import (
-        AccessView,  # lazy: Airflow: not loaded by the CLI and config checks
-    )
-    from airflow.api_fastapi.core_api.security import (
-        requires_access_view,  # lazy: Airflow: not loaded by the CLI and config checks
-    )
-
-    return Depends(requires_access_view(AccessView.WEBSITE))
-
-
 def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) -> FastAPI:  # noqa: C901
     """The DR Management app. ``require_auth`` adds Airflow's auth dependency to every
     route except ``/api/health``; it needs the api-server's auth manager."""
     mon = monitor or Monitor()
-    deps = [airflow_auth()] if require_auth else []
+    # Route permissions through the auth manager, narrowed by the dr role lists and
+    # recorded in the audit trail (dr/web_auth.py): ``deps`` for DR figures, ``audit_deps``
+    # for the audit trail.
+    deps = [web_auth.requires("read", mon._load)] if require_auth else []
+    audit_deps = [web_auth.requires("audit", mon._load)] if require_auth else []
     app = FastAPI(
         title="DR Management",
         description="Backup and disaster-recovery figures: RPO/RTO, success rates, storage, DR tests.",
@@ -563,7 +555,7 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
     )
     app.state.monitor = mon
     recent_audit = audit_web.RecentAudit()
-    audit_web.add_routes(app, deps, mon._load)  # GET /api/audit
+    audit_web.add_routes(app, audit_deps, mon._load)  # GET /api/audit
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Any:
@@ -587,9 +579,11 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         return JSONResponse(app.openapi())
 
     @app.get("/", response_class=HTMLResponse, dependencies=deps)
-    def page(refresh: bool = False) -> HTMLResponse:
+    def page(request: Request, refresh: bool = False) -> HTMLResponse:
         snap = mon.snapshot(refresh=refresh)
         trail = recent_audit.rows(snap.config, refresh) if snap.config is not None else None
+        if not web_auth.audit_allowed(request):  # dr.audit_roles: not this user's
+            trail = ([], [web_auth.AUDIT_HIDDEN])
         return HTMLResponse(render_page(snap, audit=trail), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/metrics", dependencies=deps)
