@@ -62,6 +62,7 @@ from include.backup.catalog.index import optional_keys, summaries
 from include.backup.catalog.manifest import Manifest
 from include.backup.config.schema import BackupType
 from include.backup.dr import paging, web_auth
+from include.backup.dr.cockpit import PERIODS, BackupNotFound, Cockpit, airflow_base, parse_days
 from include.backup.dr.monitor import MonitorReport, fmt_age, fmt_bytes, fmt_time, run_monitor
 from include.backup.factory import _load
 from include.backup.targets import build_target
@@ -159,7 +160,14 @@ class Monitor:
         with self._lock:
             if self._backups is not None and not refresh and self._fresh(self._backups[0]):
                 return self._backups[1], self._backups[2]
-            rows, problems = _scan_backups(self._load().config)
+            # The snapshot's config while it is fresh: one config load per ``ttl`` for the
+            # page, its history and the API together.
+            snap = self._snap
+            if snap is not None and snap.config is not None and not refresh and self._fresh(snap.taken_at):
+                config = snap.config
+            else:
+                config = self._load().config
+            rows, problems = _scan_backups(config)
             self._backups = (time.monotonic(), rows, problems)
             return rows, problems
 
@@ -518,13 +526,161 @@ def page_context(snap: Snapshot, now: datetime) -> dict[str, Any]:
 
 
 def render_page(
-    snap: Snapshot, *, now: datetime | None = None, audit: tuple[list[Any], list[str]] | None = None
-) -> str:
+    snap: Snapshot, *, now: datetime | None = None, audit: tuple[list[Any], list[str]] | None = None,
+    cockpit: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
     """The DR Management page (templates/dr_page.html.j2); ``audit``: the Audit section's
-    rows and problems (audit_web.py)."""
+    rows and problems (audit_web.py); ``cockpit``: :func:`cockpit_context` (actions per
+    source and the History section)."""
     context = page_context(snap, now or datetime.now(UTC))
     context["audit_rows"], context["audit_problems"] = audit or ([], [])
+    if cockpit is not None:
+        context["cockpit"] = cockpit
     return _ENV.get_template("dr_page.html.j2").render(context)
+
+
+# --- the cockpit (dr/cockpit/): history, actions, a page per source and per backup -------
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the DR app is served: ``root`` its own path (``/dr``), ``base`` the Airflow
+    UI's (``""``), ``origin`` the scheme and host the REST calls are shown with."""
+
+    root: str
+    base: str
+    origin: str
+
+    @classmethod
+    def of(cls, request: Request) -> Where:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return cls(root, airflow_base(root), f"{request.url.scheme}://{request.url.netloc}")
+
+
+def _days(request: Request) -> int:
+    try:
+        return parse_days(request.query_params.get("days"))
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def cockpit_context(
+    cp: Cockpit, snap: Snapshot, where: Where, days: int, *, refresh: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The overview's cockpit parts: every source's actions and last failover, and its
+    charts over ``days`` days. None without a config (the page shows the error)."""
+    if snap.config is None:
+        return None
+    latest = {n: s.last_good_backup_id for n, s in snap.report.sources.items()} if snap.report else {}
+    problems: list[str] = []
+    try:
+        history, problems = cp.histories(snap.config, days, now=now, refresh=refresh)
+        views = {
+            n: cp.source_view(snap.config, n, latest.get(n), base=where.base, origin=where.origin,
+                              refresh=refresh)
+            for n in snap.config.sources
+        }  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the figures above still show
+        log.exception("DR page: the cockpit failed")
+        return {"days": days, "periods": PERIODS, "root": where.root, "history": {}, "views": {},
+                "problems": [f"history unavailable: {redact(exc)}"]}  # fmt: skip
+    return {"days": days, "periods": PERIODS, "root": where.root, "history": history, "views": views,
+            "problems": problems}  # fmt: skip
+
+
+def _backup_line(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **r,
+        "started": r["started_at"][:19].replace("T", " "),
+        "took": _duration(r["duration_seconds"]),
+        "stored": fmt_bytes(r["stored_size"]),
+    }
+
+
+def render_source(cp: Cockpit, snap: Snapshot, source: str, where: Where, days: int, refresh: bool) -> str:
+    """templates/dr_source.html.j2: one source's state, actions, history and newest backups."""
+    now = datetime.now(UTC)
+    context = page_context(snap, now)
+    row = next((r for r in context.get("sources") or [] if r["name"] == source), None)
+    latest = row["last_good_backup_id"] if row else None
+    history, problems = cp.histories(snap.config, days, now=now, refresh=refresh, sources=[source])
+    rows, _ = cp.rows(refresh)
+    mine = [r for r in rows if r["source"] == source][-20:]
+    return _ENV.get_template("dr_source.html.j2").render(
+        source=source, row=row, error=snap.error, root=where.root, periods=PERIODS,
+        rpo_hours=f"{snap.rpo_hours:g}" if snap.rpo_hours is not None else "-",
+        rto_hours=f"{snap.rto_hours:g}" if snap.rto_hours is not None else "-",
+        view=cp.source_view(snap.config, source, latest, base=where.base, origin=where.origin,
+                            refresh=refresh),
+        history=history[source], problems=problems, backups=[_backup_line(r) for r in reversed(mine)],
+    )  # fmt: skip
+
+
+def _manifest_lines(m: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if m is None:
+        return []
+    enc = m["encryption"]
+    lines = [
+        ("Source", f"{m['source']} ({m['source_type']})"), ("Schedule", m["schedule"]), ("Type", m["type"]),
+        ("Started (UTC)", (m["started_at"] or "-")[:19].replace("T", " ")),
+        ("Finished (UTC)", (m["finished_at"] or "-")[:19].replace("T", " ")),
+        ("Took", _duration(m["duration_seconds"])),
+        ("Size", f"{fmt_bytes(m['raw_size'])} from the source, {fmt_bytes(m['stored_size'])} stored "
+                 f"({m['compression']}, {m['objects']} object(s))"),
+        ("Format", f"{m['payload_format']}, manifest format {m['format_version']}"),
+        ("Encryption", f"{enc['algorithm']}, key {enc['key_id']}" if enc else "none"),
+        ("Signed with", m["signed_with"] or "unsigned (made before manifests were signed)"),
+        ("Complete", "NO: the source changed during the dump (stats.warnings)" if m["incomplete"] else "yes"),
+        ("DAG run", m["dag_run_id"] or "none (made by the CLI)"),
+        ("Logical date", (m["logical_date"] or "-")[:19].replace("T", " ")),
+    ]  # fmt: skip
+    lines += [(f"stats.{k}", str(v)) for k, v in sorted(m["stats"].items())]
+    return lines
+
+
+def render_backup(detail: dict[str, Any], where: Where) -> str:
+    """templates/dr_backup.html.j2: :func:`~include.backup.dr.cockpit.backup.backup_detail`."""
+    return _ENV.get_template("dr_backup.html.j2").render(
+        d=detail, root=where.root, fields=_manifest_lines(detail["manifest"]), duration=_duration
+    )
+
+
+def add_cockpit_routes(app: FastAPI, deps: list[Any], mon: Monitor, cp: Cockpit) -> None:
+    """``GET /source/{source}``, ``GET /backup/{source}/{backup_id}`` and its JSON twin
+    ``GET /api/backups/{source}/{backup_id}`` (404 naming what is unknown)."""
+
+    def _config(refresh: bool) -> Snapshot:
+        snap = mon.snapshot(refresh=refresh)
+        if snap.config is None:
+            raise HTTPException(503, snap.error or "the backup config cannot be loaded")
+        return snap
+
+    def _detail(source: str, backup_id: str, refresh: bool) -> dict[str, Any]:
+        snap = _config(refresh)
+        try:
+            return cp.backup(snap.config, source, backup_id, refresh)
+        except BackupNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.get("/source/{source}", response_class=HTMLResponse, dependencies=deps)
+    def source_page(request: Request, source: str, refresh: bool = False) -> HTMLResponse:
+        days = _days(request)
+        snap = _config(refresh)
+        if source not in snap.config.sources:
+            known = ", ".join(snap.config.sources)
+            raise HTTPException(404, f"no source named {source!r} in the config; known: {known}")
+        html = render_source(cp, snap, source, Where.of(request), days, refresh)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/backup/{source}/{backup_id}", response_class=HTMLResponse, dependencies=deps)
+    def backup_page(request: Request, source: str, backup_id: str, refresh: bool = False) -> HTMLResponse:
+        html = render_backup(_detail(source, backup_id, refresh), Where.of(request))
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/backups/{source}/{backup_id}", dependencies=deps)
+    def backup_json(source: str, backup_id: str, refresh: bool = False) -> JSONResponse:
+        return JSONResponse(_detail(source, backup_id, refresh))
 
 
 def render_denied(detail: Any) -> str:
@@ -554,6 +710,7 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         redoc_url=None,
     )
     app.state.monitor = mon
+    cockpit = app.state.cockpit = Cockpit(mon.backups)
     recent_audit = audit_web.RecentAudit()
     audit_web.add_routes(app, audit_deps, mon._load)  # GET /api/audit
 
@@ -584,7 +741,9 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         trail = recent_audit.rows(snap.config, refresh) if snap.config is not None else None
         if not web_auth.audit_allowed(request):  # dr.audit_roles: not this user's
             trail = ([], [web_auth.AUDIT_HIDDEN])
-        return HTMLResponse(render_page(snap, audit=trail), headers={"Cache-Control": "no-store"})
+        parts = cockpit_context(cockpit, snap, Where.of(request), _days(request), refresh=refresh)
+        html = render_page(snap, audit=trail, cockpit=parts)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/metrics", dependencies=deps)
     def metrics(
@@ -690,6 +849,7 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
             {"backups": rows_page, "count": len(rows_page), "next_cursor": next_cursor, "problems": problems}
         )
 
+    add_cockpit_routes(app, deps, mon, cockpit)
     return app
 
 
