@@ -228,3 +228,18 @@ def test_overview_escapes_what_it_did_not_write():
                 objective=0.5, objective_label=HOSTILE)  # fmt: skip
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert "data-series='&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quoted&quot;'" in svg
+
+
+def test_failover_window_is_the_standby_lag_after_a_promotion_else_the_backup_age():
+    promoted = {
+        "assess": {"backup_id": "b1", "age_seconds": 3600.0},
+        "restore": {"skipped": True, "standby_conn_id": "standby", "switch": {"replay_lag_seconds": 0.42}},
+    }
+    assert failover_window(promoted)["data_loss_seconds"] == 0.42
+    assert failover_window(promoted)["data_loss_basis"] == "standby replay lag before the promotion"
+    restored = {"assess": {"backup_id": "b1", "age_seconds": 3600.0}, "restore": {"backup_id": "b1"}}
+    assert failover_window(restored) == {
+        "data_loss_seconds": 3600.0,
+        "data_loss_basis": "age of the restored backup b1",
+    }
+    assert failover_window({"assess": None, "restore": None}) == {}

@@ -470,9 +470,13 @@ def build_failover_dag(config: BackupConfig) -> Any:
             except Exception:  # noqa: BLE001 - report the steps' outcome regardless
                 log.exception("could not mail the DR_ACTIVATED notification")
             incomplete = [s for s in failover.STEPS if outcomes[s] is None]
+            # The measured data-loss window goes into the record: the DR page shows it
+            # from the targets (dr/cockpit/actions.py), with Airflow's database gone too.
+            from include.backup.dr.cockpit.actions import failover_window  # lazy: the task's, not the parse's
+
             audit.note(config, "failover", source=req.source, result="failed" if incomplete else "ok",
                        reason=f"steps not done: {', '.join(incomplete)}" if incomplete else
-                       ("dry run" if req.dry_run else ""))  # fmt: skip
+                       ("dry run" if req.dry_run else ""), extra=failover_window(outcomes))  # fmt: skip
             if any(outcomes[s] is None for s in failover.STEPS):
                 raise BackupError("failover incomplete: " + "; ".join(
                     f"{s}: {alert.facts[s]}" for s in failover.STEPS))
