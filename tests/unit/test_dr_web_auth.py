@@ -73,7 +73,8 @@ def make_app(tmp_path, monkeypatch):
     def make(dr_extra: str = "") -> App:
         return App(write_config(tmp_path, dr_extra))
 
-    return make
+    yield make
+    web_auth.flush()  # the records of this test's requests, while its key file is set
 
 
 def test_by_default_every_role_reads_figures_and_only_admin_reads_the_audit(make_app):
@@ -106,7 +107,7 @@ def test_a_denied_browser_gets_the_denied_page_and_the_api_json(make_app):
     page = app.get("/", "VIEWER", headers={"accept": "text/html"})
     assert page.status_code == 403
     assert page.headers["content-type"].startswith("text/html")
-    assert "dr.reader_roles (admin)" in page.text
+    assert "dr.reader_roles (admin)" in page.text and "Ask an Airflow admin" in page.text
     api = app.get("/api/backups", "VIEWER", headers={"accept": "text/html"})
     assert api.status_code == 403 and api.headers["content-type"] == "application/json"
 
