@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from benchlib import start_moto
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -288,21 +289,6 @@ def measure(op: str, mode: str, config: Path, keyfile: Path, env: dict[str, str]
 # --- moto ------------------------------------------------------------------------------
 
 
-def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("moto_server")
-    log = open(work / "moto.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # a loaded host takes a while to import moto
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return proc, url
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("moto_server did not start")
 
 
 # --- driver ----------------------------------------------------------------------------

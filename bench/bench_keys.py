@@ -28,8 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -37,6 +35,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from benchlib import start_moto
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,20 +46,6 @@ CONN = "bench_s3"
 SOURCE = "docs"
 
 
-def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("moto_server")
-    log = open(work / "moto.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 120  # a loaded host takes a while to import moto
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return proc, f"http://127.0.0.1:{port}"
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("moto_server did not start")
 
 
 def setup(work: Path, url: str) -> Path:

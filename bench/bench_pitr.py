@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import tempfile
 import textwrap
@@ -25,11 +24,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchlib import replay_with_cp
+
 from include.backup import tasks
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.keys import KeyRing
-from include.backup.sources.postgres import cluster, recovery
+from include.backup.sources.postgres import cluster
 from include.backup.testing.postgres import PgCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,20 +47,6 @@ def server_now(pg: PgCluster) -> datetime:
     return datetime.fromisoformat(text + "+00:00")
 
 
-def baseline(pg: PgCluster, base: Path, until: datetime) -> float:
-    data = Path(str(base) + "-recovered")
-    shutil.copytree(base, data, symlinks=True)
-    port = cluster.free_port()
-    # PostgreSQL's own replay from the archive folder, with plain cp: the baseline.
-    archive = shlex.quote(str(pg.wal_archive_dir))
-    recovery._write_recovery_conf(data, data, f"cp {archive}/%f %p", port, until)
-    cluster.own_paths(data)
-    t0 = time.monotonic()
-    cluster.pg_ctl(data, "start")
-    cluster.wait_recovered(data, port, "baseline")
-    seconds = time.monotonic() - t0
-    cluster.stop_restored_server(str(data), quiet=True)
-    return seconds
 
 
 def main() -> None:
@@ -106,7 +93,7 @@ def main() -> None:
         log = run_schedule("wal", "w1")
         wal_bytes = sum(p.stat().st_size for p in Path(pg.wal_archive_dir).iterdir() if p.is_file())
 
-        base_s = baseline(pg, plain_base, until)
+        base_s = replay_with_cp(pg, plain_base, until)
         cfg = load_config().config
         keys = KeyRing.from_file(tmp / "keys.json")
         into = f"{pg.base_dir}-ours"

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,12 +35,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchlib import replay_with_cp
+
 from include.backup import tasks
 from include.backup.catalog.catalog import list_backups
 from include.backup.config.loader import load_config
 from include.backup.dr.restore import restore_backup
 from include.backup.keys import KeyRing
-from include.backup.sources.postgres import cluster, recovery
+from include.backup.sources.postgres import cluster
 from include.backup.targets.local import LocalTarget
 from include.backup.testing.postgres import PgCluster, free_port
 
@@ -128,20 +129,6 @@ def write_configs(tmp: Path, pg: PgCluster) -> None:
         """))
 
 
-def replay_baseline(pg: PgCluster, base: Path) -> float:
-    data = Path(str(base) + "-recovered")
-    shutil.copytree(base, data, symlinks=True)
-    port = cluster.free_port()
-    archive = shlex.quote(str(pg.wal_archive_dir))
-    recovery._write_recovery_conf(data, data, f"cp {archive}/%f %p", port, None)
-    cluster.own_paths(data)
-    t0 = time.monotonic()
-    cluster.pg_ctl(data, "start")
-    cluster.wait_recovered(data, port, "baseline")
-    seconds = time.monotonic() - t0
-    cluster.stop_restored_server(str(data), quiet=True)
-    shutil.rmtree(data, ignore_errors=True)
-    return seconds
 
 
 def main() -> None:  # noqa: PLR0915 - one linear script
@@ -203,7 +190,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             results["spool_schedule"] = {"wall_s": spool_wall, "cpu_s": spool_cpu}
             results["spool_schedule"]["stored"] = log["stored_size"]
 
-            base_s = replay_baseline(pg, plain)
+            base_s = replay_with_cp(pg, plain, None)
             cfg = load_config().config
             keys = KeyRing.from_file(tmp / "keys.json")
             times = {}
