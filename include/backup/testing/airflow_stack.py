@@ -26,7 +26,11 @@ Celery's result backend and ``celery_workers`` workers (``airflow celery worker`
 its own process group (components ``celery-worker-1`` …), with its own Celery hostname
 (``worker1@<host>``) which is also the ``hostname`` its task instances report (through
 ``[core] hostname_callable`` = :func:`celery_worker_hostname`), all sharing the caller's
-staging directory. ``metadata_dir``, ``port`` and ``password`` pin what is otherwise fresh
+staging directory. :meth:`AirflowStack.stop_worker`, :meth:`AirflowStack.kill_worker`
+(SIGKILL, a machine lost) and :meth:`AirflowStack.start_worker` (again, with extra
+environment such as a fault hook) take one worker away and bring it back, and
+:attr:`AirflowStack.redis` can be stopped and started on its port (a broker outage).
+``metadata_dir``, ``port`` and ``password`` pin what is otherwise fresh
 per start, and :meth:`AirflowStack.detach` leaves everything running after the caller exits
 (``make up``; ``make down`` stops it by process group).
 """
@@ -102,6 +106,12 @@ def celery_env(broker_url: str, result_backend: str, concurrency: int) -> dict[s
         "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
     }
+
+
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL a process group; one already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class AirflowStackError(RuntimeError):
@@ -328,10 +338,11 @@ class AirflowStack:
         self._migrate()
         for component in COMPONENTS:
             self._spawn(component)
+        since = {name: self._log_size(name) for name in self.worker_names}
         for index in range(1, self.celery_workers + 1):
             self._spawn_worker(index)
         self._wait_healthy()
-        self._wait_workers_ready()
+        self._wait_workers_ready(since)
 
     def _migrate(self) -> None:
         migrate = subprocess.run(
@@ -354,19 +365,23 @@ class AirflowStack:
         """The components of the Celery workers (``celery-worker-1`` …); none with LocalExecutor."""
         return [f"celery-worker-{i}" for i in range(1, self.celery_workers + 1)]
 
-    def _spawn_worker(self, index: int) -> None:
+    def _spawn_worker(self, index: int, env_extra: Mapping[str, str] | None = None) -> None:
         env = {
             **self.env,
             WORKER_NAME_ENV: f"worker{index}",
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.celery_worker_hostname",
+            **(env_extra or {}),
         }
         argv = worker_argv(index, self.worker_concurrency, self.bin_dir)
-        self._spawn(f"celery-worker-{index}", argv, env)
+        self._spawn(f"celery-worker-{index}", argv, env, append=True)
 
-    def _wait_workers_ready(self) -> None:
+    def _wait_workers_ready(self, since: Mapping[str, int] | None = None) -> None:
+        """Wait for each worker's ready line, in its output after ``since[name]`` bytes (a
+        restarted worker appends to its log, which already holds an earlier ready line)."""
         deadline = time.monotonic() + self.start_timeout_s
-        for name in self.worker_names:
-            while WORKER_READY_MARK not in self.logs(name, tail=200_000):
+        for name in since or self.worker_names:
+            offset = (since or {}).get(name, 0)
+            while WORKER_READY_MARK not in self._log_since(name, offset):
                 if self.procs[name].poll() is not None or time.monotonic() > deadline:
                     raise AirflowStackError(
                         f"Celery worker {name} did not become ready within {self.start_timeout_s:.0f} s "
@@ -374,10 +389,62 @@ class AirflowStack:
                     )
                 time.sleep(0.5)
 
+    def _log_size(self, component: str) -> int:
+        path = self.log_path(component)
+        return path.stat().st_size if path.exists() else 0
+
+    def _log_since(self, component: str, offset: int) -> str:
+        path = self.log_path(component)
+        if not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def _worker(self, index: int) -> str:
+        name = f"celery-worker-{index}"
+        if not 1 <= index <= self.celery_workers:
+            raise ValueError(
+                f"no Celery worker {index}: this deployment has workers 1..{self.celery_workers}"
+            )
+        return name
+
+    def start_worker(self, index: int, env_extra: Mapping[str, str] | None = None) -> None:
+        """(Re)start Celery worker ``index`` with ``env_extra`` on top of the deployment's
+        environment (a test arms a fault hook on one worker this way) and wait until it
+        consumes from the broker. A worker still running is stopped first."""
+        name = self._worker(index)
+        if name in self.procs and self.procs[name].poll() is None:
+            self.stop_worker(index)
+        offset = self._log_size(name)
+        self._spawn_worker(index, env_extra)
+        self._wait_workers_ready({name: offset})
+
+    def stop_worker(self, index: int) -> None:
+        """Stop Celery worker ``index`` as an operator would (SIGTERM: Celery's warm
+        shutdown lets running tasks finish), SIGKILL after the stop timeout."""
+        name = self._worker(index)
+        stop_process_groups({name: self.procs[name]})
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL Celery worker ``index``'s process group, as a machine lost: the tasks it
+        runs live in process groups of their own (Airflow's supervisor), so the caller
+        kills those too (:func:`kill_process_group`)."""
+        proc = self.procs[self._worker(index)]
+        kill_process_group(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
     def _spawn(
-        self, component: str, argv: list[str] | None = None, env: Mapping[str, str] | None = None
+        self,
+        component: str,
+        argv: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        append: bool = False,
     ) -> None:
-        with open(self.log_path(component), "wb") as out:  # the child keeps its own copy
+        # the child keeps its own copy of the file
+        with open(self.log_path(component), "ab" if append else "wb") as out:
             self.procs[component] = subprocess.Popen(
                 argv or component_argv(component, self.port, self.bin_dir),
                 env=dict(env or self.env),
