@@ -1,5 +1,5 @@
 """The parts of include/backup/testing/airflow_stack.py that need no running Airflow: the
-environment every component gets, the command lines, the health check, bad arguments.
+environment every component gets, the command lines, the health check, bad arguments, a restarted Celery worker's readiness.
 (The stack itself runs in tests/e2e and bench/bench_scheduler.py.)"""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 
 from include.backup.testing.airflow_stack import (
     AirflowStack,
+    AirflowStackError,
     airflow_env,
     all_healthy,
     component_argv,
@@ -109,3 +110,33 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
         AirflowStack(tmp_path, tmp_path / "missing")
     with pytest.raises(ValueError, match=r"parallelism \(0\)"):
         AirflowStack(tmp_path, tmp_path, parallelism=0)
+
+
+class _Running:
+    """A worker process that is up (poll() is None) but has not logged anything new."""
+
+    pid = 0
+
+    def poll(self) -> None:
+        return None
+
+
+def test_a_restarted_worker_is_not_ready_on_its_earlier_ready_line(tmp_path: Path) -> None:
+    stack = AirflowStack(tmp_path, tmp_path, executor="CeleryExecutor", celery_workers=2, start_timeout_s=0.2)
+    stack.home.mkdir()
+    log = stack.log_path("celery-worker-1")
+    log.write_text("worker1@host ready.\n")  # the first start's line
+    stack.procs["celery-worker-1"] = _Running()  # type: ignore[assignment]
+    with pytest.raises(AirflowStackError, match="celery-worker-1 did not become ready"):
+        stack._wait_workers_ready({"celery-worker-1": log.stat().st_size})
+    with log.open("a") as f:
+        f.write("worker1@host ready.\n")  # the restart's line
+    stack._wait_workers_ready({"celery-worker-1": log.stat().st_size - len("worker1@host ready.\n")})
+
+
+def test_workers_are_named_by_index(tmp_path: Path) -> None:
+    stack = AirflowStack(tmp_path, tmp_path, executor="CeleryExecutor", celery_workers=2)
+    assert stack.worker_names == ["celery-worker-1", "celery-worker-2"]
+    with pytest.raises(ValueError, match=r"no Celery worker 3: this deployment has workers 1\.\.2"):
+        stack.start_worker(3)
+    assert AirflowStack(tmp_path, tmp_path).worker_names == []  # LocalExecutor
