@@ -1,6 +1,6 @@
 """The parts of include/backup/testing/airflow_stack.py that need no running Airflow: the
-environment every component gets, the command lines, the health check, bad arguments, a restarted Celery worker's readiness.
-(The stack itself runs in tests/e2e and bench/bench_scheduler.py.)"""
+environment every component gets, the command lines, the health check, bad arguments, a
+restarted Celery worker's readiness. (The stack itself runs in tests/e2e and bench/bench_scheduler.py.)"""
 
 from __future__ import annotations
 
