@@ -179,7 +179,7 @@ def test_actions_link_to_the_trigger_forms_with_params_and_the_latest_run(cockpi
     # The last failover and its measured data-loss window, from the audit trail.
     failover = page[page.index("id='failover-docs'") :].split("</div>")[0]
     assert "data loss 7.5 s" in failover and f"age of the restored backup {ids[3]}" in failover
-    assert "no failover recorded" in page[page.index("id='failover-spare'") :].split("</div>")[0]
+    assert "no failover in the last 90 days" in page[page.index("id='failover-spare'") :].split("</div>")[0]
 
     src = c.get("/source/docs").text
     confs = [json.loads(html.unescape(c)) for c in re.findall(r"<pre class='conf'>(.*?)</pre>", src)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup.dr.cockpit.actions import last_failover, source_actions
@@ -29,6 +29,12 @@ from include.backup.dr.reports import DRTestReport
 __all__ = ["PERIODS", "BackupNotFound", "Cockpit", "SourceHistory", "airflow_base", "parse_days"]
 
 DEFAULT_TTL = 30.0
+FAILOVER_DAYS = 90  # how far back the overview looks for a source's last failover
+
+
+def _midnight(moment: datetime) -> datetime:
+    """A day's start: the audit trail is read by whole days (its keys are dated)."""
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def parse_days(value: str | int | None) -> int:
@@ -79,9 +85,11 @@ class Cockpit:
         return self._cached("reports", refresh, lambda: self.stores.reports(config))  # type: ignore[no-any-return]
 
     def audit(
-        self, config: Any, source: str, refresh: bool = False
+        self, config: Any, source: str, refresh: bool = False, since: datetime | None = None
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        return self._cached(("audit", source), refresh, lambda: self.stores.audit(config, source))  # type: ignore[no-any-return]
+        return self._cached(  # type: ignore[no-any-return]
+            ("audit", source, since), refresh, lambda: self.stores.audit(config, source, since)
+        )
 
     def histories(
         self, config: Any, days: int, *, now: datetime | None = None, refresh: bool = False,
@@ -104,12 +112,15 @@ class Cockpit:
         self, config: Any, source: str, latest_good_id: str | None, *, base: str, origin: str = "",
         refresh: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
-        """A source's actions and its last failover (from its audit trail)."""
+        """A source's actions and its last failover in :data:`FAILOVER_DAYS` days (from its
+        audit trail: only those days' records are read)."""
         rows, _ = self.rows(refresh)
-        audit_rows, problems = self.audit(config, source, refresh)
+        since = _midnight(datetime.now(UTC) - timedelta(days=FAILOVER_DAYS))
+        audit_rows, problems = self.audit(config, source, refresh, since)
         return {
             "actions": source_actions(base, source, config, latest_good_id, rows, origin),
             "failover": last_failover(audit_rows),
+            "failover_days": FAILOVER_DAYS,
             "problems": problems,
         }
 
@@ -121,5 +132,8 @@ class Cockpit:
             )
         rows, _ = self.rows(refresh)
         reports, _ = self.reports(config, refresh)
-        audit_rows, _ = self.audit(config, source, refresh)
+        row = next((r for r in rows if r["source"] == source and r["backup_id"] == backup_id), None)
+        # No record names a backup before it started: older days are not read.
+        since = _midnight(datetime.fromisoformat(row["started_at"])) if row else None
+        audit_rows, _ = self.audit(config, source, refresh, since)
         return backup_detail(config, rows, reports, audit_rows, source, backup_id)

@@ -14,11 +14,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from include.backup.alerts.notify import redact
+from include.backup.audit import audit_prefix
 from include.backup.audit_read import list_trail
 from include.backup.dr.reports import REPORTS_PREFIX, DRTestReport
 from include.backup.errors import ObjectNotFound
@@ -38,12 +40,15 @@ class _ObjectCache:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, int], Any] = {}
 
-    def refresh(self, target: Target, listed: list[tuple[str, int]]) -> list[Any]:
-        """The parsed objects of ``listed`` ((key, size) at ``target``), reading only new ones."""
+    def refresh(
+        self, target: Target, listed: list[tuple[str, int]], scope: Callable[[str], bool]
+    ) -> list[Any]:
+        """The parsed objects of ``listed`` ((key, size) at ``target``), reading only new
+        ones; cached keys in ``scope`` (what the listing covered) but not listed are gone."""
         wanted = {(target.name, key, size) for key, size in listed}
         out: list[Any] = []
         with self._lock:
-            for stale in [k for k in self._seen if k[0] == target.name and k not in wanted]:
+            for stale in [k for k in self._seen if k[0] == target.name and scope(k[1]) and k not in wanted]:
                 del self._seen[stale]
             for ident in sorted(wanted):
                 if ident not in self._seen:
@@ -93,22 +98,33 @@ class TargetStores:
                 listed = [
                     (o.key, o.size) for o in target.list(f"{REPORTS_PREFIX}/") if o.key.endswith(".json")
                 ]
-                for report in self._reports.refresh(target, listed):
+                in_scope = lambda key: key.startswith(f"{REPORTS_PREFIX}/")  # noqa: E731
+                for report in self._reports.refresh(target, listed, in_scope):
                     merged.setdefault(report.test_id, report)
             except Exception as exc:  # noqa: BLE001 - an unreachable target: the others still count
                 problems.append(f"target '{target.name}': cannot list DR test reports ({redact(exc)})")
         return sorted(merged.values(), key=lambda r: (r.started_at, r.test_id)), problems
 
-    def audit(self, config: Any, source: str) -> tuple[list[dict[str, Any]], list[str]]:
+    def audit(
+        self, config: Any, source: str, since: datetime | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
         """The audit records of ``source`` at every target (copies merged by id, ``stored_at``
-        lists the targets), oldest first. Not checked: ``audit --verify`` does that."""
+        lists the targets), oldest first; with ``since``, only those of its day and later
+        (the day is in the key: older records are not read). Not checked: ``audit
+        --verify`` does that."""
         problems: list[str] = []
         rows: dict[str, dict[str, Any]] = {}
+        prefix = audit_prefix(source)
+        day = f"{since:%Y/%m/%d}" if since else ""
+
+        def in_scope(key: str) -> bool:
+            return key.startswith(prefix) and key[len(prefix) : len(prefix) + 10] >= day
+
         for target in self._targets(config, problems):
             try:
                 # A record is never rewritten: its key alone identifies its content.
-                listed = [(key, 0) for key in list_trail(target, source).records]
-                for doc in self._audit.refresh(target, listed):
+                listed = [(key, 0) for key in list_trail(target, source).records if in_scope(key)]
+                for doc in self._audit.refresh(target, listed, in_scope):
                     if "id" not in doc or "time" not in doc:
                         continue
                     row = rows.setdefault(doc["id"], {**doc, "stored_at": []})
