@@ -110,6 +110,11 @@ def test_cockpit_in_headless_chromium(airflow_deployment, cockpit_data, tmp_path
             page.screenshot(path=str(shot))
             print(f"screenshot: {shot}")
 
+            page.locator("#history").scroll_into_view_if_needed()
+            shot = out / "dr-cockpit-history.png"
+            page.screenshot(path=str(shot))
+            print(f"screenshot: {shot}")
+
             # A source in violation: the first row whose Violations cell lists one.
             violated = [
                 row.get_attribute("id").removeprefix("source-")
@@ -145,6 +150,6 @@ def test_cockpit_in_headless_chromium(airflow_deployment, cockpit_data, tmp_path
             print(f"screenshot: {shot}")
         finally:
             browser.close()
-    for name in ("overview", "source-violation", "backup"):
+    for name in ("overview", "history", "source-violation", "backup"):
         data = (out / f"dr-cockpit-{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -170,7 +170,9 @@ def _minutes(v: float) -> str:
 
 
 def _seconds(v: float) -> str:
-    return f"{v / 60:.0f} min" if v >= 600 else f"{v:.0f} s"
+    if v >= 600:
+        return f"{v / 60:.0f} min"
+    return f"{v:.0f} s" if v >= 10 or v == 0 else f"{v:.1f} s"
 
 
 def source_history(

@@ -73,7 +73,7 @@ def chart(
         f"<text class='t' x='{LEFT}' y='14' font-size='12' font-weight='600' fill='#1f2933'>"
         f"{escape(title)}</text>",
     ]
-    parts += _axes(start, end, top, x, y, y_format)
+    parts += _axes(start, end, top, x, y, y_format if values else None)
     if not values:
         parts.append(
             f"<text class='empty' x='{(LEFT + WIDTH - RIGHT) / 2:.0f}' y='{HEIGHT / 2:.0f}' "
@@ -100,8 +100,10 @@ def chart(
 
 def _axes(
     start: datetime, end: datetime, top: float,
-    x: Callable[[float], float], y: Callable[[float], float], y_format: Callable[[float], str],
+    x: Callable[[float], float], y: Callable[[float], float], y_format: Callable[[float], str] | None,
 ) -> list[str]:  # fmt: skip
+    """Both axes, the value grid (labelled unless ``y_format`` is None: an empty chart's
+    scale means nothing) and five dates along the time axis."""
     parts = [
         f"<line x1='{LEFT}' x2='{LEFT}' y1='{TOP}' y2='{HEIGHT - BOTTOM}' stroke='#9ca3af'/>",
         f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{HEIGHT - BOTTOM}' y2='{HEIGHT - BOTTOM}' "
@@ -109,11 +111,12 @@ def _axes(
     ]
     for tick in _ticks(top):
         ty = _fmt_coord(y(tick))
-        parts.append(
-            f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{ty}' y2='{ty}' stroke='#eef0f3'/>"
-            f"<text class='ylabel' x='{LEFT - 4}' y='{float(ty) + 3:.1f}' text-anchor='end' font-size='10' "
-            f"fill='#4b5563'>{escape(y_format(tick))}</text>"
-        )
+        parts.append(f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{ty}' y2='{ty}' stroke='#eef0f3'/>")
+        if y_format is not None:
+            parts.append(
+                f"<text class='ylabel' x='{LEFT - 4}' y='{float(ty) + 3:.1f}' text-anchor='end' "
+                f"font-size='10' fill='#4b5563'>{escape(y_format(tick))}</text>"
+            )
     span = end - start
     for i in range(5):
         moment = start + span * i / 4
