@@ -71,8 +71,10 @@ MANY_SCHEDULES = [f"{s}_{kind}" for s in MANY for kind in ("full", "incr")]
 REDIS_DOWN_S = 20
 CELERY_SETTINGS = {
     **E2E_AIRFLOW_SETTINGS,
-    # A lost worker's task stops heartbeating: failed (and retried) after 30 s, not 300.
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    # A lost worker's task stops heartbeating: failed (and retried) after 60 s, not 300.
+    # Not less: on 2 cores at load 15 a healthy task's calls to the API server were seen
+    # timing out for 30 s, and a healthy task taken for lost would be killed and retried.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
     # A task message lost with the broker is re-sent after 2 minutes, not 10.
     "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
