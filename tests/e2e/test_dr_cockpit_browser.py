@@ -110,7 +110,9 @@ def test_cockpit_in_headless_chromium(airflow_deployment, cockpit_data, tmp_path
             page.screenshot(path=str(shot))
             print(f"screenshot: {shot}")
 
-            page.locator("#history").scroll_into_view_if_needed()
+            page.goto(f"{dep.url}/dr/#history-e2e_files")  # the anchor scrolls the charts into view
+            rpo_points = page.locator("#history-e2e_files svg.chart").first.locator("circle.pt title")
+            assert rpo_points.count() == 1  # one day with a backup: today
             shot = out / "dr-cockpit-history.png"
             page.screenshot(path=str(shot))
             print(f"screenshot: {shot}")

@@ -9,6 +9,7 @@ series' ``<polyline>`` carries ``data-points`` (its point count) either way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,7 +45,19 @@ def _scale(lo: float, hi: float, out_lo: float, out_hi: float) -> Callable[[floa
     return lambda v: out_lo + (v - lo) / span * (out_hi - out_lo)
 
 
-def _ticks(top: float, count: int = 4) -> list[float]:
+TICKS = 4  # value grid lines above zero
+
+
+def nice_step(raw: float) -> float:
+    """The grid step at or above ``raw``: 1, 2, 2.5 or 5 times a power of ten (so the
+    labels read 0.5 h, 1 h, 1.5 h rather than 0.28 h, 0.55 h)."""
+    if raw <= 0:
+        return 0.25
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def _ticks(top: float, count: int = TICKS) -> list[float]:
     return [top * i / count for i in range(count + 1)]
 
 
@@ -63,7 +76,7 @@ def chart(
     """An ``<svg>`` chart of ``series`` over ``[start, end]``; y from 0 to the largest value
     (or the objective, whichever is higher). ``objective``: a horizontal dashed line."""
     values = [v for s in series for _, v in s.points if v is not None]
-    top = max([*values, objective or 0.0, 0.0]) * 1.1 or 1.0
+    top = TICKS * nice_step(max([*values, objective or 0.0, 0.0]) * 1.05 / TICKS)
     x = _scale(start.timestamp(), end.timestamp(), LEFT, WIDTH - RIGHT)
     y = _scale(0.0, top, HEIGHT - BOTTOM, TOP)
     parts = [
