@@ -10,7 +10,7 @@ and mails on-call when it overran ``dr.rto_hours``.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup import audit, runtime
@@ -34,11 +34,11 @@ from include.backup.dr.monitor import notify_report, run_monitor, sweep_targets
 from include.backup.dr.params import RestoreRequest, parse_restore_params
 from include.backup.dr.reports import TEST_TYPES, DRTestReport
 from include.backup.dr.restore import (
-    THAW_POKE_INTERVAL_S,
     THAW_TIMEOUT_S,
     may_freeze,
     restore_backup,
     thaw_for_restore,
+    thaw_poke_interval_s,
 )
 from include.backup.errors import BackupError, RestoreRefused
 from include.backup.factory import _load, deadline_alerts_enabled
@@ -185,8 +185,12 @@ def build_restore_dag(config: BackupConfig) -> Any:
         request = validate_params()
         restored = restore(request)  # type: ignore[arg-type]
         if may_freeze(config):  # archive tiers: wait for thaws without holding a worker slot
-            thaw = task.sensor(task_id="thaw", mode="reschedule", poke_interval=THAW_POKE_INTERVAL_S,
-                               timeout=THAW_TIMEOUT_S)(run_thaw)  # fmt: skip
+            # Retries, unlike the restore's: a poke only looks and asks for thaws once, and
+            # Airflow 3.3 may fail a reschedule-mode sensor whose previous poke's executor
+            # event is processed late (apache/airflow#71172).
+            thaw = task.sensor(task_id="thaw", mode="reschedule", poke_interval=thaw_poke_interval_s(),
+                               timeout=THAW_TIMEOUT_S, retries=3,
+                               retry_delay=timedelta(seconds=thaw_poke_interval_s()))(run_thaw)  # fmt: skip
             thaw(request) >> restored  # type: ignore[arg-type]
     return dag
 

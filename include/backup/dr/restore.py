@@ -7,6 +7,7 @@ restore works when Airflow's database is the thing that was lost.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -260,6 +261,23 @@ class ThawStatus:
 # slot held in between), given up after 72 hours (DEEP_ARCHIVE's Bulk thaw takes up to 48).
 THAW_POKE_INTERVAL_S = 15 * 60
 THAW_TIMEOUT_S = 72 * 3600
+
+
+def thaw_poke_interval_s() -> float:
+    """THAW_POKE_INTERVAL_S, or $BACKUP_THAW_POKE_SECONDS when set (> 0; read when the DAG
+    is parsed): an Expedited thaw takes minutes, and a test seconds."""
+    env = os.environ.get("BACKUP_THAW_POKE_SECONDS")
+    if not env:
+        return THAW_POKE_INTERVAL_S
+    try:
+        seconds = float(env)
+    except ValueError:
+        raise ValueError(
+            f"BACKUP_THAW_POKE_SECONDS={env!r} is not a number of seconds; set e.g. 300"
+        ) from None
+    if seconds <= 0:
+        raise ValueError(f"BACKUP_THAW_POKE_SECONDS={env!r} must be more than 0")
+    return seconds
 
 
 def may_freeze(config: BackupConfig) -> bool:
