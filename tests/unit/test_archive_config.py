@@ -1,8 +1,11 @@
 """Archive-tier keys of the targets (storage_class, archive_after_days,
-archive_storage_class, thaw_tier): what the validator accepts and what it says otherwise."""
+archive_storage_class, thaw_tier): what the validator accepts and what it says otherwise;
+and what the check of a frozen object and a refused frozen restore tell the user."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,9 @@ import pytest
 import yaml
 
 from include.backup.config.loader import load_config
+from include.backup.dr.restore import ThawStatus, may_freeze
 from include.backup.targets import build_target
+from include.backup.targets.tiers import TierState, metadata_check, typical_wait
 
 S3 = {"type": "s3", "conn_id": "aws", "bucket": "b"}
 AZURE = {"type": "azure_blob", "conn_id": "wasb", "container": "c"}
@@ -105,3 +110,60 @@ def test_thaw_tier_is_per_store(tmp_path: Path) -> None:
     assert loaded.issues == ["targets.t.thaw_tier: 'Bulk' is not an allowed value; use one of Standard, High"]
     (issue,) = load(tmp_path, "t", {**GCS, "thaw_tier": "Standard"}).issues
     assert issue.startswith("targets.t.thaw_tier: unknown key")  # GCS reads every class at once
+
+
+# --- what a frozen object's check and a frozen restore say (targets/tiers.py, dr/restore.py) ---
+
+SHA = hashlib.sha256(b"payload").hexdigest()
+
+
+def frozen(size: int = 7, **sums: str) -> TierState:
+    return TierState(key="b1/payload", size=size, storage_class="GLACIER", readable=False, checksums=sums)
+
+
+def test_frozen_check_compares_a_whole_object_sha256_and_says_it_did_not_read() -> None:
+    ok, detail = metadata_check(frozen(sha256=base64.b64encode(bytes.fromhex(SHA)).decode()), 7, SHA)
+    assert ok and "the store's SHA-256" in detail and "matches the manifest" in detail
+    assert detail.endswith("data NOT read (frozen in GLACIER: checked from the store's metadata only)")
+    other = hashlib.sha256(b"other").digest()
+    ok, detail = metadata_check(frozen(sha256=base64.b64encode(other).decode()), 7, SHA)
+    assert not ok and "differs from the manifest's" in detail and "data NOT read" in detail
+
+
+def test_frozen_check_of_a_wrong_size_fails_whatever_the_checksum() -> None:
+    ok, detail = metadata_check(frozen(size=8, crc32="AAAAAA=="), 7, SHA)
+    assert not ok and detail.startswith("size 8 bytes, manifest says 7;") and "data NOT read" in detail
+
+
+@pytest.mark.parametrize(
+    ("sums", "named"),
+    [
+        ({"crc32": "AAAAAA=="}, "the store's own checksum (crc32) is present but not comparable"),
+        ({"sha256": "abc=-3", "checksum_type": "COMPOSITE"}, "(sha256) is present but not comparable"),
+        ({"md5": "00" * 16}, "(md5) is present"),
+        ({}, "the store keeps no checksum of it"),
+    ],
+)
+def test_frozen_check_names_a_checksum_it_cannot_compare(sums: dict[str, str], named: str) -> None:
+    ok, detail = metadata_check(frozen(**sums), 7, SHA)
+    assert ok and "7 bytes match the manifest" in detail and named in detail and "data NOT read" in detail
+
+
+def test_frozen_restore_message_says_what_happened_and_what_to_do() -> None:
+    status = ThawStatus(target="s3", storage_class="DEEP_ARCHIVE", tier="Bulk",
+                        expected_wait="up to 48 hours", frozen=["b1", "b2"], requested=["b2"])  # fmt: skip
+    text = status.message("b2")
+    assert not status.ready
+    assert text.startswith("backup b2 is frozen at target 's3': the payloads of b1, b2 are in DEEP_ARCHIVE")
+    assert "a thaw was requested now for b2 (Bulk tier, typically up to 48 hours)" in text
+    assert "Run the same restore again once the thaw completes" in text
+    waiting = ThawStatus(target="s3", storage_class="GLACIER", frozen=["b1"]).message("b1")
+    assert "a thaw was already requested and is in progress" in waiting
+
+
+def test_the_restore_dag_waits_for_thaws_only_when_a_target_can_freeze(tmp_path: Path) -> None:
+    assert not may_freeze(load(tmp_path, "t", {**S3, "storage_class": "GLACIER_IR"}).config)
+    assert not may_freeze(load(tmp_path, "t", {**GCS, "archive_after_days": 30}).config)  # GCS reads at once
+    assert may_freeze(load(tmp_path, "t", {**S3, "archive_after_days": 30}).config)  # to GLACIER
+    assert may_freeze(load(tmp_path, "t", {**AZURE, "storage_class": "Archive"}).config)
+    assert typical_wait("s3", "GLACIER", "Expedited") == "1-5 minutes"

@@ -74,6 +74,11 @@ class SweepsPartialUploads(Protocol):
         ...
 
 
+# Storage classes (archive tiers) are the third optional part: ``TieredStore`` in
+# targets/tiers.py (s3, azure_blob, gcs); its callers treat any other target as one whose
+# objects are always readable.
+
+
 @runtime_checkable
 class Target(Protocol):
     name: str  # the target's name in the config; every error message names it
