@@ -506,13 +506,31 @@ def measure_round(
     cpu = cpu_delta(cpu0, cpu_snapshot(groups, groups["scheduler"], postmaster))
     failed = [r for r in runs if r["state"] != "success"]
     if failed:
+        # the Airflow home is a temporary directory, gone once the exception leaves
         raise RuntimeError(
             f"round {label}: {len(failed)} of {n} runs failed (first: {failed[0]['dag_id']} "
-            f"{failed[0]['dag_run_id']}); see the task logs under {stack.home}/logs"
+            f"{failed[0]['dag_run_id']}):\n{failure_detail(stack.home / 'logs', failed[0])}"
         )
     with ThreadPoolExecutor(max_workers=4) as pool:
         timings = list(pool.map(lambda r: _collect(api, r, with_logs), runs))
     return Round(kind, n, timings, cpu, seconds)
+
+
+def failure_detail(logs: Path, run: Mapping[str, Any], lines: int = 8) -> str:
+    """The last events of each task log of a failed run (every try)."""
+    run_dir = logs / f"dag_id={run['dag_id']}" / f"run_id={run['dag_run_id']}"
+    out = []
+    for path in sorted(run_dir.rglob("*.log")):
+        events = []
+        for line in path.read_text(errors="replace").splitlines()[-lines:]:
+            try:
+                ev = json.loads(line)
+                text = f"{ev.get('level', '')} {ev.get('event', '')} {ev.get('error_detail', '')}"
+                events.append(f"  {text[:600]}")
+            except (ValueError, AttributeError):
+                events.append(f"  {line[:600]}")
+        out.append(f"--- {path.relative_to(run_dir)}\n" + "\n".join(events))
+    return "\n".join(out) or f"(no task log under {run_dir})"
 
 
 def _postmaster_pid(stack: Any) -> int | None:

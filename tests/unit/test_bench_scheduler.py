@@ -183,3 +183,19 @@ def test_generated_config_is_valid_with_one_dag_per_schedule(tmp_path: Path) -> 
     loaded = load_config(tmp_path / "c.yaml")
     assert not loaded.issues
     assert [s.dag_id for s in loaded.config.schedules] == [bench.dag_id("backup", i) for i in range(3)]
+
+
+def test_a_failed_round_names_the_failed_tasks_last_log_lines(tmp_path: Path) -> None:
+    run = {"dag_id": "noop__s0000", "dag_run_id": "bench-warm-noop-noop__s0000"}
+    task_dir = tmp_path / "dag_id=noop__s0000" / "run_id=bench-warm-noop-noop__s0000" / "task_id=dump"
+    task_dir.mkdir(parents=True)
+    (task_dir / "attempt=1.log").write_text(
+        '{"level": "info", "event": "::group::Pre Execute"}\n'
+        '{"level": "error", "event": "Task failed with exception", "error_detail": "ReadTimeout"}\n'
+        "not json\n"
+    )
+    detail = bench.failure_detail(tmp_path, run)
+    assert "--- task_id=dump/attempt=1.log" in detail
+    assert "error Task failed with exception ReadTimeout" in detail
+    assert "not json" in detail
+    assert "no task log under" in bench.failure_detail(tmp_path, {**run, "dag_run_id": "other"})
