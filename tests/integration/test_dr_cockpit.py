@@ -243,3 +243,24 @@ def test_failover_window_is_the_standby_lag_after_a_promotion_else_the_backup_ag
         "data_loss_basis": "age of the restored backup b1",
     }
     assert failover_window({"assess": None, "restore": None}) == {}
+
+
+def test_audit_data_is_left_out_for_users_who_may_not_read_the_trail(cockpit_env):
+    _, ids = cockpit_env
+    app = create_app(monitor=Monitor(ttl=0))
+
+    @app.middleware("http")
+    async def not_an_auditor(request, call_next):  # what dr/web_auth.py decides for such a user
+        request.state.dr_audit_allowed = False
+        return await call_next(request)
+
+    c = TestClient(app)
+    body = c.get(f"/api/backups/docs/{ids[2]}").json()
+    assert body["audit"] == [] and "dr.audit_roles" in body["audit_hidden"]
+    assert [d["test_id"] for d in body["drills"]] == ["dr-slow"]  # DR figures stay
+    page = c.get(f"/backup/docs/{ids[2]}").text
+    assert "shown only to the roles of dr.audit_roles" in page
+    failover = c.get("/").text.split("id='failover-docs'>")[1].split("</div>")[0]
+    assert failover.startswith("last failover ") and " by " not in failover and "data loss 7.5 s" in failover
+    own = client().get("/").text.split("id='failover-docs'>")[1].split("</div>")[0]
+    assert " by " in own  # an auditor (here: no auth at all) sees who did it

@@ -564,12 +564,20 @@ def _days(request: Request) -> int:
         raise HTTPException(422, str(exc)) from None
 
 
+def _without_actor(view: dict[str, Any], audit_ok: bool) -> dict[str, Any]:
+    """The failover's actor is audit data: shown to the roles that may read the trail."""
+    if not audit_ok and view.get("failover"):
+        view["failover"] = {**view["failover"], "actor": None}
+    return view
+
+
 def cockpit_context(
     cp: Cockpit, snap: Snapshot, where: Where, days: int, *, refresh: bool = False,
-    now: datetime | None = None,
+    now: datetime | None = None, audit_ok: bool = True,
 ) -> dict[str, Any] | None:  # fmt: skip
     """The overview's cockpit parts: every source's actions and last failover, and its
-    charts over ``days`` days. None without a config (the page shows the error)."""
+    charts over ``days`` days. None without a config (the page shows the error).
+    ``audit_ok``: the user may read the audit trail (else the failover's actor is left out)."""
     if snap.config is None:
         return None
     latest = {n: s.last_good_backup_id for n, s in snap.report.sources.items()} if snap.report else {}
@@ -577,8 +585,8 @@ def cockpit_context(
     try:
         history, problems = cp.histories(snap.config, days, now=now, refresh=refresh)
         views = {
-            n: cp.source_view(snap.config, n, latest.get(n), base=where.base, origin=where.origin,
-                              refresh=refresh)
+            n: _without_actor(cp.source_view(snap.config, n, latest.get(n), base=where.base,
+                                             origin=where.origin, refresh=refresh), audit_ok)
             for n in snap.config.sources
         }  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the figures above still show
@@ -598,7 +606,9 @@ def _backup_line(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_source(cp: Cockpit, snap: Snapshot, source: str, where: Where, days: int, refresh: bool) -> str:
+def render_source(
+    cp: Cockpit, snap: Snapshot, source: str, where: Where, days: int, refresh: bool, audit_ok: bool = True
+) -> str:
     """templates/dr_source.html.j2: one source's state, actions, history and newest backups."""
     now = datetime.now(UTC)
     context = page_context(snap, now)
@@ -611,8 +621,8 @@ def render_source(cp: Cockpit, snap: Snapshot, source: str, where: Where, days: 
         source=source, row=row, error=snap.error, root=where.root, periods=PERIODS,
         rpo_hours=f"{snap.rpo_hours:g}" if snap.rpo_hours is not None else "-",
         rto_hours=f"{snap.rto_hours:g}" if snap.rto_hours is not None else "-",
-        view=cp.source_view(snap.config, source, latest, base=where.base, origin=where.origin,
-                            refresh=refresh),
+        view=_without_actor(cp.source_view(snap.config, source, latest, base=where.base,
+                                           origin=where.origin, refresh=refresh), audit_ok),
         history=history[source], problems=problems, backups=[_backup_line(r) for r in reversed(mine)],
     )  # fmt: skip
 
@@ -656,12 +666,15 @@ def add_cockpit_routes(app: FastAPI, deps: list[Any], mon: Monitor, cp: Cockpit)
             raise HTTPException(503, snap.error or "the backup config cannot be loaded")
         return snap
 
-    def _detail(source: str, backup_id: str, refresh: bool) -> dict[str, Any]:
+    def _detail(request: Request, source: str, backup_id: str, refresh: bool) -> dict[str, Any]:
         snap = _config(refresh)
         try:
-            return cp.backup(snap.config, source, backup_id, refresh)
+            detail = cp.backup(snap.config, source, backup_id, refresh)
         except BackupNotFound as exc:
             raise HTTPException(404, str(exc)) from None
+        if not web_auth.audit_allowed(request):  # dr.audit_roles: not this user's
+            detail.update(audit=[], audit_hidden=web_auth.AUDIT_HIDDEN)
+        return detail
 
     @app.get("/source/{source}", response_class=HTMLResponse, dependencies=deps)
     def source_page(request: Request, source: str, refresh: bool = False) -> HTMLResponse:
@@ -670,17 +683,18 @@ def add_cockpit_routes(app: FastAPI, deps: list[Any], mon: Monitor, cp: Cockpit)
         if source not in snap.config.sources:
             known = ", ".join(snap.config.sources)
             raise HTTPException(404, f"no source named {source!r} in the config; known: {known}")
-        html = render_source(cp, snap, source, Where.of(request), days, refresh)
+        audit_ok = web_auth.audit_allowed(request)
+        html = render_source(cp, snap, source, Where.of(request), days, refresh, audit_ok)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/backup/{source}/{backup_id}", response_class=HTMLResponse, dependencies=deps)
     def backup_page(request: Request, source: str, backup_id: str, refresh: bool = False) -> HTMLResponse:
-        html = render_backup(_detail(source, backup_id, refresh), Where.of(request))
+        html = render_backup(_detail(request, source, backup_id, refresh), Where.of(request))
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/backups/{source}/{backup_id}", dependencies=deps)
-    def backup_json(source: str, backup_id: str, refresh: bool = False) -> JSONResponse:
-        return JSONResponse(_detail(source, backup_id, refresh))
+    def backup_json(request: Request, source: str, backup_id: str, refresh: bool = False) -> JSONResponse:
+        return JSONResponse(_detail(request, source, backup_id, refresh))
 
 
 def render_denied(detail: Any) -> str:
@@ -741,7 +755,8 @@ def create_app(*, require_auth: bool = False, monitor: Monitor | None = None) ->
         trail = recent_audit.rows(snap.config, refresh) if snap.config is not None else None
         if not web_auth.audit_allowed(request):  # dr.audit_roles: not this user's
             trail = ([], [web_auth.AUDIT_HIDDEN])
-        parts = cockpit_context(cockpit, snap, Where.of(request), _days(request), refresh=refresh)
+        parts = cockpit_context(cockpit, snap, Where.of(request), _days(request), refresh=refresh,
+                                audit_ok=web_auth.audit_allowed(request))  # fmt: skip
         html = render_page(snap, audit=trail, cockpit=parts)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
