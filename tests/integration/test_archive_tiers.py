@@ -41,12 +41,13 @@ from include.backup.dr.dags import build_restore_dag, run_thaw
 from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
 from include.backup.targets import build_target
-from include.backup.targets.tiers import tier_state
+from include.backup.targets.tiers import metadata_check, tier_state
 from tests.integration.services import AzureService, GCSService, S3Service, unique
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime.now(UTC)
+MiB = 1 << 20
 
 
 @pytest.fixture
@@ -359,3 +360,36 @@ def test_gcs_storage_class_on_upload_and_a_rewrite_the_emulator_does_not_apply(
     assert blob.storage_class == "NEARLINE"
     assert blob.download_as_bytes() == f"payload of {old}".encode() * 100
     assert json.loads(json.dumps(state.checksums))  # plain strings: fit for a report
+
+
+# --- large payloads: multipart, block list, resumable ---------------------------------------
+
+
+def test_large_payloads_keep_the_class_on_every_store(
+    tmp_path: Path, moto_server: S3Service, azurite: AzureService, gcs_emulator: GCSService
+) -> None:
+    """Past the single-request size each store uploads in parts (S3 multipart, Azure block
+    list, GCS resumable): the class is set there too. A multipart GLACIER object's SHA-256
+    is a composite of its parts: the frozen check says it cannot compare it."""
+    from include.backup.targets.azure import AzureBlobTarget
+    from include.backup.targets.gcs import GCSTarget
+    from include.backup.targets.s3 import S3Target
+
+    data = os.urandom(6 * MiB + 123)
+    src = tmp_path / "payload"
+    src.write_bytes(data)
+    s3 = S3Target("s3", moto_server.conn_id, moto_server.bucket, unique("big") + "/", part_size=5 * MiB,
+                  storage_class="GLACIER")  # fmt: skip
+    az = AzureBlobTarget("az", azurite.conn_id, azurite.container, unique("big") + "/", block_size=1 * MiB,
+                         storage_class="Cool")  # fmt: skip
+    gcs = GCSTarget("gcs", gcs_emulator.conn_id, gcs_emulator.bucket, unique("big") + "/", chunk_size=1 * MiB,
+                    storage_class="COLDLINE")  # fmt: skip
+    for target, klass in ((s3, "GLACIER"), (az, "Cool"), (gcs, "COLDLINE")):
+        assert target.put("src/b1/payload", src).size == len(data)
+        state = tier_state(target, "src/b1/payload")
+        assert state is not None and (state.storage_class, state.size) == (klass, len(data)), target
+    state = tier_state(s3, "src/b1/payload")
+    assert state is not None and state.frozen
+    ok, detail = metadata_check(state, len(data), hashlib.sha256(data).hexdigest())
+    assert ok and "(sha256) is present but not comparable" in detail and "data NOT read" in detail
+    assert az.read_bytes("src/b1/payload") == data and gcs.read_bytes("src/b1/payload") == data
