@@ -368,6 +368,11 @@ def prepare(base: Path, n: int) -> tuple[Path, dict[str, str]]:
         # Cron schedules never start a run on their own: runs come from the REST API only
         # (a catchup=False DAG would otherwise run its latest interval at once).
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        # A task's calls to the API server time out after 5 s by default and the task fails
+        # (the no-op DAGs have no retries): on 2 shared cores at load 10-15 the one API
+        # worker was seen answering a warm-up task's start call later than that, 4 times.
+        # Airflow's documented remedy under high load; printed with the settings.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
         "BACKUP_CONFIG": str(config),
         "AIRFLOW_CONN_BACKUP_ENCRYPTION": json.dumps(KeyRing.from_json(ring).to_connection()),
     }

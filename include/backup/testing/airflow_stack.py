@@ -552,6 +552,7 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
             "AIRFLOW__API__WORKERS",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT",
         )
         return {
             k.removeprefix("AIRFLOW__").lower().replace("__", "."): self.env.get(k, "default") for k in keys
