@@ -38,6 +38,7 @@ from include.backup.catalog.signing import sign
 from include.backup.cli import main
 from include.backup.config.loader import load_config
 from include.backup.dr.dags import build_restore_dag, run_thaw
+from include.backup.errors import TargetError
 from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
 from include.backup.targets import build_target
@@ -169,6 +170,8 @@ def test_s3_backup_straight_to_glacier_is_verified_without_reading(
     assert s3_class(moto_server, target, payload_key(backup_id)) == "GLACIER"
     with pytest.raises(Exception, match="InvalidObjectState"):  # S3 refuses the read: frozen indeed
         moto_server.client().get_object(Bucket=moto_server.bucket, Key=target.root + payload_key(backup_id))
+    with pytest.raises(TargetError, match="frozen in an archive class .* cannot be read before a thaw"):
+        target.read_bytes(payload_key(backup_id))  # what any other reader is told
     [m] = list_backups(target, "docs")  # listing reads manifests only: no thaw needed
     detail = m.verification["t"].detail
     assert m.verification["t"].ok
@@ -312,6 +315,8 @@ def test_azure_tiers_archive_and_rehydrate(
     assert tier(payload_key(old)) == "Archive" and tier(payload_key(backup_id)) == "Cool"
     with pytest.raises(Exception, match="BlobArchived"):  # Azurite refuses to read it
         container.get_blob_client(target.root + payload_key(old)).download_blob().readall()
+    with pytest.raises(TargetError, match="in the Archive tier and cannot be read before it is rehydrated"):
+        target.read_bytes(payload_key(old))
     state = tier_state(target, payload_key(old))
     assert state is not None and state.frozen and state.storage_class == "Archive"
 

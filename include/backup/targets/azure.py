@@ -298,6 +298,12 @@ class AzureBlobTarget(ObjectStoreTarget):
                 f"{head}: container '{self.container}' does not exist in {self._url()}; create it, "
                 "or fix container: in the target's config"
             )
+        elif _code(exc) == "BlobArchived":
+            msg = (
+                f"{head}: the blob is in the Archive tier and cannot be read before it is "
+                "rehydrated; `restore` requests that and says how to go on "
+                "(docs/targets.md#archive-tiers)"
+            )
         elif isinstance(exc, ResourceModifiedError) or _code(exc) in (
             "ConditionNotMet",
             "TargetConditionNotMet",

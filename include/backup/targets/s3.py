@@ -442,6 +442,12 @@ class S3Target(ObjectStoreTarget):
                 )
             elif code in _CHANGED_CODES:
                 msg = f"{head}: the object changed while it was being read; retry"
+            elif code in ("InvalidObjectState", "ObjectNotInActiveTierError"):
+                msg = (
+                    f"{head}: the object is frozen in an archive class (GLACIER or DEEP_ARCHIVE) "
+                    "and cannot be read before a thaw; `restore` requests one and says how to go "
+                    "on (docs/targets.md#archive-tiers)"
+                )
             else:
                 message = exc.response.get("Error", {}).get("Message", "")
                 msg = f"{head}: S3 error {code} (HTTP {status}): {' '.join(str(message).split())[:300]}"
