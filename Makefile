@@ -4,10 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
-# PYTEST_WORKERS=2 runs test files in parallel, each file whole on one worker (its module-scoped
-# servers stay shared). Off by default: some files still share process-wide state (Airflow's
-# connection cache, the SMTP connection) with the file run before them on the same worker.
-PYTEST_WORKERS ?= 0
+# Test files run in parallel on PYTEST_WORKERS workers, each file whole on one worker (its
+# module-scoped servers stay shared); 0 runs them serially in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help demo up down test test-unit test-integration bench lint lock clean system-deps test-services venv
 
