@@ -20,6 +20,10 @@ the end of the session.
   show it, and the tasks read it through the execution API (tests/e2e/test_key_masking.py
   checks what the API shows); the ``e2e_pg`` source's connection is *not* in the
   environment either: the tests create it through the REST API;
+* a files source ``e2e_drill`` (schedule ``e2e_drill_full``) with a scheduled DR drill
+  (``dr.drills``, RESTORE_TEST into a scratch directory): only
+  tests/e2e/test_dr_drill_live.py backs it up and triggers ``dr_monitor``; the other
+  sources have no drill entry, so a monitor run starts no ``dr_test`` for them;
 * the alert mails go to a real SMTP catcher (``smtp_server`` from
   tests/integration/smtp_service.py), and a third files schedule (``e2e_gone_full``) whose
   directory a test deletes to force a failure;
@@ -70,6 +74,10 @@ queued (tests/e2e/test_deadline_alert.py makes one run late with a table lock)."
 SLOW_SOURCE = "e2e_slow_pg"
 SLOW_DB = "slow_events"
 SLOW_CONN_ID = "e2e_slow_pg"
+DRILL_SOURCE = "e2e_drill"
+DRILL_SCHEDULE = "e2e_drill_full"
+"""A files schedule whose source has a scheduled DR drill (``dr.drills``): only
+tests/e2e/test_dr_drill_live.py backs it up, so no other test's DR tests or mails touch it."""
 KEY_ID = "e2e-key-1"
 KEY_CONN_ID = "backup_encryption"
 E2E_AIRFLOW_SETTINGS = {
@@ -105,6 +113,8 @@ dr:
   backup_retention_days: 30
   test_frequency_days: 90
   notification_emails: [oncall@example.com]
+  drills:
+    {DRILL_SOURCE}: {{into: {base}/drill-scratch, test_type: RESTORE_TEST}}
 encryption:
   key_conn_id: backup_encryption
   key_rotation_days: 30
@@ -120,6 +130,7 @@ sources:
     exclude: ["*.tmp"]
   e2e_gone: {{type: files, paths: [{base}/gone]}}
   {SLOW_SOURCE}: {{type: postgres, conn_id: {SLOW_CONN_ID}, database: {SLOW_DB}}}
+  {DRILL_SOURCE}: {{type: files, paths: [{base}/drill-data]}}
 schedules:
   - {{name: {FILES_SCHEDULE}, source: e2e_files, type: FULL, cron: "0 1 * * *", targets: [local, offsite],
      retention_days: 30}}
@@ -128,6 +139,8 @@ schedules:
   - {{name: {GONE_SCHEDULE}, source: e2e_gone, type: FULL, cron: "0 3 * * *", targets: [local],
      retention_days: 30}}
   - {{name: {SLOW_SCHEDULE}, source: {SLOW_SOURCE}, type: FULL, cron: "* * * * *", targets: [local],
+     retention_days: 30}}
+  - {{name: {DRILL_SCHEDULE}, source: {DRILL_SOURCE}, type: FULL, cron: "0 4 * * *", targets: [local],
      retention_days: 30}}
 """
 
@@ -221,6 +234,9 @@ def airflow_deployment(
     base = tmp_path_factory.mktemp("e2e")
     (base / "gone").mkdir()
     (base / "gone/a.txt").write_text("deleted by the failure test\n")
+    (base / "drill-data/sub").mkdir(parents=True)
+    for i in range(5):
+        (base / f"drill-data/sub/drill-{i}.txt").write_text(f"drilled {i}\n" * (10 + i))
     files_root = base / "data"
     make_files(files_root)
     ring = KeyRing.generate(base / "keys.json", KEY_ID)
