@@ -90,6 +90,9 @@ class Snapshot:
     rpo_hours: float | None = None
     test_frequency_days: int | None = None
     config: Any = None  # the BackupConfig it ran on (the Audit section reads its targets)
+    # Each reachable target's backups as the monitor read them: /api/backups and the
+    # History section reuse them instead of reading every catalog index again.
+    listed: dict[str, list[Manifest]] | None = None
 
 
 def _cache_seconds() -> float:
@@ -148,7 +151,9 @@ class Monitor:
             dr.test_frequency_days,
         )
         try:
-            snap.report = run_monitor(loaded.config)
+            listed: dict[str, list[Manifest]] = {}
+            snap.report = run_monitor(loaded.config, listed=listed)
+            snap.listed = listed
             snap.generated_at = snap.report.generated_at
         except Exception as exc:  # noqa: BLE001 - run_monitor should not raise; if it does, say so
             log.exception("DR page: the monitor failed")
@@ -163,25 +168,39 @@ class Monitor:
             # The snapshot's config while it is fresh: one config load per ``ttl`` for the
             # page, its history and the API together.
             snap = self._snap
-            if snap is not None and snap.config is not None and not refresh and self._fresh(snap.taken_at):
-                config = snap.config
+            if snap is None or snap.config is None or refresh or not self._fresh(snap.taken_at):
+                rows, problems = _scan_backups(self._load().config)
+            elif snap.listed is not None and snap.report is not None:
+                rows, problems = _rows_of(snap.listed, _unreachable(snap.report))
             else:
-                config = self._load().config
-            rows, problems = _scan_backups(config)
+                rows, problems = _scan_backups(snap.config)
             self._backups = (time.monotonic(), rows, problems)
             return rows, problems
 
 
 def _scan_backups(config: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    merged: dict[str, tuple[Manifest, list[str], list[str]]] = {}
+    listed: dict[str, list[Manifest]] = {}
     problems: list[str] = []
     keys = optional_keys(config)  # checks the catalog index; without it, every manifest is read
     for name, cfg in config.targets.items():
         try:
-            manifests = summaries(build_target(name, cfg), None, keys)
+            listed[name] = summaries(build_target(name, cfg), None, keys)
         except Exception as exc:  # noqa: BLE001 - one bad target must not hide the rest
             problems.append(f"target '{name}': {redact(exc)}")
-            continue
+    return _rows_of(listed, problems)
+
+
+def _unreachable(report: MonitorReport) -> list[str]:
+    """The monitor's unreachable targets, as :func:`_scan_backups` words its problems."""
+    return [f"target '{name}': {t.error}" for name, t in report.targets.items() if not t.reachable]
+
+
+def _rows_of(
+    listed: dict[str, list[Manifest]], problems: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per backup id over every target's listing, oldest first."""
+    merged: dict[str, tuple[Manifest, list[str], list[str]]] = {}
+    for name, manifests in listed.items():
         for m in manifests:
             _, held, ok = merged.setdefault(m.backup_id, (m, [], []))
             held.append(name)

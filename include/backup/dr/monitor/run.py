@@ -191,9 +191,14 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
     targets: Mapping[str, Target] | None = None,
     keyring: Any = None,
     staging: str | os.PathLike[str] | None = None,
+    listed: dict[str, list[Manifest]] | None = None,
 ) -> MonitorReport:
     """Check every source, schedule, target and the key ring; never raises for a target
     or key ring problem (those become alerts or issues).
+
+    ``listed``, when given, receives each reachable target's backups as this pass read
+    them (record-only manifests, oldest first), so a caller that also lists them (the DR
+    page) does not read every target's catalog index a second time.
 
     ``targets`` replaces the targets built from the config (tests); ``keyring`` is a
     KeyRing, or a callable ``config -> KeyRing``, instead of loading it the usual way
@@ -217,6 +222,8 @@ def run_monitor(  # noqa: C901 - one pass, in the order of the rules above
         try:
             manifests = summaries(target, None, resolved[0])  # index records, no file index
             reports = list_reports(target)
+            if listed is not None:
+                listed[name] = manifests
         except Exception as exc:  # noqa: BLE001 - TargetError, SDK errors, timeouts
             status.reachable = False
             status.error = redact(exc)
