@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from include.backup.alerts.deadlines import deadlines_for
+from include.backup.assets import backup_asset_uri
 from include.backup.config.loader import LoadedConfig, config_path, load_config
 from include.backup.config.schema import BackupConfig, GFSRetention, Schedule
 from include.backup.dag_defaults import dag_defaults, on_backup_failure
@@ -55,8 +56,9 @@ task per target; manifest last) → **verify** (read back and re-hash at each ta
 
 
 BACKUP_ASSET_ALIAS = "backup"
-"""The asset alias of the backup DAGs' cleanup task: it adds one event on
-``backup://<source>`` per verified backup (tasks.backup_event)."""
+"""The asset alias the backup DAGs' cleanup task emitted through before it declared its
+source's asset itself (assets.backup_asset_uri); kept for importers."""
+
 
 
 def config_retention_default() -> Any:
@@ -79,7 +81,6 @@ def _steps() -> SimpleNamespace:
     per key besides it)."""
     from airflow.sdk import (  # lazy: Airflow: not loaded by the CLI and config checks
         Asset,
-        AssetAlias,
         get_current_context,
         task,
     )
@@ -127,7 +128,7 @@ def _steps() -> SimpleNamespace:
         get_current_context()["target_name"] = target_name  # type: ignore[typeddict-unknown-key]
         return tasks.verify(runtime.load_config(), tasks.BackupMeta.from_xcom(meta), target_name)
 
-    @task(task_id="cleanup", outlets=[AssetAlias(BACKUP_ASSET_ALIAS)], multiple_outputs=False)
+    @task(task_id="cleanup", multiple_outputs=False)  # outlets: per DAG, build_backup_dag
     def cleanup(meta: dict[str, Any], schedule_name: str) -> dict[str, Any]:
         from include.backup import runtime, tasks  # lazy: DAG parse time (sources, crypto, zstandard)
 
@@ -135,7 +136,7 @@ def _steps() -> SimpleNamespace:
         result = tasks.cleanup(config, backup, schedule_name)
         # One asset event per verified backup (cleanup runs after every verify passed).
         uri, extra = tasks.backup_event(config, backup, schedule_name)
-        get_current_context()["outlet_events"][AssetAlias(BACKUP_ASSET_ALIAS)].add(Asset(uri), extra=extra)
+        get_current_context()["outlet_events"][Asset(uri)].extra = extra
         return result
 
     steps = SimpleNamespace(
@@ -168,7 +169,7 @@ def _pin_signature(fn: Any) -> None:
 
 
 def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path) -> Any:
-    from airflow.sdk import DAG  # lazy: Airflow: not loaded by the CLI and config checks
+    from airflow.sdk import DAG, Asset  # lazy: Airflow: not loaded by the CLI and config checks
 
     source_type = config.sources[schedule.source].type
     # Late runs and missed RPOs page on-call through deadline alerts (Airflow 3's SLAs);
@@ -192,7 +193,8 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
         uploaded = step.upload.partial(meta=meta).expand(target_name=list(schedule.targets))
         verified = step.verify.partial(meta=meta).expand(target_name=list(schedule.targets))
         uploaded >> verified
-        verified >> step.cleanup(meta, schedule.name)
+        outlet = Asset(backup_asset_uri(schedule.source))
+        verified >> step.cleanup.override(outlets=[outlet])(meta, schedule.name)
     return dag
 
 

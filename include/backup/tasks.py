@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, cast
 
 from include.backup import audit, faults
 from include.backup.archiving import archive_schedule_payloads
+from include.backup.assets import backup_asset_uri
 from include.backup.catalog.catalog import (
     find_backup,
     latest,
@@ -766,7 +767,7 @@ def backup_event(config: BackupConfig, meta: BackupMeta, schedule_name: str) -> 
         "sha256": meta.sha256,
         "targets": list(schedule.targets),
     }
-    return f"backup://{schedule.source}", extra
+    return backup_asset_uri(schedule.source), extra
 
 
 def _remove_stale_staging(root: Path, schedule_name: str, *, known: set[str] | None = None) -> None:

@@ -148,13 +148,17 @@ def test_documented_test_type_aliases_pass_the_param_schema(dr_dags: dict[str, A
         params["test_type"] = "BOGUS"  # a 400 at trigger time
 
 
-def test_backup_cleanup_emits_through_the_backup_alias(tmp_path: Path) -> None:
-    from airflow.sdk import AssetAlias
+def test_backup_cleanup_declares_its_source_asset(tmp_path: Path) -> None:
+    """Declared at parse time, so the asset exists before the first event: two schedules of
+    one source finishing at once no longer both create it (the second failed its cleanup)."""
+    from airflow.sdk import Asset
 
-    from include.backup.factory import BACKUP_ASSET_ALIAS, build_backup_dag
+    from include.backup.factory import build_backup_dag
 
-    dag = build_backup_dag(CONFIG, CONFIG.schedules[0], tmp_path / "c.yaml")
-    assert dag.get_task("cleanup").outlets == [AssetAlias(BACKUP_ASSET_ALIAS)]
+    for schedule in CONFIG.schedules:
+        dag = build_backup_dag(CONFIG, schedule, tmp_path / "c.yaml")
+        assert dag.get_task("cleanup").outlets == [Asset(f"backup://{schedule.source}")]
+        assert dag.get_task("dump").outlets == []
 
 
 def test_backup_event_names_the_backup_sizes_and_targets(env: Path) -> None:  # noqa: F811
