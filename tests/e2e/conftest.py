@@ -62,7 +62,7 @@ from include.backup.testing.postgres import PgCluster, load_sample_data
 from tests.integration.smtp_service import SmtpServer  # the smtp_server fixture: tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 420  # a ceiling, not a timed assertion (see include/backup/testing/airflow_stack.py)
 PG_SOURCE_CONN_ID = "e2e_events_pg"
 FILES_SCHEDULE = "e2e_files_full"
 PG_SCHEDULE = "e2e_pg_full"
