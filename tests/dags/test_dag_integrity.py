@@ -106,6 +106,17 @@ def test_task_process_builds_only_its_own_backup_dag(monkeypatch, tmp_path):
     }
 
 
+@pytest.mark.parametrize(("task_id", "declared"), [("cleanup", True), ("dump", False), ("verify", False)])
+def test_only_the_cleanup_task_process_declares_the_source_asset(monkeypatch, tmp_path, task_id, declared):
+    # The cleanup task emits the asset's event, so its process must declare it; a process of
+    # another task skips building the Asset (it loads every provider's URI handlers).
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "backup__files_6h")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", task_id)
+    bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)
+    outlets = bag.dags["backup__files_6h"].get_task("cleanup").outlets
+    assert [o.uri for o in outlets] == (["backup://uploads/"] if declared else [])  # normalised by Airflow
+
+
 def test_deadline_alerts_can_be_switched_off_for_dags_test(monkeypatch, tmp_path):
     monkeypatch.setenv("BACKUP_DEADLINE_ALERTS", "off")
     bag = _dagbag(_config(tmp_path, GOOD), monkeypatch, tmp_path)

@@ -81,9 +81,15 @@ tests/e2e/test_dr_drill_live.py backs it up, so no other test's DR tests or mail
 KEY_ID = "e2e-key-1"
 KEY_CONN_ID = "backup_encryption"
 E2E_AIRFLOW_SETTINGS = {
-    # short heartbeats and re-parse intervals: the tests wait seconds, not minutes
+    # short heartbeats: the tests wait seconds, not minutes
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+    # Airflow's default re-parse interval (30 s), not less: every re-parse of the three DAG
+    # files costs a few seconds of CPU, and a stack re-parsing every 5 s took half a core
+    # for as long as it lived, beside the runs of every other test on the machine.
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+    # A task process re-parses its DAG file within Airflow's DAG import timeout (30 s),
+    # or is rescheduled and, after 3 reschedules, failed: a ceiling on a busy test machine.
+    "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
     "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
     "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",

@@ -32,6 +32,7 @@ from include.backup import audit_cli, tasks
 from include.backup.config.loader import load_config
 from include.backup.keys import KeyRing
 from include.backup.testing.airflow_stack import AirflowStack
+from tests.e2e.conftest import E2E_AIRFLOW_SETTINGS
 from tests.integration.smtp_service import SmtpServer
 
 pytestmark = [pytest.mark.e2e]
@@ -41,13 +42,7 @@ USERS = {"admin": "ADMIN", "viewer": "VIEWER", "operator": "OP", "uma": "USER"}
 SOURCE = "acl_files"
 SCHEDULE = "acl_files_full"
 RUN_TIMEOUT_S = 600  # a ceiling for polling, not a timed assertion
-SETTINGS = {  # short heartbeats: the tests wait seconds, not minutes
-    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-    "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
-    "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-}
+SETTINGS = E2E_AIRFLOW_SETTINGS
 
 
 def write_config(base: Path) -> Path:
