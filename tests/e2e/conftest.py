@@ -59,6 +59,7 @@ import pytest
 from include.backup.keys import KeyRing
 from include.backup.testing.airflow_stack import AirflowStack, AirflowStackError
 from include.backup.testing.postgres import PgCluster, load_sample_data
+from tests.conftest import SHARED_DEPLOYMENT, scope_of
 from tests.integration.smtp_service import SmtpServer  # the smtp_server fixture: tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,6 +233,19 @@ def create_key_connection(stack: AirflowStack, ring: KeyRing) -> None:
         ConnectionApi(client).post_connection(body)
 
 
+_STARTED: list[AirflowStack] = []
+"""The session deployment while it runs, for :func:`pytest_runtest_teardown` to stop."""
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the session deployment once the last test that uses it is done. The files that
+    use it run as one unit, one after another (tests/conftest.py), so the next test tells:
+    an idle deployment kept its scheduler polling and its DAG files re-parsed until the
+    worker's last test, beside everything else the machine ran."""
+    if _STARTED and (nextitem is None or scope_of(nextitem.nodeid) != SHARED_DEPLOYMENT):
+        _STARTED.pop().stop()
+
+
 @pytest.fixture(scope="session")
 def airflow_deployment(
     tmp_path_factory: pytest.TempPathFactory,
@@ -266,6 +280,7 @@ def airflow_deployment(
             stack.start()  # stops whatever it started if it fails
         except AirflowStackError as e:
             pytest.fail(str(e))
+        _STARTED.append(stack)
         try:
             create_key_connection(stack, ring)
             yield AirflowDeployment(
@@ -278,4 +293,5 @@ def airflow_deployment(
                 smtp=smtp_server,
             )
         finally:
-            stack.stop()
+            stack.stop()  # safe when pytest_runtest_teardown stopped it already
+            _STARTED.clear()
