@@ -35,6 +35,7 @@ test-unit: venv ## unit tests only
 bench: venv system-deps test-services ## run the benchmarks (on demand; figures are printed)
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_parse.py
+	$(PY) bench/bench_task_start.py
 	$(PY) bench/bench_pg_dump.py
 	$(PY) bench/bench_pg_restore.py
 	$(PY) bench/bench_pitr.py
