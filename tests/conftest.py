@@ -19,6 +19,14 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 # tests/e2e. Registered here, once: a second registration (one per directory) started a
 # second server whose AIRFLOW_CONN_SMTP_DEFAULT stayed set over the first, so on a worker
 # that ran an e2e file between two integration files, mails went to the other server.
+# Likewise the real storage servers (moto, Azurite, a GCS emulator, OpenSSH sshd, pyftpdlib)
+# and SecantusDB, started on 127.0.0.1 by session fixtures: registered once, here, for
+# tests/integration and tests/e2e. A test module that imported one of them registered a
+# second session server of that kind whose AIRFLOW_CONN_* stayed set for the rest of the
+# worker's session: the S3 and MongoDB tests after it wrote through one server and read
+# through the other.
+from tests.integration.mongo_service import mongo_server  # noqa: E402, F401
+from tests.integration.services import *  # noqa: E402, F403
 from tests.integration.smtp_service import smtp_server  # noqa: E402, F401
 
 # --- how `make test` spreads the files over xdist workers (--dist loadfile) ---------------

@@ -26,7 +26,7 @@ from include.backup.keys import KeyRing
 from include.backup.sources.files import compare_trees, tree_digest
 from include.backup.testing.airflow_stack import AirflowStack, AirflowStackError
 from tests.e2e.conftest import E2E_AIRFLOW_SETTINGS
-from tests.integration.services import S3Service, moto_server, unique  # noqa: F401 - the fixture
+from tests.integration.services import S3Service, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -35,7 +35,7 @@ RUN_TIMEOUT_S = 900.0  # a ceiling for polling, not a timed assertion
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, moto_server: S3Service) -> Iterator[dict[str, Any]]:  # noqa: F811
+def deployment(tmp_path_factory: pytest.TempPathFactory, moto_server: S3Service) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("thaw")
     tree = base / "data" / "docs"
     (tree / "sub").mkdir(parents=True)
@@ -75,7 +75,7 @@ schedules:
 
 
 @pytest.fixture
-def slow_thaw(moto_server: S3Service) -> Iterator[None]:  # noqa: F811
+def slow_thaw(moto_server: S3Service) -> Iterator[None]:
     api = f"{moto_server.url}/moto-api/state-manager"
     body = {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": 3}}
     httpx.post(f"{api}/set-transition", json=body, timeout=30).raise_for_status()

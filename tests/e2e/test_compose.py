@@ -46,18 +46,8 @@ from include.backup.config.schema import BackupConfig, FilesSource, PostgresSour
 from include.backup.keys import KeyRing
 from include.backup.targets import build_target
 from include.backup.testing.airflow_stack import COMPONENTS
-from tests.integration.mongo_service import MongoServer, mongo_server  # noqa: F401  (fixtures)
-from tests.integration.services import (  # noqa: F401  (fixtures)
-    AzureService,
-    GCSService,
-    S3Service,
-    SFTPService,
-    azurite,
-    gcs_emulator,
-    moto_server,
-    sshd,
-    unique,
-)
+from tests.integration.mongo_service import MongoServer
+from tests.integration.services import AzureService, GCSService, S3Service, SFTPService, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -584,11 +574,11 @@ def _init_dev() -> ModuleType:
 
 @pytest.mark.integration
 def test_dev_init_prepares_every_store_once(
-    moto_server: S3Service,  # noqa: F811 - the imported fixtures
-    azurite: AzureService,  # noqa: F811
-    gcs_emulator: GCSService,  # noqa: F811
-    sshd: SFTPService,  # noqa: F811
-    mongo_server: MongoServer,  # noqa: F811
+    moto_server: S3Service,
+    azurite: AzureService,
+    gcs_emulator: GCSService,
+    sshd: SFTPService,
+    mongo_server: MongoServer,
     worker_env: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

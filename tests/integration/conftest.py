@@ -44,10 +44,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-# Real storage servers (moto, Azurite, a GCS emulator, OpenSSH sshd, pyftpdlib), started
-# on 127.0.0.1 by session fixtures and stopped at the end.
-from tests.integration.mongo_service import mongo_server  # noqa: E402, F401
-from tests.integration.services import *  # noqa: E402, F403
+# The real storage servers and SecantusDB (session fixtures): registered in tests/conftest.py.
 
 # The ``harness`` and ``target`` fixtures: every target kind on a fresh root (conformance, catalog).
 from tests.integration.target_harness import harness, target  # noqa: E402, F401
