@@ -16,7 +16,8 @@ runs in a process group of its own, so sshd's per-session children go with it).
 A missing server fails the tests that need it with the command that installs it: the
 test setup is meant to install everything, so there is no skipping.
 
-Registered in tests/conftest.py with ``from tests.integration.services import *``, once for every test directory.
+Registered in tests/conftest.py with ``from tests.integration.services import *``, once for
+every test directory.
 """
 
 from __future__ import annotations
