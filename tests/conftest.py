@@ -69,6 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    users = {i.nodeid.split("::", 1)[0] for i in items if "airflow_deployment" in i.fixturenames}
+    unlisted = sorted(users - DEPLOYMENT_FILES)
+    if unlisted:  # else it would run apart, after tests/e2e/conftest.py stopped the deployment
+        raise pytest.UsageError(f"add {', '.join(unlisted)} to DEPLOYMENT_FILES in tests/conftest.py")
     rank = {scope: i for i, scope in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(scope_of(item.nodeid), len(rank)))  # stable
 

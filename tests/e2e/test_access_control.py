@@ -42,7 +42,6 @@ USERS = {"admin": "ADMIN", "viewer": "VIEWER", "operator": "OP", "uma": "USER"}
 SOURCE = "acl_files"
 SCHEDULE = "acl_files_full"
 RUN_TIMEOUT_S = 600  # a ceiling for polling, not a timed assertion
-SETTINGS = E2E_AIRFLOW_SETTINGS
 
 
 def write_config(base: Path) -> Path:
@@ -141,7 +140,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
             mp.setenv(k, v)
         make_backup()
         extra = {
-            **SETTINGS,
+            **E2E_AIRFLOW_SETTINGS,
             **env,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
             "AIRFLOW_CONN_SMTP_DEFAULT": os.environ["AIRFLOW_CONN_SMTP_DEFAULT"],
