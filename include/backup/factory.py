@@ -18,6 +18,7 @@ from include.backup.config.loader import LoadedConfig, config_path, load_config
 from include.backup.config.schema import BackupConfig, GFSRetention, Schedule
 from include.backup.dag_defaults import dag_defaults, on_backup_failure
 from include.backup.errors import ConfigError
+from include.backup.gc_pause import gc_paused
 
 
 def _doc_md(config: BackupConfig, schedule: Schedule, config_path: Path) -> str:
@@ -200,12 +201,17 @@ def build_backup_dag(config: BackupConfig, schedule: Schedule, config_path: Path
 
 
 def build_dags(loaded: LoadedConfig, only: str | None = None) -> dict[str, Any]:
-    """The DAG of every active schedule, or only the one whose dag_id is ``only``."""
-    return {
-        s.dag_id: build_backup_dag(loaded.config, s, loaded.path)
-        for s in loaded.config.schedules
-        if s.active and (only is None or s.dag_id == only)
-    }
+    """The DAG of every active schedule, or only the one whose dag_id is ``only``.
+
+    The garbage collector is paused while they are built: each DAG is hundreds of new,
+    long-lived containers, and the collector's passes over them were a fifth of the time
+    building 500 backup DAGs took (bench/bench_parse.py)."""
+    with gc_paused():
+        return {
+            s.dag_id: build_backup_dag(loaded.config, s, loaded.path)
+            for s in loaded.config.schedules
+            if s.active and (only is None or s.dag_id == only)
+        }
 
 
 def running_dag_id() -> str | None:
