@@ -107,6 +107,23 @@ def test_into_an_existing_database_stays_one_transaction(
     assert "--single-transaction" in line and "--jobs" not in line
 
 
+def test_restore_settings_reach_every_pg_restore_session(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """restore_settings go to the server as each pg_restore session's settings: a read-only
+    default makes the restore fail on its first CREATE, naming the cause, and leaves no
+    database behind; the default (maintenance_work_mem) restores as before."""
+    manifest, _ = dump(make_source(), tmp_path / "custom.dump")
+    read_only = make_source(restore_jobs=2, restore_settings={"default_transaction_read_only": "on"})
+
+    with pytest.raises(SourceError, match="read-only transaction"):
+        restore(read_only, manifest, tmp_path / "custom.dump", "events_read_only")
+    left = pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'events_read_only%'")
+    assert left.strip() == "0"
+
+    assert make_source().cfg.restore_settings == {"maintenance_work_mem": "256MB"}
+    restore(make_source(restore_jobs=2), manifest, tmp_path / "custom.dump", "events_tuned")
+    assert db_fingerprint(pg_cluster, "events_tuned") == db_fingerprint(pg_cluster, PG_SAMPLE_DB)
+
+
 def test_chains_and_incrementals_are_refused_as_before(tmp_path: Path, pg_cluster: PgCluster) -> None:
     source = make_source(format="directory", jobs=2)
     with pytest.raises(SourceError, match="backup type INCREMENTAL is not supported"):
@@ -141,6 +158,16 @@ def test_estimated_row_counts_skip_the_count_and_say_so(pg_cluster: PgCluster, t
         ({"format": "directory", "jobs": "two"}, "sources.pg.jobs: expected a whole number, got 'two'"),
         ({"jobs": 2}, "sources.pg: jobs > 1 needs format: directory (pg_dump -j only works with -Fd)"),
         ({"restore_jobs": 64}, "sources.pg.restore_jobs: 64 is out of range; must be between 1 and 32"),
+        (
+            {"restore_settings": {"work mem": "1GB"}},
+            "sources.pg.restore_settings: 'work mem' is not a PostgreSQL setting name "
+            "(letters, digits, '_' and '.', e.g. maintenance_work_mem)",
+        ),
+        (
+            {"restore_settings": {"maintenance_work_mem": "1 GB"}},
+            "sources.pg.restore_settings: maintenance_work_mem: '1 GB' must be one word "
+            "without spaces or quotes (e.g. 512MB, off, 0)",
+        ),
         (
             {"row_counts": "fast"},
             "sources.pg.row_counts: 'fast' is not an allowed value; use one of auto, exact, estimate",

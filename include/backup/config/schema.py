@@ -7,6 +7,7 @@ typo never silently turns into a default.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import Enum
 from functools import lru_cache
@@ -385,6 +386,11 @@ TargetConfig = Annotated[
 # --- sources ---------------------------------------------------------------------------
 
 
+DEFAULT_RESTORE_SETTINGS = {"maintenance_work_mem": "256MB"}
+_GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_GUC_VALUE = re.compile(r"[A-Za-z0-9_.:+-]+")
+
+
 class PostgresSource(Strict):
     type: Literal["postgres"]
     conn_id: str
@@ -394,6 +400,11 @@ class PostgresSource(Strict):
     # pg_restore -j of a restore into a new database, either format (custom: from a
     # spooled file); default: jobs. Restores into an existing database run as one transaction.
     restore_jobs: int | None = Field(default=None, ge=1, le=32, description="pg_restore -j")
+    # Server settings for pg_restore's sessions (PGOPTIONS "-c name=value"), after any
+    # "options" of the connection. PostgreSQL's advice for bulk loads ("Populating a
+    # Database"): a larger maintenance_work_mem sorts the restore's index builds and
+    # foreign-key checks in memory. {} leaves the server's own settings.
+    restore_settings: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RESTORE_SETTINGS))
     # Row counts in the manifest (a DR test compares them): "exact" count(*) in the dump's
     # snapshot, "estimate" the planner's (pg_class.reltuples, no extra scan), "auto" exact
     # below 1 GiB of database.
@@ -409,6 +420,21 @@ class PostgresSource(Strict):
     _absolute_spool = field_validator("wal_archive_dir")(
         lambda v: None if v is None else _absolute_path(v)
     )
+
+    @field_validator("restore_settings")
+    @classmethod
+    def _settings_are_plain(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _GUC_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a PostgreSQL setting name "
+                    "(letters, digits, '_' and '.', e.g. maintenance_work_mem)"
+                )
+            if not _GUC_VALUE.fullmatch(str(value)):
+                raise ValueError(
+                    f"{name}: {value!r} must be one word without spaces or quotes (e.g. 512MB, off, 0)"
+                )
+        return v
 
     @model_validator(mode="after")
     def _jobs_need_directory(self) -> PostgresSource:

@@ -20,7 +20,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,6 +83,16 @@ class PgParams:
 
     def with_db(self, dbname: str) -> PgParams:
         return replace(self, dbname=dbname)
+
+    def with_settings(self, settings: Mapping[str, str]) -> PgParams:
+        """The same connection with server settings for its sessions (PGOPTIONS
+        ``-c name=value``), after the connection's own ``options`` (the later one wins)."""
+        if not settings:
+            return self
+        extra = dict(self.extra)
+        ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
+        extra["options"] = f"{extra['options']} {ours}" if extra.get("options") else ours
+        return replace(self, extra=tuple(extra.items()))
 
     def env(self) -> dict[str, str]:
         """The environment for pg_dump/pg_restore: the worker's, minus stray libpq

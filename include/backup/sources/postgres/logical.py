@@ -323,7 +323,9 @@ class PostgresSource:
             if not exists:
                 databases.create_database(work, self.name)
             try:
-                self._run_restore(args, archive, stream, work, partial=bool(only))
+                # restore_settings (PGOPTIONS) for pg_restore's sessions only.
+                tuned = work.with_settings(self.cfg.restore_settings)
+                self._run_restore(args, archive, stream, tuned, partial=bool(only))
                 drain(stream)  # streamed into pg_restore: its tail is checked here
                 if not exists:
                     databases.rename_database(work, target, self.name)
