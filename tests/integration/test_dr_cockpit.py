@@ -168,6 +168,32 @@ def test_history_charts_have_a_point_per_day_and_backup_and_the_objectives(cockp
     assert bad.status_code == 422 and "days must be one of 30, 90" in bad.json()["detail"]
 
 
+def test_a_refreshed_overview_reads_each_target_once_and_shows_one_moment(cockpit_env, monkeypatch):
+    """``?refresh=1`` reads every target's catalog once for the figures, the history and
+    the actions together (it read them three times), and a backup published since the last
+    refresh shows in the figures and in the history alike."""
+    from include.backup.catalog import index
+
+    reads: list[str] = []
+    read_state = index.read_state
+
+    def counted(target: Any, source: str, keys: Any) -> Any:
+        reads.append(target.name)
+        return read_state(target, source, keys)
+
+    monkeypatch.setattr(index, "read_state", counted)
+    c = client()
+    c.get("/?refresh=1")
+    assert sorted(reads) == ["disk1", "disk2"]
+
+    newest = run_backup("docs_full", run_id="run-new")["backup_id"]
+    reads.clear()
+    page = html.unescape(c.get("/?refresh=1").text)
+    assert sorted(reads) == ["disk1", "disk2"]
+    assert newest in page[: page.index("id='history-docs'")]  # the figures' last backup
+    assert len(re.findall(r"<circle class='pt'", charts_of(page, "docs")[2])) == 5  # durations: 4 + 1
+
+
 def test_actions_link_to_the_trigger_forms_with_params_and_the_latest_run(cockpit_env):
     tmp, ids = cockpit_env
     c = client()
