@@ -183,7 +183,8 @@ class Monitor:
         )
         try:
             listed: dict[str, list[Manifest]] = {}
-            snap.report = run_monitor(loaded.config, listed=listed)
+            with gc_paused():  # the listing's records: many new objects, none garbage
+                snap.report = run_monitor(loaded.config, listed=listed)
             snap.listed = listed
             snap.generated_at = snap.report.generated_at
         except Exception as exc:  # noqa: BLE001 - run_monitor should not raise; if it does, say so
