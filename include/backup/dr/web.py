@@ -129,7 +129,7 @@ class Monitor:
     def serving(self, snap: Snapshot) -> Iterator[Snapshot]:
         """Inside the block, :meth:`backups` answers from ``snap``, the snapshot this
         request took (refreshed or not), instead of reading every target's index again:
-        a page's figures, history and actions come from one read (three reads of 10,000
+        a page's figures, history and actions come from one read (four reads of 10,000
         backups made ``/?refresh=1`` take 2 s, bench/bench_catalog.py)."""
         token = _REQUEST_SNAPSHOT.set(snap)
         try:
