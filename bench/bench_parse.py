@@ -1,6 +1,6 @@
 """DAG parse time with many generated schedules (run on demand).
 
-    python bench/bench_parse.py [--schedules 500]
+    python bench/bench_parse.py [--schedules 500] [--against DIR]
 
 Writes a config with N schedules, then times what the dag processor does with dags/: a
 DagBag over the folder, in a fresh interpreter, repeated. Baseline in the same run: the
@@ -65,49 +65,74 @@ def write_config(path: Path, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def measure(config: Path, repeat: int, pycache: Path) -> tuple[int, float, float, float, float, float]:
-    env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(ROOT), PYTHONPYCACHEPREFIX=str(pycache))
+Run = tuple[int, float, float, float, float]
+Summary = tuple[int, float, float, float, float, float]
+
+
+def run_once(root: Path, config: Path, pycache: Path) -> Run:
+    """One DagBag over root/dags in a fresh interpreter: DAG count, import, parse, CPU,
+    serialization seconds."""
+    env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(root), PYTHONPYCACHEPREFIX=str(pycache))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-"))
     # Airflow gives up on a DAG file after 30 s of wall time: a loaded host can exceed that
     # while the parse takes 3 s of CPU; the CPU time is what this measures.
     env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "600")
-    parse: list[float] = []
-    cpu: list[float] = []
-    imports: list[float] = []
-    serialize: list[float] = []
-    n = 0
-    for i in range(repeat + 1):
-        stdout = subprocess.run(
-            [sys.executable, "-c", CHILD, str(ROOT / "dags")],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
-        _, count, imp_s, bag_s, cpu_s, ser_s = line.split()
-        n, imp, bag = int(count), float(imp_s), float(bag_s)
-        if i == 0:
-            continue  # the warm-up: writes the bytecode cache
-        imports.append(imp)
-        parse.append(bag)
-        cpu.append(float(cpu_s))
-        serialize.append(float(ser_s))
+    stdout = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
+    _, count, imp_s, bag_s, cpu_s, ser_s = line.split()
+    return int(count), float(imp_s), float(bag_s), float(cpu_s), float(ser_s)
+
+
+def summarize(runs: list[Run]) -> Summary:
+    """DAG count, median import, median parse, best parse, median CPU, median serialization."""
+    parse = [r[2] for r in runs]
     return (
-        n,
-        statistics.median(imports),
+        runs[0][0],
+        statistics.median(r[1] for r in runs),
         statistics.median(parse),
         min(parse),
-        statistics.median(cpu),
-        statistics.median(serialize),
+        statistics.median(r[3] for r in runs),
+        statistics.median(r[4] for r in runs),
     )
+
+
+def measure(config: Path, repeat: int, pycache: Path, root: Path = ROOT) -> Summary:
+    run_once(root, config, pycache)  # the warm-up: writes the bytecode cache
+    return summarize([run_once(root, config, pycache) for _ in range(repeat)])
+
+
+def measure_against(config: Path, repeat: int, pycache: Path, other: Path) -> tuple[Summary, Summary]:
+    """This tree and another checkout over the same config, alternating run by run, so a
+    change in the host's speed during the run falls on both alike."""
+    ours_cache, other_cache = pycache / "ours", pycache / "other"
+    run_once(ROOT, config, ours_cache)
+    run_once(other, config, other_cache)
+    ours: list[Run] = []
+    theirs: list[Run] = []
+    for _ in range(repeat):
+        ours.append(run_once(ROOT, config, ours_cache))
+        theirs.append(run_once(other, config, other_cache))
+    return summarize(ours), summarize(theirs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--schedules", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="another checkout of this project (git worktree add DIR COMMIT) to time over the same "
+        "config in the same run, alternating with this tree",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         one, many = Path(tmp) / "one.yaml", Path(tmp) / "many.yaml"
@@ -116,6 +141,8 @@ def main() -> None:
         pycache = Path(tmp) / "pycache"
         n1, _, t1, _, c1, s1 = measure(one, args.repeat, pycache)
         n, imp, tn, best, cn, sn = measure(many, args.repeat, pycache)
+        if args.against is not None:
+            ours, theirs = measure_against(many, args.repeat, Path(tmp) / "against", args.against.resolve())
     print(f"airflow import (not part of DAG parsing): {imp:.2f} s")
     print(f"DagBag over dags/, 1 schedule ({n1} DAGs with the DR ones): {t1:.3f} s (baseline)")
     print(
@@ -132,6 +159,12 @@ def main() -> None:
         f"{sn:.3f} s ({args.schedules} schedules); DagBag + serialization "
         f"{t1 + s1:.3f} s / {tn + sn:.3f} s"
     )
+    if args.against is not None:
+        print(
+            f"alternating with {args.against}, {args.schedules} schedules: this tree {ours[2]:.3f} s "
+            f"(CPU {ours[4]:.3f} s), that tree {theirs[2]:.3f} s (CPU {theirs[4]:.3f} s): "
+            f"{ours[2] / theirs[2]:.2f}x in wall time, {ours[4] / theirs[4]:.2f}x in CPU"
+        )
 
 
 if __name__ == "__main__":
