@@ -5,6 +5,7 @@ over N backups, from the catalog index and (baseline, same run) from a full mani
     .venv/bin/python bench/bench_catalog.py --local 1000,10000,100000 --s3 0
     .venv/bin/python bench/bench_catalog.py --local 1000 --s3 1000 --files 50   # quick look
     .venv/bin/python bench/bench_catalog.py --local 100000 --s3 0 --work /var/tmp/bc  # made once, kept
+    .venv/bin/python bench/bench_catalog.py --local "" --s3 10000 --s3-ops all --scan-max 0  # S3, no scan
 
 Backups are made with the project's own code: real manifests (Manifest, a file index of
 ``--files`` entries in source_state as the files source writes, signed by
@@ -294,7 +295,9 @@ def measure(op: str, mode: str, config: Path, keyfile: Path, env: dict[str, str]
 # --- driver ----------------------------------------------------------------------------
 
 
-def run_case(kind: str, n: int, files: int, work: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+def run_case(
+    kind: str, n: int, files: int, work: Path, env: dict[str, str], ops: tuple[str, ...], scan_max: int
+) -> list[dict[str, Any]]:
     from include.backup.config.loader import load_config
     from include.backup.keys import KeyRing
     from include.backup.targets import build_target
@@ -318,8 +321,7 @@ def run_case(kind: str, n: int, files: int, work: Path, env: dict[str, str]) -> 
         made.touch()
         print(f"# {kind} N={n}: made {n} backups in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     rows = []
-    ops = OPS if kind == "local" else S3_OPS
-    modes = ("index", "scan") if n <= 10_000 else ("index",)
+    modes = ("index", "scan") if n <= scan_max else ("index",)
     for op in ops:
         for mode in modes:
             r = measure(op, mode, config, keyfile, env)
@@ -353,7 +355,8 @@ def report(rows: list[dict[str, Any]]) -> None:
     for op in OPS:
         per = [(r["n"], r["seconds"] / r["n"] * 1e6) for r in rows
                if r["mode"] == "index" and r["target"] == "local" and r["op"] == op]  # fmt: skip
-        print(f"  {op:<6} " + ", ".join(f"N={n:,}: {us:.1f}" for n, us in per))
+        if per:
+            print(f"  {op:<6} " + ", ".join(f"N={n:,}: {us:.1f}" for n, us in per))
 
 
 def main() -> None:
@@ -363,18 +366,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--local", default="1000,10000", help="backup counts at the local target")
     p.add_argument("--s3", type=int, default=1000, help="backup count at moto's S3 (0: skip)")
+    p.add_argument("--s3-ops", default=",".join(S3_OPS),
+                   help=f"operations measured at S3, comma-separated, of {','.join(OPS)}; or all")
+    p.add_argument("--scan-max", type=int, default=10_000,
+                   help="the largest N also measured with the full-scan baseline (it reads every manifest: "
+                   "at moto's S3 10,000 GETs per operation)")
     p.add_argument("--files", type=int, default=200, help="entries in each manifest's file index")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--work", help="keep the backups in this directory and reuse them in the next run "
                    "(local cases only: moto's state goes with its process)")
     args = p.parse_args()
+    if args.s3_ops == "all":
+        args.s3_ops = ",".join(OPS)
+    unknown = set(args.s3_ops.split(",")) - set(OPS) - {""}
+    if unknown:
+        p.error(f"--s3-ops: unknown {', '.join(sorted(unknown))}; choose from {','.join(OPS)}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-catalog-"))
     env = dict(os.environ)
     rows: list[dict[str, Any]] = []
     moto = None
     try:
         for n in [int(x) for x in args.local.split(",") if x]:
-            rows += run_case("local", n, args.files, work / f"local-{n}", env)
+            rows += run_case("local", n, args.files, work / f"local-{n}", env, OPS, args.scan_max)
         if args.s3:
             moto, url = start_moto(work)
             import boto3
@@ -385,7 +398,8 @@ def main() -> None:
                     "extra": {"endpoint_url": url, "region_name": "us-east-1"}}  # fmt: skip
             env[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = json.dumps(conn)
             os.environ.update(env)
-            rows += run_case("s3", args.s3, args.files, work / f"s3-{args.s3}", env)
+            s3_ops = tuple(op for op in args.s3_ops.split(",") if op)
+            rows += run_case("s3", args.s3, args.files, work / f"s3-{args.s3}", env, s3_ops, args.scan_max)
     finally:
         if moto is not None:
             moto.terminate()
