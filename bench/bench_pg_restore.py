@@ -12,6 +12,9 @@ alternating, restores into new databases:
   custom            restore_backup of the custom backup, one job (as before ``restore_jobs``)
   custom, -j N      the same backup with ``restore_jobs: N`` (spooled to a file, pg_restore -j)
   directory, -j N   the directory backup (``format: directory, jobs: N``), pg_restore -j
+  pg_restore -j N   (the floor) `pg_restore -j N` of a plain `pg_dump -Fd -Z0` directory
+                    already on disk: what pg_restore itself does on this host, with nothing
+                    to authenticate, decrypt, decompress or extract first
 
 restore_backup re-hashes the stored object against its manifest, decrypts, decompresses
 and runs pg_restore. Reports medians, seconds per GiB of restored database
@@ -89,6 +92,8 @@ def main() -> None:
         custom, directory = backup("full_custom"), backup("full_dir")
         plain = tmp / "plain.zst"
         shell(pg, f"{pg.bin_dir}/pg_dump -Fc -Z0 | zstd -3 -T2 -q > {plain}")
+        plain_dir = tmp / "plain-dir"
+        shell(pg, f"{pg.bin_dir}/pg_dump -Fd -Z0 -j {args.jobs} -f {plain_dir}")
         cfg_single, cfg_parallel = load_config(single).config, load_config(parallel).config
         keys = KeyRing.from_file(tmp / "keys.json")
         n = args.jobs
@@ -99,6 +104,7 @@ def main() -> None:
         runs: dict[str, list[tuple[float, float]]] = {}
         for i in range(args.repeat):
             pg.create_database(f"base{i}")
+            pg.create_database(f"floor{i}")
             variants: dict[str, Callable[[], object]] = {
                 "zstd -dc | pg_restore (baseline)": lambda i=i: shell(
                     pg, f"zstd -dc {plain} | {pg.bin_dir}/pg_restore --no-owner -d base{i}"
@@ -106,6 +112,9 @@ def main() -> None:
                 "restore_backup, custom, 1 job": ours(cfg_single, custom["backup_id"], f"c1_{i}"),
                 f"restore_backup, custom, -j {n}": ours(cfg_parallel, custom["backup_id"], f"cj_{i}"),
                 f"restore_backup, directory, -j {n}": ours(cfg_single, directory["backup_id"], f"dj_{i}"),
+                f"pg_restore -j {n} of a plain dir (floor)": lambda i=i: shell(
+                    pg, f"{pg.bin_dir}/pg_restore --no-owner -j {n} -Fd -d floor{i} {plain_dir}"
+                ),
             }
             for name, run in variants.items():
                 runs.setdefault(name, []).append(measured(pg, run))

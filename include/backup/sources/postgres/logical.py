@@ -47,7 +47,7 @@ from include.backup.sources.postgres.client import (
 )
 from include.backup.sources.postgres.consistency import explain_failure, lock_tables
 from include.backup.sources.postgres.physical import PhysicalPostgres
-from include.backup.sources.postgres.readahead import read_ahead, widen_pipe
+from include.backup.sources.postgres.readahead import ReadAhead, read_ahead, widen_pipe
 from include.backup.sources.postgres.toc import matches_any, partial_restore_list
 from include.backup.sources.postgres.wal import PHYSICAL_FORMATS, continuity
 
@@ -384,18 +384,26 @@ class PostgresSource:
     def _materialize(self, manifest: Manifest, stream: BinaryIO, tmp: Path, *, need_file: bool) -> _Archive:
         """Where pg_restore reads the backup from. A custom-format stream goes straight to
         its stdin unless it must be read twice (a partial restore lists its contents
-        first): then it is spooled to a file. A directory tar is always extracted."""
+        first): then it is spooled to a file. A directory tar is always extracted.
+
+        Spooled and extracted with the stream decoded on a thread of its own while this one
+        writes (:class:`.readahead.ReadAhead`): after the server's writes of an earlier
+        restore the kernel throttles the spool's writes, and decoding in turns with them
+        made the spool of a 700 MB dump take 2.6 s instead of about 1 s
+        (bench/bench_pg_restore.py)."""
         if manifest.payload_format == FORMAT_DIRECTORY_TAR:
             target = tmp / "archive"
             target.mkdir()
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK_SIZE) as tar:
-                tar.extractall(target, filter="data")  # "data": no absolute paths, links out, devices
+            with closing(ReadAhead(stream, BLOCK_SIZE)) as ahead:
+                with tarfile.open(fileobj=ahead, mode="r|", bufsize=BLOCK_SIZE) as tar:
+                    tar.extractall(target, filter="data")  # "data": no absolute paths, links out, devices
+                drain(cast(BinaryIO, ahead))  # the tar end marker is not the stream end: read on
             return _Archive(target, directory=True)
         if not need_file:
             return _Archive(None, directory=False)
         path = tmp / "archive.dump"
-        with open(path, "wb") as f:
-            shutil.copyfileobj(stream, f, BLOCK_SIZE)
+        with open(path, "wb") as f, closing(ReadAhead(stream, BLOCK_SIZE)) as ahead:
+            shutil.copyfileobj(ahead, f, BLOCK_SIZE)
         return _Archive(path, directory=False)
 
     def _run_restore(
@@ -408,8 +416,10 @@ class PostgresSource:
                 return
             with pg_process(
                 args, target, self.name, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-            ) as proc:
-                feed(proc, stream)
+            ) as proc, closing(ReadAhead(stream, BLOCK_SIZE)) as ahead:
+                assert proc.stdin is not None
+                widen_pipe(proc.stdin)
+                feed(proc, cast(BinaryIO, ahead))  # decoded on a thread while pg_restore reads
         except SourceError as exc:
             if partial and "other objects depend on it" in str(exc):
                 raise SourceError(

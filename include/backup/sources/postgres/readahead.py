@@ -1,4 +1,4 @@
-"""Reading a client tool's output ahead of its consumer.
+"""Reading a stream ahead of its consumer, on a thread of its own.
 
 pg_dump writes into a pipe of 64 KiB. Read and compressed in turns on one thread, the pipe
 fills while the compressor works, pg_dump stops, and its server backend stops behind it:
@@ -6,6 +6,11 @@ the dump and its compression take turns instead of overlapping (the shell pipeli
 ``pg_dump | zstd`` does not, zstd's own threads read ahead). :func:`read_ahead` drains the
 pipe on a thread of its own into a few blocks of buffer, so pg_dump only waits when the
 consumer is that many blocks behind.
+
+A restore is the same the other way: decrypting and decompressing a backup, then writing
+it to a spool file, a directory or pg_restore's stdin, in turns on one thread. The writes
+of a spool are throttled by the kernel once the server's own writes have filled the page
+cache with dirty pages. :class:`ReadAhead` decodes on the thread while the consumer writes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import threading
 from collections.abc import Generator
 from contextlib import suppress
 from typing import IO
+
+from include.backup.pipeline._io import BlockReader
 
 PIPE_SIZE = 1 << 20
 """Asked-for pipe capacity (Linux F_SETPIPE_SZ): fewer, larger reads than the default 64 KiB."""
@@ -78,3 +85,35 @@ def read_ahead(pipe: IO[bytes], block_size: int, depth: int = DEPTH) -> Generato
     finally:
         reader.stopped.set()
         reader.join(timeout=5)
+
+
+class ReadAhead(BlockReader):
+    """A readable stream of ``src`` read ahead on a thread (:func:`read_ahead`), for
+    consumers that want a file (tarfile, copy loops). ``src`` is read to its end by the
+    thread: its errors (a failed authentication) are raised from this stream's ``read``.
+    Close it to stop the thread when stopping early."""
+
+    def __init__(self, src: IO[bytes], block_size: int, depth: int = DEPTH) -> None:
+        super().__init__()
+        self._blocks = read_ahead(src, block_size, depth)
+        self._block = b""
+        self._pos = 0
+
+    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        if size is None or size < 0:
+            return self.readall()
+        while self._pos >= len(self._block):
+            block = next(self._blocks, b"")
+            if not block:
+                return b""
+            self._block, self._pos = block, 0
+        if self._pos == 0 and size >= len(self._block):
+            out, self._block = self._block, b""  # the whole block, without a copy
+            return out
+        out = self._block[self._pos : self._pos + size]
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        self._blocks.close()  # stops the thread if the stream was not read to its end
+        super().close()
