@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.services import listens_on
+
 SECANTUS_VERSION = "0.7.0b3"
 INSTALL_HINT = (
     "SecantusDB is needed for the MongoDB integration tests; install it with "
@@ -93,7 +95,9 @@ def start_mongo(extra_args: list[str] | None = None) -> tuple[MongoServer, subpr
         try:
             with pymongo.MongoClient(server.client_uri(), serverSelectionTimeoutMS=500) as c:
                 c.admin.command("ping")
-            return server, proc, work
+            if listens_on(proc.pid, port):  # else another worker's server took the port
+                return server, proc, work
+            time.sleep(0.2)
         except Exception as exc:  # noqa: BLE001 - not up yet
             last = exc
             time.sleep(0.2)

@@ -85,6 +85,30 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its descendants listens on ``port``.
+
+    A port that answers is not proof that the server just started is up: ``free_port`` hands
+    out a port that is free *now*, and another xdist worker can start its own server on the
+    same one first. Ours then fails to bind, and a test would talk to the other worker's
+    server (the cross-talk of tests/conftest.py's fixture note)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return False
+
+
 def require(path: Path | str | None, what: str, install: str = INSTALL) -> str:
     """``path`` if it is an executable, else fail the test with how to install it."""
     if path and os.access(path, os.X_OK):
@@ -124,7 +148,9 @@ class ServerProcess:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not port_answers(port):
+        # Up when the port answers and the listener is ours: another server that took the
+        # same port makes ours exit at start (address in use), which fails here, clearly.
+        while not (port_answers(port) and listens_on(self.proc.pid, port)):
             if self.proc.poll() is not None:
                 self.proc = None
                 pytest.fail(f"{self.name} exited at start: {self.tail()}", pytrace=False)
