@@ -103,9 +103,9 @@ def summarize(runs: list[Run]) -> Summary:
     )
 
 
-def measure(config: Path, repeat: int, pycache: Path, root: Path = ROOT) -> Summary:
-    run_once(root, config, pycache)  # the warm-up: writes the bytecode cache
-    return summarize([run_once(root, config, pycache) for _ in range(repeat)])
+def measure(config: Path, repeat: int, pycache: Path) -> Summary:
+    run_once(ROOT, config, pycache)  # the warm-up: writes the bytecode cache
+    return summarize([run_once(ROOT, config, pycache) for _ in range(repeat)])
 
 
 def measure_against(config: Path, repeat: int, pycache: Path, other: Path) -> tuple[Summary, Summary]:

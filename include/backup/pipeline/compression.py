@@ -28,7 +28,7 @@ from typing import BinaryIO, Protocol, cast
 import zstandard
 
 from include.backup.errors import IntegrityError
-from include.backup.pipeline._io import BlockReader
+from include.backup.pipeline._io import BlockStream
 from include.backup.pipeline.hashing import CountingWriter
 
 ALGORITHMS = ("zstd", "gzip", "none")
@@ -354,7 +354,7 @@ def copy_compress(
     return raw, counted.count
 
 
-class _DecompressingReader(BlockReader):
+class _DecompressingReader(BlockStream):
     """Pull-based decompressor with bounded memory and truncation detection.
 
     Subclasses supply ``_new()`` (start a fresh frame/member), ``_step(data) -> bytes``,
@@ -368,8 +368,6 @@ class _DecompressingReader(BlockReader):
     def __init__(self, src: BinaryIO) -> None:
         super().__init__()
         self._src = src
-        self._out = b""
-        self._pos = 0
         self._pending = b""  # input read from src but not yet fed
         self._src_eof = False
         # Start tiny and grow: the ratio of the data is unknown until the first step.
@@ -405,14 +403,14 @@ class _DecompressingReader(BlockReader):
             else:
                 self._src_eof = True
 
-    def _fill(self) -> bool:
-        """Produce the next piece of output. False at a clean end of stream."""
+    def _next_block(self) -> bytes | None:
+        """The next piece of output (never empty). None at a clean end of stream."""
         while True:
             if self._at_end():
                 self._pending = self._leftover() + self._pending
                 self._read_src()
                 if not self._pending:
-                    return False
+                    return None
                 self._new()  # another frame/member follows: concatenated streams are valid
             if self._holds_input():
                 piece = b""
@@ -438,22 +436,7 @@ class _DecompressingReader(BlockReader):
                 ratio = max(1, len(out) // len(piece))
                 self._feed = max(64, min(_IN_BLOCK, _TARGET_OUT // ratio, self._feed * 4))
             if out:
-                self._out, self._pos = out, 0
-                return True
-
-    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
-        if size is None or size < 0:
-            return self.readall()
-        if size == 0:
-            return b""
-        if self._pos >= len(self._out) and not self._fill():
-            return b""
-        if self._pos == 0 and size >= len(self._out):
-            out, self._out = self._out, b""
-            return out
-        out = self._out[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
+                return out
 
 
 class _ZstdReader(_DecompressingReader):

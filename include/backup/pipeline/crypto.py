@@ -46,7 +46,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from include.backup.errors import IntegrityError, KeyNotFoundError
-from include.backup.pipeline._io import BlockReader
+from include.backup.pipeline._io import BlockStream
 from include.backup.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -482,7 +482,7 @@ def check_context(header: Header, expected: bytes) -> None:
         )
 
 
-class DecryptingReader(BlockReader):
+class DecryptingReader(BlockStream):
     """Readable plaintext stream over a container, decrypting one chunk at a time.
 
     ``context``, when given, is what the payload must be bound to (see
@@ -506,8 +506,6 @@ class DecryptingReader(BlockReader):
         self._index = 0
         self._offset = self.header.size  # container offset of the next chunk
         self._lookahead = b""  # first byte of the next chunk, read to detect the end
-        self._chunk = b""
-        self._pos = 0
         self._done = False
         self.plaintext_size = 0
 
@@ -524,7 +522,11 @@ class DecryptingReader(BlockReader):
         except InvalidTag:
             return None
 
-    def _next_chunk(self) -> None:
+    def _next_block(self) -> bytes | None:
+        """The next chunk's plaintext, once it authenticated (it may be empty: an empty
+        final chunk); None after the final chunk."""
+        if self._done:
+            return None
         n = self._enc_len
         # Read one byte past the chunk: whether anything follows decides if this chunk must
         # be the final one.
@@ -562,24 +564,8 @@ class DecryptingReader(BlockReader):
         self._index += 1
         self._offset += len(block)
         self.plaintext_size += len(plain)
-        self._chunk, self._pos = plain, 0
         self._done = not more
-
-    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
-        if size is None or size < 0:
-            return self.readall()
-        if size == 0:
-            return b""
-        while self._pos >= len(self._chunk):
-            if self._done:
-                return b""
-            self._next_chunk()  # may yield an empty final chunk; the loop then ends
-        if self._pos == 0 and size >= len(self._chunk):
-            out, self._chunk = self._chunk, b""  # hand over the whole chunk without a copy
-            return out
-        out = self._chunk[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
+        return plain
 
     @property
     def finished(self) -> bool:

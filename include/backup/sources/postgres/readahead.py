@@ -22,7 +22,7 @@ from collections.abc import Generator
 from contextlib import suppress
 from typing import IO
 
-from include.backup.pipeline._io import BlockReader
+from include.backup.pipeline._io import BlockStream
 
 PIPE_SIZE = 1 << 20
 """Asked-for pipe capacity (Linux F_SETPIPE_SZ): fewer, larger reads than the default 64 KiB."""
@@ -87,7 +87,7 @@ def read_ahead(pipe: IO[bytes], block_size: int, depth: int = DEPTH) -> Generato
         reader.join(timeout=5)
 
 
-class ReadAhead(BlockReader):
+class ReadAhead(BlockStream):
     """A readable stream of ``src`` read ahead on a thread (:func:`read_ahead`), for
     consumers that want a file (tarfile, copy loops). ``src`` is read to its end by the
     thread: its errors (a failed authentication) are raised from this stream's ``read``.
@@ -96,23 +96,9 @@ class ReadAhead(BlockReader):
     def __init__(self, src: IO[bytes], block_size: int, depth: int = DEPTH) -> None:
         super().__init__()
         self._blocks = read_ahead(src, block_size, depth)
-        self._block = b""
-        self._pos = 0
 
-    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
-        if size is None or size < 0:
-            return self.readall()
-        while self._pos >= len(self._block):
-            block = next(self._blocks, b"")
-            if not block:
-                return b""
-            self._block, self._pos = block, 0
-        if self._pos == 0 and size >= len(self._block):
-            out, self._block = self._block, b""  # the whole block, without a copy
-            return out
-        out = self._block[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
+    def _next_block(self) -> bytes | None:
+        return next(self._blocks, None)
 
     def close(self) -> None:
         self._blocks.close()  # stops the thread if the stream was not read to its end
